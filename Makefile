@@ -1,0 +1,40 @@
+# The two commands: `make demo` and `make test`. Both create or refresh .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Installed before the project so that a CPU machine never pulls CUDA wheels; override on GPU hosts.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-all demo ablations tensorboard bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-all: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) -m lit_avatar.demo --out runs/demo
+
+ablations: venv
+	$(PY) -m lit_avatar.ablations --out runs/ablations
+
+tensorboard: venv
+	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1
+
+bench: venv
+	$(PY) -m lit_avatar.cli bench stream
+
+clean:
+	rm -rf runs .pytest_cache
