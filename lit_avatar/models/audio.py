@@ -102,7 +102,7 @@ def _check_pretrained_dir(path: str) -> None:
     if not os.path.isdir(path):
         raise UserError(f"wav2vec2 folder {path!r} does not exist (expected a local Wav2Vec2Model folder)")
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"wav2vec2 folder {path!r} has no config.json (expected a Wav2Vec2Model save_pretrained folder)")
+        raise UserError(f"wav2vec2 folder {path!r} has no config.json (expected a Wav2Vec2Model saved folder)")
     weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
     if not any(os.path.isfile(os.path.join(path, name)) for name in weights):
         raise UserError(f"wav2vec2 folder {path!r} has no weights (expected model.safetensors or pytorch_model.bin)")
