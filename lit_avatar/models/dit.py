@@ -1,0 +1,296 @@
+"""AvatarDiT: the Wan2.1 DiT with frame-local audio cross-attention and a reference sink.
+
+Tokens are kept grouped by latent frame ([B, F, N, dim]) so that per-frame timesteps (motion
+prefix, block-wise denoising), frame-local audio attention and the KV cache are plain reshapes.
+The reference latent is one extra frame of tokens at a fixed RoPE time index: it attends only
+to itself (so its keys can be computed once and cached) while every video token attends to it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lit_avatar.models.attention import CrossAttention, FrameLocalCrossAttention, KVCache, SelfAttention
+from lit_avatar.models.presets import DiTConfig, get_preset
+from lit_avatar.models.rope import RotaryEmbedding3D
+
+
+def sinusoidal_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
+    """[...] -> [..., dim] as [cos | sin], computed in float32 like diffusers' Timesteps(flip_sin_to_cos=True)."""
+    half = dim // 2
+    exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    args = timesteps.float()[..., None] * torch.exp(exponent)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm evaluated in float32 whatever the parameter dtype (bf16 training)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return nn.functional.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
+class AvatarBlock(nn.Module):
+    """One Wan block (self-attn, text cross-attn, FFN, all timestep-modulated) plus audio cross-attn."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm3 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(dim, cfg.num_heads, eps=cfg.eps)
+        self.norm2 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        if cfg.audio:
+            self.norm_audio = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True)
+            self.audio_attn = FrameLocalCrossAttention(dim, cfg.num_heads, cfg.audio_dim, cfg.eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        e: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        text_kv: tuple[torch.Tensor, torch.Tensor],
+        audio: torch.Tensor | None = None,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B,F,N,dim], e [B,F,6,dim] (time projection per frame), audio [B,F,A,audio_dim] or None.
+
+        Returns the new x and this layer's self-attention keys/values of x (for the cache).
+        """
+        b, f, n, d = x.shape
+        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.unsqueeze(0) + e.float()).unsqueeze(3).unbind(2)
+        h = (self.norm1(x) * (1 + scale) + shift).type_as(x)
+        attn, k, v = self.self_attn(h.flatten(1, 2), rope, prefix, mask)
+        x = (x.float() + attn.view(b, f, n, d) * gate).type_as(x)
+        x = x + self.cross_attn(self.norm3(x.flatten(1, 2)).type_as(x), text_kv).view(b, f, n, d)
+        if audio is not None:
+            x = x + self.audio_attn.forward_frames(self.norm_audio(x).type_as(x), audio)
+        h = (self.norm2(x) * (1 + c_scale) + c_shift).type_as(x)
+        x = (x.float() + self.ffn(h).float() * c_gate).type_as(x)
+        return x, k, v
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.norm = FP32LayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_channels * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation.unsqueeze(0) + temb.float().unsqueeze(2)).unsqueeze(3).unbind(2)
+        return self.head((self.norm(x) * (1 + scale) + shift).type_as(x))
+
+
+class AvatarDiT(nn.Module):
+    """Audio-driven DiT; bidirectional and block-causal modes share one set of weights.
+
+    Args:
+        preset: a name from lit_avatar.models.presets.PRESETS.
+        overrides: DiTConfig fields to change (e.g. {"in_channels": 48}); unknown keys are errors.
+        weights: optional Wan2.1 checkpoint (diffusers folder or original-layout safetensors) to load.
+        config: a full DiTConfig; takes precedence over preset/overrides (for code, not YAML).
+    """
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        overrides: dict[str, Any] | None = None,
+        weights: str | None = None,
+        config: DiTConfig | None = None,
+    ):
+        super().__init__()
+        cfg = config if config is not None else get_preset(preset, **(overrides or {}))
+        self.config = cfg
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList([AvatarBlock(cfg) for _ in range(cfg.num_layers)])
+        self.head = Head(cfg)
+        self.null_text = nn.Parameter(torch.zeros(1, cfg.null_text_tokens, cfg.text_dim))
+        self.rope = RotaryEmbedding3D(cfg.head_dim, cfg.rope_theta)
+        if cfg.audio:
+            from lit_avatar.models.audio import AudioProjector
+
+            self.audio_projector = AudioProjector(
+                feature_dim=cfg.audio_feature_dim,
+                window=cfg.audio_window,
+                temporal_factor=cfg.temporal_factor,
+                audio_tokens=cfg.audio_tokens,
+                dim=cfg.audio_dim,
+                hidden_dim=cfg.audio_hidden_dim,
+            )
+        if weights is not None and self.patch_embedding.weight.device.type != "meta":
+            from lit_avatar.models.wan_compat import load_wan_weights
+
+            load_wan_weights(self, weights)
+
+    # ----- building blocks shared by every mode -----
+
+    def embed_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        """[B,C,F,H,W] -> tokens [B,F,N,dim]."""
+        x = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype))
+        return x.flatten(3).permute(0, 2, 3, 1)
+
+    def time_embed(self, timestep: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """timestep [B] or [B,F] -> (temb [B,F,dim], e [B,F,6,dim])."""
+        if timestep.ndim == 1:
+            timestep = timestep[:, None].expand(-1, frames)
+        temb = self.time_embedding(sinusoidal_embedding(timestep, self.config.freq_dim).to(self.time_embedding[0].weight.dtype))
+        return temb, self.time_projection(temb).unflatten(-1, (6, -1))
+
+    def text_context(self, text: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if text is None:
+            text = self.null_text.expand(batch, -1, -1)
+        return self.text_embedding(text.to(self.null_text.dtype))
+
+    def audio_tokens(self, audio: torch.Tensor | None, starts_at_zero: bool = True) -> torch.Tensor | None:
+        """Windowed audio features [B,T,W,D] -> tokens [B,F,A,audio_dim] (None passes through)."""
+        if audio is None or not self.config.audio:
+            return None
+        return self.audio_projector(audio.to(self.null_text.dtype), starts_at_zero=starts_at_zero)
+
+    def unpatchify(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """[B,F,N,C*p] -> [B,C,F,H,W]."""
+        b, f = x.shape[:2]
+        pt, ph, pw = self.config.patch_size
+        hh, ww = height // ph, width // pw
+        x = x.reshape(b, f, hh, ww, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def _run_block(self, block: AvatarBlock, *args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.config.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    # ----- full-sequence forward: bidirectional teacher or block-causal training -----
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        audio: torch.Tensor | None = None,
+        ref: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        frames_per_block: int | None = None,
+        frame_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Velocity prediction for a whole clip.
+
+        Args:
+            x: noisy latents [B,C,F,H,W].
+            timestep: [B] or per-frame [B,F], in [0, 1000].
+            audio: windowed audio features [B,T,W,D] for the clip, T = 1 + temporal_factor*(F-1); None skips the path.
+            ref: reference latent [B,C,1,H,W]; None skips the sink.
+            text: text embeddings [B,L,text_dim]; None uses the learned null embedding.
+            frames_per_block: when set, block-causal attention (a frame sees its own and earlier blocks).
+            frame_positions: RoPE time index per frame [F] (default 0..F-1).
+        """
+        b, _, f, height, width = x.shape
+        tokens = self.embed_frames(x)
+        n = tokens.shape[2]
+        hh, ww = height // self.config.patch_size[1], width // self.config.patch_size[2]
+        if frame_positions is None:
+            frame_positions = torch.arange(f, device=x.device)
+        rope = self.rope(frame_positions, hh, ww)
+        temb, e = self.time_embed(timestep, f)
+        text_ctx = self.text_context(text, b)
+        audio_tok = self.audio_tokens(audio)
+        if audio_tok is not None and audio_tok.shape[1] != f:
+            raise ValueError(f"audio gives {audio_tok.shape[1]} latent frames, video has {f}")
+        mask = None
+        if frames_per_block is not None:
+            mask = block_causal_mask(f, n, frames_per_block, prefix_tokens=n if ref is not None else 0, device=x.device)
+        ref_state = self._ref_init(ref, b, hh, ww) if ref is not None else None
+        for block in self.blocks:
+            text_kv = block.cross_attn.context_kv(text_ctx)
+            prefix = None
+            if ref_state is not None:
+                ref_x, ref_e, ref_rope = ref_state
+                ref_x, rk, rv = self._run_block(block, ref_x, ref_e, ref_rope, text_kv)
+                ref_state = (ref_x, ref_e, ref_rope)
+                prefix = (rk, rv)
+            tokens, _, _ = self._run_block(block, tokens, e, rope, text_kv, audio_tok, prefix, mask)
+        return self.unpatchify(self.head(tokens, temb), height, width).float()
+
+    def _ref_init(self, ref: torch.Tensor, batch: int, hh: int, ww: int):
+        ref_x = self.embed_frames(ref)
+        _, ref_e = self.time_embed(torch.zeros(batch, device=ref.device), 1)
+        positions = torch.tensor([self.config.ref_position], device=ref.device)
+        return ref_x, ref_e, self.rope(positions, hh, ww)
+
+    # ----- KV-cached incremental forward: causal streaming -----
+
+    def new_cache(self, capacity: int, latent_height: int, latent_width: int) -> KVCache:
+        n = (latent_height // self.config.patch_size[1]) * (latent_width // self.config.patch_size[2])
+        return KVCache(num_layers=self.config.num_layers, capacity=capacity, tokens_per_frame=n)
+
+    @torch.no_grad()
+    def prefill(self, cache: KVCache, ref: torch.Tensor | None, text: torch.Tensor | None, batch: int, hh: int, ww: int) -> None:
+        """Compute the text K/V and the reference sink's keys/values once per stream."""
+        text_ctx = self.text_context(text, batch)
+        ref_state = self._ref_init(ref, batch, hh, ww) if ref is not None else None
+        for i, block in enumerate(self.blocks):
+            layer = cache.layers[i]
+            layer.text_kv = block.cross_attn.context_kv(text_ctx)
+            if ref_state is not None:
+                ref_x, ref_e, ref_rope = ref_state
+                ref_x, layer.ref_k, layer.ref_v = block(ref_x, ref_e, ref_rope, layer.text_kv)
+                ref_state = (ref_x, ref_e, ref_rope)
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        frame_positions: torch.Tensor,
+        cache: KVCache,
+        audio_tokens: torch.Tensor | None = None,
+        write_frames: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Velocity for one block given the cached context.
+
+        Args:
+            x: the block's latents [B,C,F,H,W].
+            timestep: [B] or [B,F].
+            frame_positions: RoPE time index of each of the F frames.
+            cache: filled by prefill() and earlier writes.
+            audio_tokens: the block's projected audio tokens [B,F,A,audio_dim] (see audio_tokens()).
+            write_frames: absolute frame indices; when given, this forward's keys/values are stored.
+        """
+        b, _, f, height, width = x.shape
+        tokens = self.embed_frames(x)
+        hh, ww = height // self.config.patch_size[1], width // self.config.patch_size[2]
+        rope = self.rope(frame_positions, hh, ww)
+        temb, e = self.time_embed(timestep, f)
+        # The context is fixed before this forward reserves slots: a block never sees its own write.
+        end = cache.context_end()
+        slots = cache.reserve_slots(write_frames, frame_positions.tolist()) if write_frames is not None else None
+        for i, block in enumerate(self.blocks):
+            prefix = cache.context(i, end)
+            tokens, k, v = block(tokens, e, rope, cache.layers[i].text_kv, audio_tokens, prefix)
+            if slots is not None:
+                cache.write(i, slots, k, v)
+        return self.unpatchify(self.head(tokens, temb), height, width).float()
+
+
+def block_causal_mask(frames: int, tokens_per_frame: int, frames_per_block: int, prefix_tokens: int = 0,
+                      device: torch.device | None = None) -> torch.Tensor:
+    """[F*N, prefix+F*N] bool: a token sees the prefix and every token whose block is not later than its own."""
+    block = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame) // frames_per_block
+    video = block[:, None] >= block[None, :]
+    if prefix_tokens:
+        video = torch.cat([torch.ones(video.shape[0], prefix_tokens, dtype=torch.bool, device=device), video], dim=1)
+    return video
