@@ -1,0 +1,73 @@
+"""Turning a batch into the DiT's inputs, and dropping conditions for classifier-free guidance."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def latents_of(batch: dict, vae: nn.Module) -> torch.Tensor:
+    """Clean latents [B, C, t, h, w]: precomputed `latents`, else the frozen VAE's encoding of `video`."""
+    if "latents" in batch:
+        return batch["latents"].float()
+    if "video" not in batch:
+        raise KeyError("batch has neither 'video' nor 'latents'")
+    with torch.no_grad():
+        return vae.encode(batch["video"]).float()
+
+
+def ref_latent_of(batch: dict, vae: nn.Module) -> torch.Tensor | None:
+    """Reference latent [B, C, 1, h, w]: `ref_latent`, else the VAE encoding of the single frame `ref`."""
+    if "ref_latent" in batch:
+        return batch["ref_latent"].float()
+    if "ref" not in batch:
+        return None
+    with torch.no_grad():
+        return vae.encode(batch["ref"][:, :, None]).float()
+
+
+def audio_feats_of(batch: dict, audio_encoder: nn.Module | None, num_frames: int) -> torch.Tensor | None:
+    """Windowed audio features [B, T, W, D]: `audio_feats`, else the frozen encoder on `audio`."""
+    if "audio_feats" in batch:
+        return batch["audio_feats"].float()
+    if audio_encoder is None or "audio" not in batch:
+        return None
+    with torch.no_grad():
+        return audio_encoder(batch["audio"].float(), num_frames=num_frames).float()
+
+
+def drop_conditions(
+    audio: torch.Tensor | None,
+    ref: torch.Tensor | None,
+    text: torch.Tensor | None,
+    audio_p: float,
+    ref_p: float,
+    text_p: float,
+    all_p: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Replace conditions by their null values so one network also learns the (partly) unconditional
+    predictions that guidance subtracts.
+
+    Audio and reference are dropped per sample, independently, with probabilities `audio_p` and `ref_p`,
+    and together with probability `all_p` (the fully unconditional case guidance needs most). Their null
+    is zeros (INTERFACES.md). Text's null is the model's learned embedding, selected by passing None, which
+    applies to the whole batch, so text is dropped per batch with probability `text_p` (and with `all_p`).
+    """
+    ref_tensor = audio if audio is not None else ref
+    if ref_tensor is None and text is None:
+        return audio, ref, text
+    device = (ref_tensor if ref_tensor is not None else text).device
+    batch = (ref_tensor if ref_tensor is not None else text).shape[0]
+    u = torch.rand(3, batch, generator=generator, device="cpu").to(device)
+    drop_all = u[0] < all_p
+    if audio is not None:
+        keep = ~((u[1] < audio_p) | drop_all)
+        audio = audio * keep.to(audio.dtype).reshape(-1, *([1] * (audio.ndim - 1)))
+    if ref is not None:
+        keep = ~((u[2] < ref_p) | drop_all)
+        ref = ref * keep.to(ref.dtype).reshape(-1, *([1] * (ref.ndim - 1)))
+    if text is not None:
+        r = float(torch.rand((), generator=generator))
+        if r < text_p + all_p:
+            text = None
+    return audio, ref, text

@@ -1,0 +1,307 @@
+"""Stage 1: the bidirectional audio-driven teacher, trained by flow matching (DESIGN.md "Training stages")."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lit_avatar.diffusion import AvatarGuidance, SigmaSampler, add_noise, sample_euler, shifted_schedule, velocity_target
+from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
+from lit_avatar.modules.conditions import audio_feats_of, drop_conditions, latents_of, ref_latent_of
+from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.losses import box_weight_map, weighted_mse
+from lit_avatar.modules.optim import build_adamw, linear_warmup
+
+
+class TeacherModule(pl.LightningModule):
+    """Flow-matching training of the bidirectional AvatarDiT on clips, with CFG dropout, an optional
+    noisy motion prefix, a mouth-weighted loss and an EMA copy used for sampling.
+
+    Args:
+        model: the denoiser, an AvatarDiT (called as model(x, timestep, audio=, ref=, text=) -> velocity).
+        vae: the frozen VideoVAE that maps `video`/`ref` to latents and samples back to pixels.
+        audio_encoder: the frozen AudioEncoder for raw `audio`; None when batches carry `audio_feats`.
+        lr: AdamW peak learning rate.
+        betas: AdamW betas.
+        weight_decay: AdamW decoupled weight decay on weight matrices (not on biases and norms).
+        warmup_steps: linear learning-rate warm-up length in optimizer steps.
+        timestep_sampling: training noise-level distribution, "uniform" or "logit_normal".
+        timestep_shift: shift k applied to the drawn levels; use the sampling schedule's shift.
+        logit_normal_loc: mean of the logit-normal's normal.
+        logit_normal_scale: standard deviation of the logit-normal's normal.
+        audio_dropout: per-sample probability of training with null (zero) audio, for audio CFG.
+        ref_dropout: per-sample probability of a null (zero) reference latent, for reference CFG.
+        text_dropout: per-batch probability of the learned null text (None), when batches carry `text`.
+        all_dropout: per-sample probability of dropping every condition at once (the unconditional
+            prediction that guidance subtracts most).
+        motion_frames: latent frames at the clip's head given as a motion prefix (0 = off). On samples with
+            a prefix these frames are corrupted to a small level s_m (Motion Condition Injection) rather
+            than the sample's s, and are left out of the loss; the teacher thus learns to continue motion.
+        motion_prob: fraction of training samples that get a motion prefix.
+        motion_sigma_min: lowest prefix noise level s_m.
+        motion_sigma_max: highest prefix noise level s_m.
+        mouth_weight: loss weight inside the batch's `mouth_box` (1 elsewhere, mean-normalised); 1 = off.
+            Without it lip sync barely emerges at small budgets (DESIGN.md).
+        ema_decay: decay of the weight EMA used for validation samples; None disables the EMA copy.
+        ema_start_step: optimizer step from which the EMA averages (before it, it copies the weights).
+        sample_steps: Euler steps for validation samples.
+        sample_shift: timestep shift of the sampling schedule.
+        audio_guidance: CFG scale of the audio condition over reference(+text).
+        ref_guidance: CFG scale of reference(+text) over no condition; 1 skips the unconditional pass.
+        val_sample_batches: validation batches from which clips are sampled and logged (0 = none).
+        val_max_samples: clips sampled per such batch.
+        seed: seed of the validation noise, so samples at different steps are comparable.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        vae: nn.Module,
+        audio_encoder: nn.Module | None = None,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.01,
+        warmup_steps: int = 100,
+        timestep_sampling: SigmaDistribution = "logit_normal",
+        timestep_shift: float = 1.0,
+        logit_normal_loc: float = 0.0,
+        logit_normal_scale: float = 1.0,
+        audio_dropout: float = 0.1,
+        ref_dropout: float = 0.1,
+        text_dropout: float = 0.1,
+        all_dropout: float = 0.05,
+        motion_frames: int = 0,
+        motion_prob: float = 0.5,
+        motion_sigma_min: float = 0.0,
+        motion_sigma_max: float = 0.3,
+        mouth_weight: float = 5.0,
+        ema_decay: float | None = 0.999,
+        ema_start_step: int = 0,
+        sample_steps: int = 20,
+        sample_shift: float = 3.0,
+        audio_guidance: float = 2.0,
+        ref_guidance: float = 1.0,
+        val_sample_batches: int = 1,
+        val_max_samples: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, p in [("audio_dropout", audio_dropout), ("ref_dropout", ref_dropout), ("text_dropout", text_dropout),
+                        ("all_dropout", all_dropout), ("motion_prob", motion_prob)]:
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
+        if not 0.0 <= motion_sigma_min <= motion_sigma_max <= 1.0:
+            raise ValueError(f"expected 0 <= motion_sigma_min <= motion_sigma_max <= 1, got {motion_sigma_min}, {motion_sigma_max}")
+        if motion_frames < 0 or mouth_weight <= 0 or sample_steps < 1:
+            raise ValueError("motion_frames must be >= 0, mouth_weight > 0 and sample_steps >= 1")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay: expected in [0, 1) or None, got {ema_decay}")
+        self.save_hyperparameters(ignore=["model", "vae", "audio_encoder"])
+        self.model = model
+        self.vae = vae
+        self.audio_encoder = audio_encoder
+        for frozen in (vae, audio_encoder):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+                frozen.eval()
+        self.ema_model = make_ema_copy(model) if ema_decay is not None else None
+        self.sigma_sampler = SigmaSampler(
+            timestep_sampling, shift=timestep_shift, loc=logit_normal_loc, scale=logit_normal_scale
+        )
+        self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
+        self._last_ema_step = -1
+
+    # ----- modes -----
+
+    def train(self, mode: bool = True) -> "TeacherModule":
+        """Keep the frozen parts and the EMA copy in eval mode whatever Lightning asks of the module."""
+        super().train(mode)
+        for frozen in (self.vae, self.audio_encoder, self.ema_model):
+            if frozen is not None:
+                frozen.eval()
+        return self
+
+    @property
+    def sampling_model(self) -> nn.Module:
+        """The weights used for samples: the EMA copy when there is one."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    # ----- loss -----
+
+    def conditions(self, batch: dict, num_latent_frames: int) -> tuple[Any, Any, Any]:
+        """(audio_feats, ref_latent, text) of a batch, before any dropout."""
+        tf = int(getattr(self.vae, "temporal_factor", 1))
+        num_frames = batch["video"].shape[2] if "video" in batch else 1 + tf * (num_latent_frames - 1)
+        return audio_feats_of(batch, self.audio_encoder, num_frames), ref_latent_of(batch, self.vae), batch.get("text")
+
+    def flow_loss(
+        self,
+        batch: dict,
+        net: nn.Module | None = None,
+        generator: torch.Generator | None = None,
+        dropout: bool = True,
+        motion_prefix: bool = True,
+    ) -> torch.Tensor:
+        """The weighted flow-matching loss of `net` (default: the trained model) on a batch.
+
+        Args:
+            batch: the batch dict (DESIGN.md batch contract).
+            net: the network to score; the critic of later stages reuses this loss with its own network.
+            generator: CPU generator for reproducible noise levels, noise and dropout (validation).
+            dropout: apply the CFG condition dropout.
+            motion_prefix: give a motion prefix to a `motion_prob` fraction of samples.
+        """
+        net = self.model if net is None else net
+        x0 = latents_of(batch, self.vae)
+        b, _, t, h, w = x0.shape
+        audio, ref, text = self.conditions(batch, t)
+        if dropout:
+            hp = self.hparams
+            audio, ref, text = drop_conditions(
+                audio, ref, text, hp.audio_dropout, hp.ref_dropout, hp.text_dropout, hp.all_dropout, generator
+            )
+        sigma = self.sigma_sampler(b, generator=generator).to(x0.device)
+        sigma_frames = sigma[:, None].expand(b, t).clone()
+        frame_mask = torch.ones(b, t, device=x0.device)
+        m = min(self.hparams.motion_frames, t - 1)
+        if motion_prefix and m > 0:
+            has_prefix = (torch.rand(b, generator=generator) < self.hparams.motion_prob).to(x0.device)
+            lo, hi = self.hparams.motion_sigma_min, self.hparams.motion_sigma_max
+            s_m = (lo + (hi - lo) * torch.rand(b, generator=generator)).to(x0.device)
+            sigma_frames[:, :m] = torch.where(has_prefix[:, None], s_m[:, None], sigma_frames[:, :m])
+            frame_mask[:, :m] = torch.where(has_prefix[:, None], 0.0, 1.0)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
+        xs = add_noise(x0, noise, sigma_frames)
+        v = net(xs, sigma_frames * 1000.0, audio=audio, ref=ref, text=text)
+        weight = None
+        if self.hparams.mouth_weight != 1.0 and "mouth_box" in batch:
+            weight = box_weight_map(batch["mouth_box"], h, w, self.hparams.mouth_weight)
+        return weighted_mse(v, velocity_target(x0, noise), weight, frame_mask)
+
+    # ----- Lightning hooks -----
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.flow_loss(batch)
+        b = next(iter(v for v in batch.values() if torch.is_tensor(v))).shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        if self.trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=b)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.stack(grads).norm())
+
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        step = self.trainer.global_step
+        if self.ema_model is None or step == self._last_ema_step:
+            return  # no EMA, or no optimizer step happened (gradient accumulation)
+        self._last_ema_step = step
+        ema_update(self.ema_model, self.model, ema_decay_at(step, self.hparams.ema_decay, self.hparams.ema_start_step))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        gen = torch.Generator().manual_seed(self.hparams.seed + batch_idx)
+        loss = self.flow_loss(batch, net=self.sampling_model, generator=gen, dropout=False, motion_prefix=False)
+        b = next(iter(v for v in batch.values() if torch.is_tensor(v))).shape[0]
+        self.log("val/loss", loss, prog_bar=True, batch_size=b)
+        if batch_idx < self.hparams.val_sample_batches and not self.trainer.sanity_checking:
+            self._log_samples(batch, batch_idx)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = build_adamw(self.model, self.hparams.lr, self.hparams.betas, self.hparams.weight_decay)
+        scheduler = linear_warmup(optimizer, self.hparams.warmup_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----- sampling -----
+
+    @torch.no_grad()
+    def sample(
+        self,
+        batch: dict,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        progress: Any = None,
+    ) -> torch.Tensor:
+        """Generate clips for a batch's conditions (audio, reference, optional text): video [B,3,T,H,W].
+
+        The clip's latent shape is that of the batch's `latents` or encoded `video`; the pixels themselves
+        are not used.
+
+        Args:
+            batch: batch dict with `video` or `latents`, `audio` or `audio_feats`, `ref` or `ref_latent`.
+            num_steps: Euler steps (default `sample_steps`), on `shifted_schedule(num_steps, sample_shift)`.
+            generator: CPU generator for the starting noise.
+            use_ema: sample with the EMA weights when there are any.
+            progress: optional iterator wrapper (e.g. tqdm) for the steps.
+        """
+        net = self.sampling_model if use_ema else self.model
+        if "latents" in batch:
+            shape = tuple(batch["latents"].shape)
+        else:
+            shape = tuple(latents_of({"video": batch["video"][:, :, :1]}, self.vae).shape)
+            tf = int(getattr(self.vae, "temporal_factor", 1))
+            shape = shape[:2] + (1 + (batch["video"].shape[2] - 1) // tf,) + shape[3:]
+        audio, ref, text = self.conditions(batch, shape[2])
+        noise = torch.randn(shape, generator=generator).to(self.device)
+        sigmas = shifted_schedule(num_steps or self.hparams.sample_steps, self.hparams.sample_shift)
+        latents = sample_euler(self.guidance.denoiser(net, audio, ref, text), noise, sigmas, progress=progress)
+        return self.vae.decode(latents).float().clamp(-1, 1)
+
+    def _log_samples(self, batch: dict, batch_idx: int) -> None:
+        """Sample clips with the EMA weights and log them with their SynthSync scores."""
+        from lit_avatar.modules.sample_logging import frame_grid, sync_figure, to_uint8_frames, write_clips
+
+        n = min(self.hparams.val_max_samples, next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
+        sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "meta"}
+        gen = torch.Generator().manual_seed(self.hparams.seed + 1000 + batch_idx)
+        frames = to_uint8_frames(self.sample(sub, generator=gen))
+        audio = sub["audio"].float().cpu().numpy() if "audio" in sub else None
+        tb = self._tensorboard()
+        step = self.global_step
+        if tb is not None:
+            tb.add_image(f"val/samples_{batch_idx}", frame_grid(frames), step)
+        if audio is not None and "mouth_box" in sub:
+            scores = sync_scores(frames, sub["mouth_box"].cpu().numpy(), audio)
+            self.log("val/synthsync_r", scores["r"], batch_size=n)
+            self.log("val/synthsync_r_shuffled", scores["r_shuffled"], batch_size=n)
+            if tb is not None:
+                from eval.synthsync import audio_envelope, mouth_opening
+
+                box = sub["mouth_box"][0].tolist()
+                opening = mouth_opening(frames[0], box)
+                fig = sync_figure(opening, audio_envelope(audio[0], len(opening)), f"step {step}: r={scores['r']:.2f}")
+                tb.add_figure(f"val/sync_{batch_idx}", fig, step)
+        if self.trainer.is_global_zero and self.logger is not None and self.logger.log_dir:
+            folder = os.path.join(self.logger.log_dir, "samples")
+            write_clips(folder, f"step{step:06d}_b{batch_idx}", frames, audio)
+
+    def _tensorboard(self):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return logger.experiment
+        return None
+
+
+def sync_scores(frames, boxes, audio) -> dict[str, float]:
+    """Mean SynthSync r of generated clips against their own audio and against mismatched audio.
+
+    Mismatched audio is the next clip's (a rotation of the batch); a single clip is compared with its audio
+    reversed in time, which keeps the envelope's statistics but breaks its timing. The gap between the two
+    is the evidence of lip sync; the shuffled figure is the chance level for this kind of motion.
+    """
+    import numpy as np
+
+    from eval.synthsync import synthsync
+
+    b = frames.shape[0]
+    shuffled = np.roll(audio, 1, axis=0) if b > 1 else audio[:, ::-1]
+    r_true = [synthsync(frames[i], boxes[i].tolist(), audio[i])["r"] for i in range(b)]
+    r_shuf = [synthsync(frames[i], boxes[i].tolist(), shuffled[i])["r"] for i in range(b)]
+    return {"r": float(np.mean(r_true)), "r_shuffled": float(np.mean(r_shuf))}

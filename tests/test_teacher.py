@@ -1,0 +1,196 @@
+"""TeacherModule: loss pieces, condition dropout, motion prefix, EMA, optimizer, sampling and logging."""
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from lit_avatar.models.audio import MelAudioEncoder
+from lit_avatar.models.vae import PatchVAE
+from lit_avatar.modules.conditions import drop_conditions
+from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.losses import box_weight_map, weighted_mse
+from lit_avatar.modules.optim import build_adamw, linear_warmup
+
+
+class StandIn(nn.Module):
+    """A few-parameter denoiser with AvatarDiT's call signature that records what it was given."""
+
+    def __init__(self, channels: int = 12, audio_dim: int = 40):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 1)
+        self.audio = nn.Linear(audio_dim, channels)
+        self.time = nn.Linear(1, channels)
+        self.calls = []
+
+    def forward(self, x, timestep, audio=None, ref=None, text=None):
+        self.calls.append({"timestep": timestep.detach().clone(), "audio": audio, "ref": ref, "text": text})
+        out = self.conv(x)
+        t = timestep if timestep.ndim == 2 else timestep[:, None].expand(-1, x.shape[2])
+        out = out + self.time(t[..., None] / 1000.0).permute(0, 2, 1)[..., None, None]
+        if audio is not None:
+            out = out + self.audio(audio.mean(2)).permute(0, 2, 1)[..., None, None][:, :, : x.shape[2]]
+        if ref is not None:
+            out = out + ref
+        return out
+
+
+def make_batch(b=2, frames=5, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "video": torch.rand(b, 3, frames, size, size, generator=g) * 2 - 1,
+        "audio": torch.randn(b, frames * 640, generator=g) * 0.1,
+        "ref": torch.rand(b, 3, size, size, generator=g) * 2 - 1,
+        "mouth_box": torch.tensor([[0.25, 0.5, 0.75, 0.75]] * b),
+        "mouth": torch.rand(b, frames, generator=g),
+        "meta": {"key": [str(i) for i in range(b)]},
+    }
+
+
+def make_teacher(**kwargs):
+    from lit_avatar.modules.teacher import TeacherModule
+
+    kwargs.setdefault("warmup_steps", 1)
+    return TeacherModule(model=StandIn(), vae=PatchVAE(2), audio_encoder=MelAudioEncoder(), **kwargs)
+
+
+def test_box_weight_map_inside_outside_and_normalised():
+    boxes = torch.tensor([[0.25, 0.5, 0.75, 0.75], [0.0, 0.0, 1.0, 1.0]])
+    w = box_weight_map(boxes, 8, 8, 5.0)
+    assert w.shape == (2, 8, 8)
+    torch.testing.assert_close(w.mean(dim=(1, 2)), torch.ones(2))
+    inside = w[0, 4:6, 2:6]
+    assert torch.allclose(inside, inside[0, 0]) and inside.numel() == 8
+    assert w[0, 0, 0] * 5 == pytest.approx(inside[0, 0].item())
+    assert torch.allclose(w[1], torch.ones(8, 8))  # a box covering everything is no weighting
+
+
+def test_weighted_mse_masks_frames_and_weights_cells():
+    pred, target = torch.zeros(1, 2, 3, 2, 2), torch.ones(1, 2, 3, 2, 2)
+    assert weighted_mse(pred, target).item() == pytest.approx(1.0)
+    mask = torch.tensor([[0.0, 1.0, 1.0]])
+    pred2 = pred.clone()
+    pred2[:, :, 0] = 100.0  # a masked frame cannot change the loss
+    assert weighted_mse(pred2, target, frame_mask=mask).item() == pytest.approx(1.0)
+    spatial = torch.tensor([[[3.0, 1.0], [0.0, 0.0]]])
+    pred3 = pred.clone()
+    pred3[..., 0, 0] = 1.0  # exact in the heaviest cell
+    assert weighted_mse(pred3, target, spatial).item() == pytest.approx(1.0 / 4.0)
+
+
+def test_drop_conditions_extremes():
+    audio, ref, text = torch.ones(4, 3, 5, 2), torch.ones(4, 2, 1, 2, 2), torch.ones(4, 3, 8)
+    a, r, t = drop_conditions(audio, ref, text, 0.0, 0.0, 0.0, 0.0)
+    assert a.eq(1).all() and r.eq(1).all() and t is text
+    a, r, t = drop_conditions(audio, ref, text, 0.0, 0.0, 0.0, 1.0)
+    assert a.eq(0).all() and r.eq(0).all() and t is None
+    a, r, t = drop_conditions(audio, ref, text, 1.0, 0.0, 0.0, 0.0)
+    assert a.eq(0).all() and r.eq(1).all() and t is text
+    g = torch.Generator().manual_seed(0)
+    kept = [drop_conditions(torch.ones(1000, 1), torch.ones(1000, 1), None, 0.3, 0.1, 0.0, 0.1, g) for _ in range(2)]
+    a_rate = kept[0][0].eq(0).float().mean().item()
+    assert a_rate == pytest.approx(1 - 0.7 * 0.9, abs=0.05)  # independent draws, union with "all"
+    both = (kept[0][0].eq(0) & kept[0][1].eq(0)).float().mean().item()
+    assert both == pytest.approx(0.1 + 0.9 * 0.3 * 0.1, abs=0.04)
+
+
+def test_ema_update_and_start_step():
+    model = nn.Linear(3, 3)
+    ema = make_ema_copy(model)
+    assert all(not p.requires_grad for p in ema.parameters())
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = ema.weight.clone()
+    ema_update(ema, model, 0.9)
+    torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * model.weight)
+    assert ema_decay_at(5, 0.99, start_step=10) == 0.0 and ema_decay_at(10, 0.99, start_step=10) == 0.99
+    ema_update(ema, model, ema_decay_at(0, 0.99, 10))
+    torch.testing.assert_close(ema.weight, model.weight)
+
+
+def test_adamw_groups_and_warmup():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    opt = build_adamw(model, lr=1e-3, betas=(0.0, 0.99), weight_decay=0.1)
+    decays = sorted(g["weight_decay"] for g in opt.param_groups)
+    assert decays == [0.0, 0.1] and opt.param_groups[0]["betas"] == (0.0, 0.99)
+    sched = linear_warmup(opt, 4)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_flow_loss_motion_prefix_and_mouth_weight():
+    teacher = make_teacher(motion_frames=2, motion_prob=1.0, motion_sigma_min=0.05, motion_sigma_max=0.1, audio_dropout=0.0,
+                           ref_dropout=0.0, all_dropout=0.0)
+    batch = make_batch(frames=5)
+    loss = teacher.flow_loss(batch, generator=torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+    call = teacher.model.calls[-1]
+    ts = call["timestep"]
+    assert ts.shape == (2, 5)
+    assert torch.all((ts[:, :2] >= 50) & (ts[:, :2] <= 100))  # the prefix at its small level s_m
+    assert torch.all(ts[:, 2:] == ts[:, 2:3])  # the rest at the sample's level
+    assert call["audio"].shape == (2, 5, 5, 40) and call["ref"].shape == (2, 12, 1, 8, 8)
+    # the prefix frames do not count: a model that is wrong only there has the loss of a perfect one
+    teacher2 = make_teacher(motion_frames=2, motion_prob=1.0, mouth_weight=1.0, audio_dropout=0.0, ref_dropout=0.0, all_dropout=0.0)
+    g = torch.Generator().manual_seed(0)
+    x0 = teacher2.vae.encode(batch["video"])
+
+    class Oracle(nn.Module):
+        def forward(self, x, timestep, audio=None, ref=None, text=None):
+            s = timestep / 1000.0
+            eps = (x - (1 - s[:, None, :, None, None]) * x0) / s[:, None, :, None, None]
+            v = eps - x0
+            v[:, :, :2] += 10.0
+            return v
+
+    assert teacher2.flow_loss(batch, net=Oracle(), generator=g).item() < 1e-6
+
+
+def test_dropout_reaches_the_model():
+    teacher = make_teacher(audio_dropout=0.0, ref_dropout=0.0, all_dropout=1.0)
+    teacher.flow_loss(make_batch())
+    call = teacher.model.calls[-1]
+    assert call["audio"].abs().sum() == 0 and call["ref"].abs().sum() == 0
+    teacher.flow_loss(make_batch(), dropout=False)
+    call = teacher.model.calls[-1]
+    assert call["audio"].abs().sum() > 0 and call["ref"].abs().sum() > 0
+
+
+def test_fit_updates_ema_logs_and_samples(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    torch.manual_seed(0)
+    teacher = make_teacher(ema_decay=0.5, sample_steps=2, val_max_samples=2, audio_guidance=2.0, lr=1e-2)
+    data = [make_batch(seed=i) for i in range(3)]
+    loader = torch.utils.data.DataLoader(data, batch_size=None)
+    logger = TensorBoardLogger(str(tmp_path), name="t")
+    trainer = pl.Trainer(max_steps=3, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=1, num_sanity_val_steps=0, enable_model_summary=False)
+    trainer.fit(teacher, loader, loader)
+    metrics = trainer.callback_metrics
+    for key in ("train/loss", "val/loss", "val/synthsync_r", "val/synthsync_r_shuffled", "train/grad_norm"):
+        assert key in metrics, key
+    ema_w, w = teacher.ema_model.conv.weight, teacher.model.conv.weight
+    assert not torch.equal(ema_w, w)  # an average, not a copy
+    assert teacher.vae.training is False and teacher.ema_model.training is False
+    clips = os.listdir(os.path.join(logger.log_dir, "samples"))
+    assert len(clips) == 2 and all(c.endswith(".mp4") for c in clips)
+    path = tmp_path / "c.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert any(k.startswith("ema_model.") for k in state)
+
+
+def test_sample_shape_and_determinism():
+    teacher = make_teacher(sample_steps=3)
+    batch = make_batch(frames=5)
+    a = teacher.sample(batch, generator=torch.Generator().manual_seed(1))
+    b = teacher.sample(batch, generator=torch.Generator().manual_seed(1))
+    assert a.shape == batch["video"].shape and torch.equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1
