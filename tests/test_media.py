@@ -124,3 +124,13 @@ def test_failed_write_keeps_existing_file(tmp_path):
     with pytest.raises(UserError):
         write_video(path, np.zeros((2, 8, 8, 3), np.float32))
     assert path.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("codec", ["flac", "wav"])
+def test_encode_audio_lossless_round_trip(codec):
+    from lit_avatar.data.media import encode_audio
+
+    audio = (0.8 * np.sin(np.arange(8000) * 0.05)).astype(np.float32)
+    decoded = read_audio(encode_audio(audio, 16000, codec))
+    assert decoded.shape == audio.shape
+    assert np.abs(decoded - audio).max() < 1e-4  # 16-bit quantisation only

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
+from lit_avatar.data.atomic import atomic_path
 from lit_avatar.errors import UserError
 
 MediaSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
@@ -236,15 +236,32 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 25, au
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"{path}: output folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".mp4", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=path.suffix or ".mp4") as tmp:
         _mux(tmp, None if path.suffix else "mp4", frames, fps, audio, sample_rate, crf)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+
+def encode_audio(audio: np.ndarray, sample_rate: int = 16000, codec: str = "flac") -> bytes:
+    """The bytes of a mono audio file: "flac" (lossless, small) or "wav" (16-bit PCM).
+
+    Args:
+        audio: mono float waveform [S] in [-1, 1] (clipped).
+        sample_rate: rate in Hz.
+        codec: "flac" or "wav".
+    """
+    import av
+
+    if codec not in ("flac", "wav"):
+        raise UserError(f"encode_audio codec={codec!r}: expected 'flac' or 'wav'")
+    samples = np.asarray(audio, dtype=np.float64).reshape(-1)
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).reshape(1, -1)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=codec) as container:
+        stream = container.add_stream("flac" if codec == "flac" else "pcm_s16le", rate=sample_rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
 
 
 def probe(source: MediaSource, name: str | None = None) -> dict:
