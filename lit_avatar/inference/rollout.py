@@ -1,0 +1,172 @@
+"""THE block loop: denoise block i with its PSB step list, write the MCI-corrupted context into the
+KV cache, reset and re-index the cache (URCR) when the RoPE horizon is reached.
+
+Self-forcing training and streaming inference both drive this class; ablations switch its options.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from lit_avatar.diffusion.schedule import psb_step_lists
+from lit_avatar.inference.options import RolloutOptions
+from lit_avatar.models.attention import KVCache
+
+
+@dataclass
+class BlockRecord:
+    """What happened for one block (tests and benchmarks read these)."""
+
+    index: int
+    positions: list[int]
+    sigmas: list[float]
+    context_sigma: float
+    reset: bool
+    forwards: int
+
+
+@dataclass
+class _HistoryFrame:
+    latent: torch.Tensor  # [B,C,1,h,w], clean
+    audio: torch.Tensor | None  # [B,1,A,D]
+    index: int
+
+
+class Rollout:
+    """Stateful block-by-block generator over one stream.
+
+    Args:
+        model: an AvatarDiT (causal use: forward_cached / prefill / new_cache).
+        options: PSB, MCI, URCR and the block size.
+        training: draw the context noise level from [mci.min, mci.max] per block instead of mci.sigma.
+    """
+
+    def __init__(self, model: torch.nn.Module, options: RolloutOptions, training: bool = False):
+        self.model = model
+        self.options = options
+        self.training = training
+        self.records: list[BlockRecord] = []
+        self.cache: KVCache | None = None
+        self._history: deque[_HistoryFrame] = deque()
+        self._schedules: dict[int, torch.Tensor] = {}
+        self._block = 0
+        self._next_frame = 0
+        self._next_position = 0
+        self.max_position_seen = -1
+
+    def begin(self, ref: torch.Tensor | None, text: torch.Tensor | None, batch: int, latent_hw: tuple[int, int],
+              generator: torch.Generator | None = None) -> None:
+        """Start a stream: a fresh cache holding the reference sink and the text K/V."""
+        h, w = latent_hw
+        p = self.model.config.patch_size
+        self.cache = self.model.new_cache(self.options.window, h, w)
+        self.model.prefill(self.cache, ref, text, batch, h // p[1], w // p[2])
+        self.generator = generator
+        self.records.clear()
+        self._history.clear()
+        self._block = self._next_frame = self._next_position = 0
+        self.max_position_seen = -1
+
+    def sigmas_for(self, block: int) -> torch.Tensor:
+        n = self.options.psb.steps_for(block)
+        if n not in self._schedules:
+            full = max(self.options.psb.steps)
+            # Every list is a subset of one shifted schedule of max(steps) steps (PSB definition).
+            self._schedules[n] = psb_step_lists([full, n], self.options.shift)[1]
+        return self._schedules[n]
+
+    def _context_sigma(self) -> float:
+        mci = self.options.mci
+        if not mci.enabled:
+            return 0.0
+        if not self.training:
+            return mci.sigma
+        u = torch.rand((), generator=self.generator).item()
+        return mci.min + (mci.max - mci.min) * u
+
+    def _randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        # The generator (if any) lives on the model's device, so streams are reproducible per device.
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+
+    def _write_context(self, frames: list[_HistoryFrame], positions: list[int], sigma: float) -> None:
+        """One forward at timestep sigma over the (noised) frames, storing their keys/values."""
+        latents = torch.cat([f.latent for f in frames], dim=2)
+        audio = None if frames[0].audio is None else torch.cat([f.audio for f in frames], dim=1)
+        if sigma > 0:
+            latents = (1 - sigma) * latents + sigma * self._randn_like(latents)
+        t = torch.full((latents.shape[0],), 1000.0 * sigma, device=latents.device)
+        pos = torch.tensor(positions, device=latents.device)
+        self.max_position_seen = max(self.max_position_seen, max(positions))
+        self.model.forward_cached(latents, t, pos, self.cache, audio, write_frames=[f.index for f in frames])
+
+    def _maybe_reset(self) -> bool:
+        """URCR: re-index the cache from position 0 when the next block would pass the horizon."""
+        urcr, fpb = self.options.urcr, self.options.frames_per_block
+        if not urcr.enabled or self._next_position + fpb <= urcr.max_frames:
+            return False
+        self.cache.clear_frames()
+        kept = list(self._history)[-urcr.keep_frames:] if urcr.keep_frames else []
+        if kept:
+            with torch.no_grad():
+                self._write_context(kept, list(range(len(kept))), self._context_sigma())
+        self._next_position = len(kept)
+        return True
+
+    def next_block(self, audio_tokens: torch.Tensor | None, noise: torch.Tensor | None = None,
+                   exit_step: int | None = None, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Generate the next block of clean latents [B,C,frames_per_block,h,w].
+
+        Args:
+            audio_tokens: the block's projected audio tokens [B,fpb,A,D] (model.audio_tokens), or None.
+            noise: the starting noise; default drawn with `shape`.
+            exit_step: training: the step whose x0 prediction is returned, with gradient; the steps before
+                it run without gradient. None: all steps (inference).
+            shape: [B,C,fpb,h,w] when noise is not given.
+        """
+        fpb = self.options.frames_per_block
+        reset = self._maybe_reset()
+        positions = list(range(self._next_position, self._next_position + fpb))
+        self.max_position_seen = max(self.max_position_seen, positions[-1])
+        device = self.model.null_text.device
+        pos = torch.tensor(positions, device=device)
+        x = noise.to(device) if noise is not None else torch.randn(shape, generator=self.generator, device=device)
+        sigmas = self.sigmas_for(self._block)
+        steps = len(sigmas) - 1
+        last = steps - 1 if exit_step is None else min(exit_step, steps - 1)
+        x0 = x
+        for j in range(last + 1):
+            s, s_next = float(sigmas[j]), float(sigmas[j + 1])
+            t = torch.full((x.shape[0],), 1000.0 * s, device=x.device)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and j == last and exit_step is not None):
+                v = self.model.forward_cached(x, t, pos, self.cache, audio_tokens)
+            x0 = x - s * v
+            if j == last:
+                break
+            if self.options.sampler == "euler":
+                x = x + (s_next - s) * v
+            else:
+                x = (1 - s_next) * x0 + s_next * self._randn_like(x0)
+        # Context write: the block's clean output, noised to the MCI level, without gradient.
+        sigma_m = self._context_sigma()
+        new_frames = []
+        for k in range(fpb):
+            frame = _HistoryFrame(
+                latent=x0[:, :, k:k + 1].detach(),
+                audio=None if audio_tokens is None else audio_tokens[:, k:k + 1].detach(),
+                index=self._next_frame + k,
+            )
+            new_frames.append(frame)
+            self._history.append(frame)
+        keep = max(self.options.urcr.keep_frames, self.options.window)
+        while len(self._history) > keep:
+            self._history.popleft()
+        with torch.no_grad():
+            self._write_context(new_frames, positions, sigma_m)
+        self.records.append(BlockRecord(self._block, positions, [float(s) for s in sigmas[: last + 2]],
+                                        sigma_m, reset, forwards=last + 2))
+        self._block += 1
+        self._next_frame += fpb
+        self._next_position += fpb
+        return x0
