@@ -1,0 +1,175 @@
+"""Byte-reproducible tar shards of bounded size, finished atomically and marked done per job.
+
+Why byte-reproducible: a build that is killed and resumed must give the same shards as one that
+never stopped, and the easiest proof is equal bytes. Tar headers therefore carry a fixed mtime,
+owner and mode (webdataset's TarWriter stamps the current time unless told otherwise), members are
+written in sorted order, and parts roll over at deterministic sample boundaries.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+TAR_BLOCK = 512
+TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to whole records
+DONE_SUFFIX = ".done.json"
+PART_SUFFIX = ".tar"
+TMP_MARK = ".tmp-"
+# test hook: exit abruptly (like a kill) after this many samples were written in this process
+DIE_AFTER_ENV = "LIT_AVATAR_BUILD_DIE_AFTER_SAMPLES"
+_written_in_process = 0
+
+
+def member_bytes(sample: dict[str, Any]) -> int:
+    """Bytes a sample adds to a tar: one header block per member plus data padded to blocks.
+
+    Args:
+        sample: webdataset sample dict of bytes values.
+    """
+    total = 0
+    for name, value in sample.items():
+        if name.startswith("_"):
+            continue
+        total += TAR_BLOCK + -(-len(value) // TAR_BLOCK) * TAR_BLOCK
+    return total
+
+
+def _maybe_die() -> None:
+    global _written_in_process
+    _written_in_process += 1
+    limit = os.environ.get(DIE_AFTER_ENV)
+    if limit and _written_in_process >= int(limit):
+        os._exit(77)  # no cleanup, no flush of other files: what a kill leaves behind
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ShardSink:
+    """Writes the samples of one job into `<prefix>-NN.tar` parts of at most `max_bytes` each.
+
+    Each part is written under a temporary name and renamed when complete, so a part file that
+    exists is whole; a sample larger than `max_bytes` gets a part of its own.
+
+    Args:
+        out_dir: the build's output folder.
+        prefix: job prefix, e.g. "train-00003".
+        max_bytes: size bound of one part.
+    """
+
+    def __init__(self, out_dir: Path, prefix: str, max_bytes: int) -> None:
+        self.out_dir = Path(out_dir)
+        self.prefix = prefix
+        self.max_bytes = max_bytes
+        self.parts: list[dict[str, Any]] = []
+        self._writer = None
+        self._handle = None
+        self._tmp: Path | None = None
+        self._size = 0
+        self._count = 0
+
+    def _open(self) -> None:
+        import webdataset as wds
+
+        name = f"{self.prefix}-{len(self.parts):02d}{PART_SUFFIX}"
+        self._tmp = self.out_dir / f".{name}{TMP_MARK}{os.getpid()}"
+        self._handle = open(self._tmp, "wb")
+        self._writer = wds.TarWriter(self._handle, encoder=False, mtime=0.0, user="lit-avatar",
+                                     group="lit-avatar", mode=0o444)
+        self._size, self._count = 2 * TAR_BLOCK, 0  # the end-of-archive blocks
+
+    def _finish(self) -> None:
+        self._writer.close()
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        name = f"{self.prefix}-{len(self.parts):02d}{PART_SUFFIX}"
+        final = self.out_dir / name
+        os.replace(self._tmp, final)
+        self.parts.append({"file": name, "samples": self._count, "bytes": final.stat().st_size,
+                           "sha256": sha256_file(final)})
+        self._writer = self._handle = self._tmp = None
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """Append one sample (from `schema.encode_sample`), starting a new part when this one is full.
+
+        Args:
+            sample: webdataset sample dict.
+        """
+        size = member_bytes(sample)
+        padded = -(-(self._size + size) // TAR_RECORD) * TAR_RECORD
+        if self._writer is not None and self._count and padded > self.max_bytes:
+            self._finish()
+        if self._writer is None:
+            self._open()
+        self._writer.write(sample)
+        self._size += size
+        self._count += 1
+        _maybe_die()
+
+    def close(self) -> list[dict[str, Any]]:
+        """Finish the open part; returns every part written (file, samples, bytes, sha256)."""
+        if self._writer is not None:
+            self._finish()
+        return self.parts
+
+
+def done_path(out_dir: Path, prefix: str) -> Path:
+    return Path(out_dir) / f"{prefix}{DONE_SUFFIX}"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """JSON to a temp name in the same folder, then os.replace: readers never see half a file."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_done(out_dir: Path, prefix: str) -> dict[str, Any] | None:
+    """The done marker of a job if it is finished and all its parts are present at their sizes."""
+    path = done_path(out_dir, prefix)
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for part in done.get("parts", []):
+        file = Path(out_dir) / part["file"]
+        if not file.is_file() or file.stat().st_size != part["bytes"]:
+            return None
+    return done
+
+
+def discard_unfinished(out_dir: Path, prefixes: list[str]) -> int:
+    """Delete temp files and the parts of jobs without a valid done marker; returns files removed.
+
+    Args:
+        out_dir: the build's output folder.
+        prefixes: jobs to rebuild.
+    """
+    removed = 0
+    out_dir = Path(out_dir)
+    for path in out_dir.iterdir():
+        if TMP_MARK in path.name:
+            path.unlink()
+            removed += 1
+    for prefix in prefixes:
+        for path in list(out_dir.glob(f"{prefix}-*{PART_SUFFIX}")) + [done_path(out_dir, prefix)]:
+            if path.exists():
+                path.unlink()
+                removed += 1
+    return removed
