@@ -1,0 +1,268 @@
+"""`lit-avatar eval`: score generated videos on disk against real ones and write results.json.
+
+Metrics whose weights are missing are skipped with a one-line message naming the file they need, so a
+partial weights folder still gives every metric it can.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from eval.inputs import load_audio_for, load_reference, match_videos, read_sidecar, write_json_atomic
+from lit_avatar.errors import UserError
+
+ALL_METRICS = ("fid", "fvd", "sync", "csim", "drift", "synthsync")
+FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+WEIGHTS = {
+    "fid": FID_WEIGHTS,
+    "fvd": "i3d_torchscript.pt",
+    "sync": "syncnet_v2.model",
+    "csim": "models/buffalo_l/w600k_r50.onnx",
+}
+DETECTOR = "models/buffalo_l/det_10g.onnx"
+
+
+@dataclass
+class EvalOptions:
+    """What `lit-avatar eval` was asked to do (the parsed command line)."""
+
+    gen: str
+    out: str
+    real: str | None = None
+    refs: str | None = None
+    audio: str | None = None
+    metrics: tuple[str, ...] = ALL_METRICS
+    weights_dir: str | None = None
+    fps: float = 25.0
+    window: float = 10.0
+    fid_frame_stride: int = 1
+    batch_size: int = 16
+    device: str = "cpu"
+    drift_dir: str | None = None
+    tensorboard_dir: str | None = None
+    command: str = ""
+    progress: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """'fid,sync' -> ('fid', 'sync'); UserError naming --metrics for unknown names."""
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in ALL_METRICS]
+    if bad or not names:
+        raise UserError(f"--metrics: unknown metric(s) {', '.join(bad) or '(none)'}; expected some of {','.join(ALL_METRICS)}")
+    return names
+
+
+def find_weights(metric: str, weights_dir: str | None) -> tuple[Path | None, str | None]:
+    """(path, None) if the metric's weight file exists, else (None, a one-line skip message)."""
+    need = WEIGHTS[metric]
+    if weights_dir is None:
+        return None, f"skipping {metric}: needs {need} under --weights-dir (none given)"
+    root = Path(weights_dir)
+    path = root / need
+    if metric == "fid" and not path.is_file():
+        alts = sorted(root.glob("pt_inception-2015-12-05-*.pth"))
+        path = alts[0] if alts else path
+    if not path.is_file():
+        return None, f"skipping {metric}: weight file {path} not found"
+    return path, None
+
+
+def _say(opts: EvalOptions, line: str) -> None:
+    opts.notes.append(line)
+    print(line, file=sys.stderr)
+
+
+def _load_scorers(opts: EvalOptions, has_real: bool) -> tuple[dict, object | None]:
+    """Build the scorers whose inputs and weights are present; returns (scorers, face detector or None)."""
+    from eval import scorers as S
+
+    out: dict = {}
+    for metric in opts.metrics:
+        if metric in ("drift",):
+            continue
+        if metric in ("fid", "fvd") and not has_real:
+            _say(opts, f"skipping {metric}: needs --real DIR with videos named like the generated ones")
+            continue
+        if metric == "synthsync":
+            out[metric] = S.SynthSyncScorer()
+            continue
+        path, why = find_weights(metric, opts.weights_dir)
+        if why:
+            _say(opts, why)
+            continue
+        if metric == "fid":
+            from eval.fid import load_fid_inception
+
+            out[metric] = S.FIDScorer(load_fid_inception(path), opts.batch_size, opts.fid_frame_stride, opts.device)
+        elif metric == "fvd":
+            from eval.fvd import load_i3d
+
+            out[metric] = S.FVDScorer(load_i3d(path), max(opts.batch_size // 4, 1), opts.device)
+        elif metric == "sync":
+            from eval.syncnet import load_syncnet
+
+            out[metric] = S.SyncScorer(load_syncnet(path), device=opts.device)
+        elif metric == "csim":
+            from eval.csim import ArcFace
+
+            out[metric] = S.CSIMScorer(ArcFace(path))
+    detector = None
+    if ("sync" in out or "csim" in out) and opts.weights_dir is not None:
+        det_path = Path(opts.weights_dir) / DETECTOR
+        if det_path.is_file():
+            from eval.faces import OnnxFaceDetector
+
+            detector = OnnxFaceDetector(det_path)
+    return out, detector
+
+
+def face_geometry(frames: np.ndarray, sidecar: dict, detector) -> tuple[np.ndarray, np.ndarray, str]:
+    """Face boxes [T,4] and 5-point landmarks [T,5,2] in pixels, and where they came from.
+
+    Order: the sidecar's face_box (normalised), then the detector (per frame; a miss reuses the last hit),
+    then the whole frame (noted in the results, since scores on uncropped frames are not comparable).
+    """
+    from eval.csim import landmarks_from_box
+
+    t, h, w, _ = frames.shape
+    if "face_box" in sidecar:
+        box = np.asarray(sidecar["face_box"], np.float64) * np.array([w, h, w, h])
+        return np.repeat(box[None], t, 0), np.repeat(landmarks_from_box(box)[None], t, 0), "sidecar"
+    if detector is not None:
+        boxes, lms, last = np.zeros((t, 4)), np.zeros((t, 5, 2)), None
+        for i, f in enumerate(frames):
+            try:
+                b, k = detector.detect(f)
+                last = (b, k if k is not None else landmarks_from_box(b))
+            except ValueError:
+                pass
+            if last is None:
+                last = (np.array([0, 0, w, h], np.float64), landmarks_from_box((0, 0, w, h)))
+            boxes[i], lms[i] = last
+        return boxes, lms, "detector"
+    box = np.array([0, 0, w, h], np.float64)
+    return np.repeat(box[None], t, 0), np.repeat(landmarks_from_box(box)[None], t, 0), "whole_frame"
+
+
+def run_eval(opts: EvalOptions) -> dict:
+    """Score every generated video; returns (and writes) the results dict."""
+    from lit_avatar.data.media import read_video
+
+    matching = match_videos(opts.gen, opts.real)
+    for line in matching.report():
+        _say(opts, line)
+    scorers, detector = _load_scorers(opts, has_real=bool(matching.matched))
+    drift_on = "drift" in opts.metrics
+    out_path = Path(opts.out)
+    drift_dir = Path(opts.drift_dir) if opts.drift_dir else out_path.parent / f"{out_path.stem}_drift"
+    tb_dir = Path(opts.tensorboard_dir) if opts.tensorboard_dir else drift_dir / "tensorboard"
+
+    videos: dict[str, dict] = {}
+    names = sorted(matching.gen)
+    try:
+        from tqdm import tqdm
+
+        iterator = tqdm(names, desc="eval", unit="video", disable=not opts.progress, file=sys.stderr)
+    except ImportError:  # tqdm is a dependency; keep going without a bar if it is broken
+        iterator = names
+    for name in iterator:
+        videos[name] = _score_video(name, matching, scorers, detector, opts, read_video, drift_on, drift_dir, tb_dir)
+
+    aggregate: dict = {"num_videos": len(videos)}
+    for metric, scorer in scorers.items():
+        aggregate.update(scorer.aggregate())
+    if drift_on:
+        aggregate.update(_drift_aggregate(videos))
+    results = {
+        "command": opts.command,
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "gen": str(opts.gen),
+        "real": str(opts.real) if opts.real else None,
+        "metrics": list(opts.metrics),
+        "computed": sorted(scorers) + (["drift"] if drift_on else []),
+        "notes": list(opts.notes),
+        "unmatched": {"gen_only": matching.gen_only, "real_only": matching.real_only},
+        "aggregate": aggregate,
+        "videos": videos,
+    }
+    write_json_atomic(out_path, results)
+    return results
+
+
+def _drift_aggregate(videos: dict[str, dict]) -> dict:
+    """Mean drift slope per minute and mean last-minus-first of each curve over the videos."""
+    out: dict = {}
+    kinds = sorted({k for row in videos.values() for k in row.get("drift", {})})
+    for k in kinds:
+        curves = [row["drift"][k] for row in videos.values() if k in row.get("drift", {})]
+        slopes = [c["slope_per_min"] for c in curves if np.isfinite(c["slope_per_min"])]
+        changes = [c["last_minus_first"] for c in curves if np.isfinite(c["last_minus_first"])]
+        out[f"drift_{k}_slope_per_min"] = float(np.mean(slopes)) if slopes else None
+        out[f"drift_{k}_last_minus_first"] = float(np.mean(changes)) if changes else None
+    return out
+
+
+def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, drift_dir, tb_dir) -> dict:
+    gen_path = matching.gen[name]
+    frames, _ = read_video(gen_path, fps=opts.fps)
+    row: dict = {"frames": int(len(frames))}
+    sidecar = read_sidecar(gen_path)
+    curves: dict = {}
+    real_frames = None
+    if name in matching.real and ("fid" in scorers or "fvd" in scorers or "csim" in scorers):
+        real_frames = read_video(matching.real[name], fps=opts.fps)[0]
+    needs_audio = "sync" in scorers or "synthsync" in scorers
+    audio = load_audio_for(name, gen_path, opts.audio) if needs_audio else None
+    if needs_audio and audio is None:
+        _say(opts, f"{name}: no audio (no {opts.audio or '--audio DIR'}/{name}.wav and no audio stream): sync metrics skipped")
+
+    if real_frames is not None:
+        for metric in ("fid", "fvd"):
+            if metric in scorers:
+                row.update(scorers[metric].video(frames, real_frames))
+        if drift_on and "fid" in scorers:
+            curves["fid"] = scorers["fid"].drift(opts.fps, opts.window)
+    boxes = lms = None
+    if "sync" in scorers or "csim" in scorers:
+        boxes, lms, source = face_geometry(frames, sidecar, detector)
+        row["face_source"] = source
+    if "sync" in scorers and audio is not None:
+        row.update(scorers["sync"].video(frames, audio, boxes, opts.fps))
+        curve = scorers["sync"].drift(len(frames), opts.fps, opts.window) if drift_on else None
+        if curve is not None:
+            curves["sync_c"] = curve
+    if "csim" in scorers:
+        reference = load_reference(name, opts.refs)
+        ref_from = "refs"
+        if reference is None:
+            reference, ref_from = (real_frames[0], "real_frame0") if real_frames is not None else (frames[0], "gen_frame0")
+        # the reference's own sidecar if it has one, else the generated video's (same identity and framing)
+        own = {"refs": Path(opts.refs or ".") / f"{name}.json", "real_frame0": matching.real.get(name, gen_path)}
+        ref_sidecar = read_sidecar(Path(own[ref_from]).with_suffix(".mp4")) if ref_from in own else {}
+        _, ref_lms, _ = face_geometry(reference[None], ref_sidecar or sidecar, detector)
+        row.update(scorers["csim"].video(frames, lms, reference, ref_lms[0]))
+        row["csim_reference"] = ref_from
+        if drift_on:
+            curves["csim"] = scorers["csim"].drift(opts.fps, opts.window)
+    if "synthsync" in scorers:
+        if "mouth_box" not in sidecar:
+            _say(opts, f"{name}: synthsync skipped (needs {gen_path.with_suffix('.json')} with a mouth_box)")
+        elif audio is not None:
+            row.update(scorers["synthsync"].video(frames, sidecar["mouth_box"], audio, opts.fps))
+            if drift_on:
+                curves["synthsync_r"] = scorers["synthsync"].drift(opts.fps, opts.window)
+    if drift_on and curves:
+        from eval.drift import log_tensorboard, plot_curves
+
+        png = drift_dir / f"{name}.png"
+        plot_curves(curves, png, title=name)
+        log_tensorboard(curves, tb_dir, prefix=f"drift/{name}")
+        row["drift"] = {k: c.to_dict() for k, c in curves.items()}
+        row["drift_plot"] = str(png)
+    return row

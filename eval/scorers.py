@@ -1,0 +1,211 @@
+"""Per-metric scorers used by `lit-avatar eval`: each scores one video and accumulates the aggregate.
+
+Every scorer keeps what its drift curve needs (per-frame features or values), so drift costs no second
+pass over the networks.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from eval.drift import DriftCurve, per_frame_drift, windowed_drift
+from eval.frechet import frechet_distance_features
+from eval.metrics import FrechetFeatureMetric
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+class FIDScorer:
+    """FID per video (its frames vs its real video's frames) and over all frames.
+
+    Args:
+        model: images [N,3,H,W] in [0,1] -> [N,2048].
+        batch_size: frames per forward.
+        frame_stride: use every k-th frame (FID over all frames is the talking-head practice: k=1).
+        device: torch device for the network.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_size: int = 16, frame_stride: int = 1, device: str = "cpu"):
+        self.model = model.to(device)
+        self.batch_size, self.stride, self.device = batch_size, max(frame_stride, 1), device
+        self.metric = FrechetFeatureMetric(None, 2048)
+        self.last_gen: np.ndarray | None = None
+        self.last_real: np.ndarray | None = None
+
+    @torch.no_grad()
+    def features(self, frames: np.ndarray) -> np.ndarray:
+        """pool3 features [T', 2048] of RGB uint8 frames [T, H, W, 3] (every `stride`-th)."""
+        frames = frames[:: self.stride]
+        out = []
+        for s in range(0, len(frames), self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(frames[s: s + self.batch_size])).to(self.device)
+            x = x.permute(0, 3, 1, 2).float() / 255.0
+            out.append(self.model(x).double().cpu().numpy())
+        return np.concatenate(out)
+
+    def video(self, gen: np.ndarray, real: np.ndarray) -> dict:
+        g, r = self.features(gen), self.features(real)
+        self.metric.update_features(torch.from_numpy(g), real=False)
+        self.metric.update_features(torch.from_numpy(r), real=True)
+        self.last_gen, self.last_real = g, r
+        fid = frechet_distance_features(g, r) if len(g) >= 2 and len(r) >= 2 else float("nan")
+        return {"fid": _nan_to_none(fid)}
+
+    def drift(self, fps: float, window_s: float) -> DriftCurve:
+        """FID of each window of the last video against all of its real frames."""
+        g, r = self.last_gen, self.last_real
+
+        def window_fid(s: int, e: int) -> float:
+            part = g[s // self.stride: max(e // self.stride, s // self.stride + 1)]
+            return frechet_distance_features(part, r) if len(part) >= 2 else float("nan")
+
+        return windowed_drift(len(g) * self.stride, window_fid, fps, window_s)
+
+    def aggregate(self) -> dict:
+        ok = int(self.metric.fake_count) >= 2 and int(self.metric.real_count) >= 2
+        return {"fid": float(self.metric.compute()) if ok else None}
+
+
+class FVDScorer:
+    """FVD over all 16-frame clips (and per video when a video has 2+ clips)."""
+
+    def __init__(self, detector: torch.nn.Module, batch_size: int = 4, device: str = "cpu"):
+        from eval.fvd import FEATURE_DIM, I3DFeatures
+
+        self.extractor = I3DFeatures(detector.to(device))
+        self.batch_size, self.device = batch_size, device
+        self.metric = FrechetFeatureMetric(None, FEATURE_DIM)
+
+    def features(self, frames: np.ndarray) -> np.ndarray:
+        from eval.fvd import iter_clips, preprocess_clip
+
+        out, batch = [], []
+        for clip in iter_clips(frames):
+            batch.append(preprocess_clip(clip))
+            if len(batch) == self.batch_size:
+                out.append(self.extractor(torch.stack(batch).to(self.device)).double().cpu().numpy())
+                batch = []
+        if batch:
+            out.append(self.extractor(torch.stack(batch).to(self.device)).double().cpu().numpy())
+        return np.concatenate(out)
+
+    def video(self, gen: np.ndarray, real: np.ndarray) -> dict:
+        g, r = self.features(gen), self.features(real)
+        self.metric.update_features(torch.from_numpy(g), real=False)
+        self.metric.update_features(torch.from_numpy(r), real=True)
+        fvd = frechet_distance_features(g, r) if len(g) >= 2 and len(r) >= 2 else float("nan")
+        return {"fvd": _nan_to_none(fvd), "fvd_clips": int(len(g))}
+
+    def aggregate(self) -> dict:
+        ok = int(self.metric.fake_count) >= 2 and int(self.metric.real_count) >= 2
+        return {"fvd": float(self.metric.compute()) if ok else None}
+
+
+class SyncScorer:
+    """SyncNet Sync-C / Sync-D / AV offset per video; aggregates are means over videos."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int = 20, device: str = "cpu"):
+        self.model = model.to(device)
+        self.batch_size, self.device = batch_size, device
+        self.rows: list[dict] = []
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def video(self, frames: np.ndarray, audio: np.ndarray, boxes_px: np.ndarray, fps: float) -> dict:
+        from eval.syncnet import audio_windows, lip_windows, mfcc_features, num_windows, rgb_to_syncnet_crops, sync_scores
+
+        crops = rgb_to_syncnet_crops(frames, boxes_px)
+        n = num_windows(len(crops), len(audio), fps)
+        if n == 0:
+            self.last = None
+            return {"sync_c": None, "sync_d": None, "av_offset": None}
+        aud = audio_windows(mfcc_features(audio), n)
+        vs, as_ = [], []
+        for s in range(0, n, self.batch_size):
+            c = min(self.batch_size, n - s)
+            vs.append(self.model.forward_lip(lip_windows(crops, s, c).to(self.device)).cpu())
+            as_.append(self.model.forward_aud(aud[s: s + c].to(self.device)).cpu())
+        v, a = torch.cat(vs), torch.cat(as_)
+        self.last = (v, a)
+        out = sync_scores(v, a)
+        row = {"sync_c": out["sync_c"], "sync_d": out["sync_d"], "av_offset": out["offset"]}
+        self.rows.append(row)
+        return row
+
+    def drift(self, num_frames: int, fps: float, window_s: float) -> DriftCurve | None:
+        """Sync-C of the windows that start inside each time window."""
+        if self.last is None:
+            return None
+        from eval.syncnet import sync_scores
+
+        v, a = self.last
+
+        def window_conf(s: int, e: int) -> float:
+            e = min(e, len(v))
+            return sync_scores(v[s:e], a[s:e])["sync_c"] if e - s >= 1 else float("nan")
+
+        return windowed_drift(num_frames, window_conf, fps, window_s)
+
+    def aggregate(self) -> dict:
+        if not self.rows:
+            return {"sync_c": None, "sync_d": None}
+        return {k: float(np.mean([r[k] for r in self.rows])) for k in ("sync_c", "sync_d")}
+
+
+class CSIMScorer:
+    """ArcFace cosine similarity of each frame to the reference; per video mean; aggregate mean of means."""
+
+    def __init__(self, arcface):
+        self.arcface = arcface
+        self.means: list[float] = []
+        self.last: np.ndarray | None = None
+
+    def video(self, frames: np.ndarray, landmarks: np.ndarray, reference: np.ndarray, ref_landmarks: np.ndarray) -> dict:
+        from eval.csim import csim
+
+        sims = csim(self.arcface, reference, ref_landmarks, frames, landmarks)
+        self.last = sims
+        self.means.append(float(sims.mean()))
+        return {"csim": float(sims.mean())}
+
+    def drift(self, fps: float, window_s: float) -> DriftCurve:
+        return per_frame_drift(self.last, fps, window_s)
+
+    def aggregate(self) -> dict:
+        return {"csim": float(np.mean(self.means)) if self.means else None}
+
+
+class SynthSyncScorer:
+    """SynthSync correlation per video; aggregate means."""
+
+    def __init__(self, max_lag: int = 5):
+        self.max_lag = max_lag
+        self.rows: list[dict] = []
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def video(self, frames: np.ndarray, mouth_box, audio: np.ndarray, fps: float) -> dict:
+        from eval.synthsync import audio_envelope, mouth_opening, synthsync_from_series
+
+        opening = mouth_opening(frames, mouth_box)
+        env = audio_envelope(audio, len(opening), fps=fps)
+        out = synthsync_from_series(opening, env, self.max_lag)
+        self.last = (opening, env)
+        row = {"synthsync_r": out["r"], "synthsync_best_r": out["best_r"], "synthsync_best_lag": out["best_lag"]}
+        self.rows.append(row)
+        return row
+
+    def drift(self, fps: float, window_s: float) -> DriftCurve:
+        from eval.synthsync import lagged_correlation
+
+        opening, env = self.last
+        fn: Callable[[int, int], float] = lambda s, e: lagged_correlation(opening[s:e], env[s:e], 0)
+        return windowed_drift(len(opening), fn, fps, window_s)
+
+    def aggregate(self) -> dict:
+        if not self.rows:
+            return {"synthsync_r": None, "synthsync_best_r": None}
+        return {k: float(np.mean([r[k] for r in self.rows])) for k in ("synthsync_r", "synthsync_best_r")}
