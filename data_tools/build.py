@@ -111,6 +111,15 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         _check(args.face_detector is not None,
                "--face-detector: required (a local ONNX file) unless --no-face is given")
         _check(Path(args.face_detector).is_file(), f"--face-detector {args.face_detector}: file not found")
+        from data_tools.faces import OnnxFaceDetector
+
+        OnnxFaceDetector(args.face_detector)  # a file that is not a usable model fails here, once
+    from data_tools.precompute import check_spec
+
+    if args.precompute_latents:
+        check_spec(args.precompute_latents, "--precompute-latents")
+    if args.precompute_audio:
+        check_spec(args.precompute_audio, "--precompute-audio")
     dataset = args.dataset_name or Path(args.src).resolve().stem
     clip = ClipOptions(fps=args.fps, size=args.size, clip_seconds=args.clip_seconds, dataset=dataset,
                        no_face=args.no_face,
@@ -232,7 +241,7 @@ def assemble_manifest(out: Path, jobs: list[ShardJob], options: BuildOptions, se
             if f["clips"]:
                 identities[f["identity"]] = identities.get(f["identity"], 0) + f["clips"]
         clips = sum(f["clips"] for f in mine)
-        splits[split] = {"files": len(mine), "clips": clips, "hours": round(clips * per_clip / 3600, 6),
+        splits[split] = {"files": len(mine), "clips": clips, "hours": clips * per_clip / 3600,
                          "identities": dict(sorted(identities.items())),
                          "shards": [s["file"] for s in shards if s["split"] == split]}
     rejected_files = [{"file": f["file"], "reason": f["reason"], "detail": f["detail"]}
@@ -248,7 +257,7 @@ def assemble_manifest(out: Path, jobs: list[ShardJob], options: BuildOptions, se
         "counts": {"files": len(files), "files_used": len(files) - len(rejected_files),
                    "files_rejected": len(rejected_files),
                    "clips": sum(f["clips"] for f in files), "clips_rejected": len(rejected_clips),
-                   "hours": round(sum(f["clips"] for f in files) * per_clip / 3600, 6),
+                   "hours": sum(f["clips"] for f in files) * per_clip / 3600,
                    "files_rejected_by_reason": {k: v for k, v in by_reason.items() if v},
                    "clips_rejected_by_reason": {k: v for k, v in clip_reasons.items() if v}},
         "splits": splits,

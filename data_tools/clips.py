@@ -235,6 +235,10 @@ def process_source(source: Source, report: SourceReport, options: ClipOptions,
     if pending is not None:
         if previous_ref is not None:
             pending.ref, pending.ref_time = previous_ref
+        else:  # a one-clip source has no other time: take the clip's last frame, as the loader would
+            last = len(pending.video) - 1
+            pending.ref = pending.video[last]
+            pending.ref_time = (pending.index * options.frames_per_clip + last) / options.fps
         yield _sample(source, pending, options)
         report.clips += 1
         report.seconds += options.frames_per_clip / options.fps

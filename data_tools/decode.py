@@ -76,7 +76,8 @@ def preflight(path: str) -> SourceInfo:
                 if packet.stream.type == "video":
                     ends["video"] = max(ends["video"], end)
         except av.FFmpegError as err:
-            raise Rejected("truncated", f"demuxing stopped at {ends['video']:.2f} s ({err.__class__.__name__})") from None
+            detail = f"demuxing stopped at {ends['video']:.2f} s ({err.__class__.__name__})"
+            raise Rejected("truncated", detail) from None
         start = float(video.start_time * video.time_base) if video.start_time and video.time_base else 0.0
         present = ends["video"] - start
         expected = max(claimed)

@@ -15,11 +15,40 @@ can check it uses the same encoder.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
 
 from lit_avatar.errors import UserError
+
+
+def check_spec(spec: str, option: str) -> None:
+    """Fail before any work starts when a spec is malformed or names a missing folder.
+
+    Args:
+        spec: the option's value.
+        option: "--precompute-latents" or "--precompute-audio".
+    """
+    if option == "--precompute-latents" and spec.startswith("patch:"):
+        _patch_args(spec)
+    elif option == "--precompute-audio" and spec == "mel":
+        return
+    elif not os.path.isdir(spec):
+        kinds = "a WanVAE folder or patch:SF[:TF[:SCALE]]" if option == "--precompute-latents" else \
+            "a wav2vec2 folder or `mel`"
+        raise UserError(f"{option} {spec}: not found (expected {kinds})")
+
+
+def _patch_args(spec: str) -> tuple[int, int, float]:
+    fields = spec.split(":")[1:]
+    try:
+        spatial = int(fields[0])
+        temporal = int(fields[1]) if len(fields) > 1 else 1
+        scale = float(fields[2]) if len(fields) > 2 else 1.0
+    except (ValueError, IndexError):
+        raise UserError(f"--precompute-latents {spec}: expected patch:SF[:TF[:SCALE]], e.g. patch:2") from None
+    return spatial, temporal, scale
 
 
 def make_vae(spec: str):
@@ -31,13 +60,7 @@ def make_vae(spec: str):
     from lit_avatar.models.vae import PatchVAE, WanVAE
 
     if spec.startswith("patch:"):
-        fields = spec.split(":")[1:]
-        try:
-            spatial = int(fields[0])
-            temporal = int(fields[1]) if len(fields) > 1 else 1
-            scale = float(fields[2]) if len(fields) > 2 else 1.0
-        except (ValueError, IndexError):
-            raise UserError(f"--precompute-latents {spec}: expected patch:SF[:TF[:SCALE]], e.g. patch:2") from None
+        spatial, temporal, scale = _patch_args(spec)
         return PatchVAE(spatial_factor=spatial, temporal_factor=temporal, scale=scale)
     return WanVAE.from_pretrained(spec)
 
@@ -99,8 +122,9 @@ class Precomputer:
                 frames = decoded["video"]
                 frames = frames[: causal_length(len(frames), self.vae.temporal_factor)]
                 out["latents"] = self.vae.encode(video_tensor(frames))[0].float().numpy()
-                if decoded.get("ref") is not None:
-                    out["ref_latent"] = self.vae.encode(video_tensor(decoded["ref"][None]))[0].float().numpy()
+                # the build always stores a ref; the fallback matches the loader's for clips from frame 0
+                ref = decoded["ref"] if decoded.get("ref") is not None else decoded["video"][-1]
+                out["ref_latent"] = self.vae.encode(video_tensor(ref[None]))[0].float().numpy()
             if self.audio_encoder is not None:
                 num_frames = len(decoded["video"]) if decoded.get("video") is not None else None
                 audio = torch.from_numpy(np.ascontiguousarray(decoded["audio"], np.float32))[None]
