@@ -1,0 +1,165 @@
+"""Pieces shared by the distillation stages (ODE init, Self-Forcing DMD): conditions of a clip, seeded
+randomness tied to the optimisation step, exit-step draws, weight loading between stages and the
+checkpoint record that lets `lit-avatar generate` rebuild the student.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_avatar.errors import UserError
+from lit_avatar.modules.conditions import audio_feats_of, latents_of, ref_latent_of
+
+
+@dataclass
+class ClipConditions:
+    """What a network needs to score a clip: windowed audio features, reference latent, text.
+
+    Null values (for CFG) follow INTERFACES.md: zeros for audio and reference, None for text.
+    """
+
+    audio: torch.Tensor | None
+    ref: torch.Tensor | None
+    text: torch.Tensor | None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"audio": self.audio, "ref": self.ref, "text": self.text}
+
+    def without_audio(self, drop_ref: bool = False, drop_text: bool = False) -> "ClipConditions":
+        """The 'unconditional' side of audio guidance (optionally dropping reference and text as well)."""
+        audio = None if self.audio is None else torch.zeros_like(self.audio)
+        ref = self.ref if not drop_ref or self.ref is None else torch.zeros_like(self.ref)
+        return ClipConditions(audio, ref, None if drop_text else self.text)
+
+
+def clip_inputs(batch: dict, vae: nn.Module, audio_encoder: nn.Module | None) -> tuple[torch.Tensor, ClipConditions]:
+    """Clean latents [B,C,t,h,w] and their conditions, through the frozen VAE and audio encoder."""
+    x0 = latents_of(batch, vae)
+    tf = int(getattr(vae, "temporal_factor", 1))
+    num_frames = batch["video"].shape[2] if "video" in batch else 1 + tf * (x0.shape[2] - 1)
+    conds = ClipConditions(audio_feats_of(batch, audio_encoder, num_frames), ref_latent_of(batch, vae), batch.get("text"))
+    return x0, conds
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator determined by (seed, optimisation step, stream).
+
+    Deriving every random draw of a step from its index makes a resumed run continue exactly like an
+    uninterrupted one, and with stream = 0 on every rank the draw is the same on all DDP ranks
+    (the exit step must be: ranks that exit at different steps would do different amounts of work).
+    """
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) * 7919 + int(stream))
+
+
+def draw_exit_steps(step_counts: list[int], same_for_all_blocks: bool, generator: torch.Generator) -> list[int]:
+    """One exit step per block, uniform over that block's steps.
+
+    With `same_for_all_blocks` one uniform u in [0, 1) is shared and block i exits at floor(u * n_i), so
+    blocks with equal step counts exit at the same index (Self-Forcing's option) and PSB blocks with more
+    steps still exit uniformly over their own list.
+    """
+    if same_for_all_blocks:
+        u = torch.rand((), generator=generator).item()
+        return [min(int(u * n), n - 1) for n in step_counts]
+    return [int(torch.randint(n, (), generator=generator)) for n in step_counts]
+
+
+def _state_dict_of_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    if not os.path.isfile(path):
+        raise UserError(f"weights {path!r}: file not found; expected a Lightning .ckpt or a .safetensors file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path), {}
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        return ckpt["state_dict"], ckpt.get("lit_avatar") or {}
+    return ckpt, {}
+
+
+def load_stage_weights(module: nn.Module, path: str, prefix: str | None = None) -> str:
+    """Load a network's weights from an earlier stage's checkpoint (teacher -> ODE init -> DMD).
+
+    Args:
+        module: the network to fill (an AvatarDiT).
+        path: a Lightning checkpoint of an earlier stage, or a plain/safetensors state dict.
+        prefix: state-dict prefix to take, e.g. "ema_model." or "model."; default: the checkpoint's
+            generator record `weights_prefix`, else "ema_model." when present, else "model.", else none.
+
+    Returns:
+        the prefix used.
+    """
+    if any(p.is_meta for p in module.parameters()):
+        return prefix or ""  # meta-device instantiation (config tests): nothing to fill
+    state, record = _state_dict_of_checkpoint(path)
+    if prefix is None:
+        prefix = record.get("weights_prefix")
+    if prefix is None:
+        for candidate in ("ema_model.", "model.", "generator_ema.", "generator."):
+            if any(k.startswith(candidate) for k in state):
+                prefix = candidate
+                break
+        else:
+            prefix = ""
+    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not picked:
+        raise UserError(f"weights {path!r}: no entries under prefix {prefix!r}")
+    missing, unexpected = module.load_state_dict(picked, strict=False)
+    if missing or unexpected:
+        raise UserError(f"weights {path!r} (prefix {prefix!r}): {len(missing)} missing keys (e.g. "
+                        f"{missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+                        "expected a checkpoint of the same model preset")
+    return prefix
+
+
+def object_spec(obj: nn.Module | None) -> dict | None:
+    """{"class_path", "init_args"} that rebuilds `obj`, read from its __init__ signature and attributes."""
+    if obj is None:
+        return None
+    cls = type(obj)
+    if hasattr(obj, "config") and cls.__name__ == "AvatarDiT":
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": {"config": asdict(obj.config)}}
+    args = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if hasattr(obj, name):
+            value = getattr(obj, name)
+            if isinstance(value, (int, float, str, bool, type(None), list, tuple)):
+                args[name] = list(value) if isinstance(value, tuple) else value
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
+
+
+def generator_record(kind: str, model: nn.Module, vae: nn.Module, audio_encoder: nn.Module | None,
+                     rollout: Any, weights_prefix: str) -> dict:
+    """checkpoint["lit_avatar"] per INTERFACES.md; defers to lit_avatar.inference.loading when it exists."""
+    try:
+        from lit_avatar.inference.loading import generator_record as shared
+    except ImportError:
+        shared = None
+    if shared is not None:
+        return shared(kind=kind, model=model, vae=vae, audio_encoder=audio_encoder, rollout=rollout,
+                      weights_prefix=weights_prefix)
+    return {
+        "kind": kind,
+        "model": object_spec(model),
+        "vae": object_spec(vae),
+        "audio_encoder": object_spec(audio_encoder),
+        "rollout": None if rollout is None else asdict(rollout),
+        "weights_prefix": weights_prefix,
+    }
+
+
+def tensorboard_of(module: Any):
+    """The SummaryWriter of the module's TensorBoard logger, or None."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in getattr(module, "loggers", []) or []:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None

@@ -1,0 +1,258 @@
+"""Stage 2: ODE initialisation of the causal student (CausVid; DESIGN.md "Training stages").
+
+The bidirectional teacher integrates its probability-flow ODE with many Euler steps and CFG; the states it
+passes at the student's noise levels (the rollout's PSB schedule) and its clean end form a trajectory.
+The student, in block-causal mode with per-frame timesteps, learns to jump from any of those states to
+the clean end, so DMD starts from a generator that already denoises in few steps.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule, to_timestep, x0_from_velocity
+from lit_avatar.errors import UserError
+from lit_avatar.inference.options import RolloutOptions
+from lit_avatar.modules.distill_utils import ClipConditions, clip_inputs, generator_record, load_stage_weights
+from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.losses import box_weight_map, weighted_mse
+from lit_avatar.modules.optim import build_adamw, linear_warmup
+
+
+def student_levels(options: RolloutOptions) -> torch.Tensor:
+    """The shared schedule every PSB list is a subset of: float32 [max(steps) + 1], 1 -> 0."""
+    return shifted_schedule(max(options.psb.steps), options.shift)
+
+
+@torch.no_grad()
+def teacher_trajectory(teacher: nn.Module, guidance: AvatarGuidance, conds: ClipConditions, noise: torch.Tensor,
+                       options: RolloutOptions, substeps: int) -> torch.Tensor:
+    """States of the teacher's Euler ODE at the student's levels: [K+1, B,C,t,h,w], last = clean end.
+
+    The fine schedule has K * substeps steps, K = max(psb.steps); because both come from the same
+    shifted linear grid, its every `substeps`-th level is exactly the student's level, so each segment
+    is one call of the shared Euler sampler.
+    """
+    k = max(options.psb.steps)
+    fine = shifted_schedule(k * substeps, options.shift)
+    denoiser = guidance.denoiser(teacher, conds.audio, conds.ref, conds.text)
+    states, x = [noise], noise
+    for j in range(k):
+        x = sample_euler(denoiser, x, fine[j * substeps:(j + 1) * substeps + 1])
+        states.append(x)
+    return torch.stack(states)
+
+
+class TrajectoryCache:
+    """Trajectories on disk, one .pt file per sample, keyed by the sample key and its conditions.
+
+    The key includes a hash of the audio features and reference, so a clip cut at another start (training
+    draws random starts) never reuses another clip's trajectory.
+
+    Args:
+        folder: where the files live (created).
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+
+    @staticmethod
+    def key(sample_key: str, conds: ClipConditions, index: int, shape: tuple[int, ...]) -> str:
+        h = hashlib.sha1(str(tuple(shape)).encode())
+        for t in (conds.audio, conds.ref, conds.text):
+            if t is not None:
+                h.update(t[index].detach().float().cpu().numpy().tobytes())
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_key)
+        return f"{safe}-{h.hexdigest()[:16]}"
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.folder, key + ".pt")
+
+    def load(self, key: str) -> torch.Tensor | None:
+        path = self.path(key)
+        return torch.load(path, weights_only=True) if os.path.isfile(path) else None
+
+    def save(self, key: str, trajectory: torch.Tensor) -> None:
+        path = self.path(key)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(trajectory.detach().cpu().clone(), tmp)
+        os.replace(tmp, path)
+
+
+class ODEInitModule(pl.LightningModule):
+    """Regression of the causal student onto teacher ODE trajectories.
+
+    Args:
+        generator: the causal student (AvatarDiT); trained in block-causal mode.
+        teacher: the bidirectional teacher, frozen.
+        rollout: the student's rollout options: block size, shift and PSB step lists fix the levels.
+        vae: the frozen VideoVAE.
+        audio_encoder: the frozen AudioEncoder, or None when batches carry `audio_feats`.
+        teacher_weights: stage-1 checkpoint loaded into the teacher.
+        generator_weights: checkpoint loaded into the student; default: the teacher's weights, so the
+            student starts from the same function and only learns causality and few-step jumps.
+        weights_prefix: state-dict prefix in those checkpoints (default: the checkpoint's EMA/record).
+        teacher_substeps: Euler steps of the teacher between two student levels (more = closer to the ODE).
+        audio_guidance: teacher CFG scale of audio over reference(+text).
+        ref_guidance: teacher CFG scale of reference(+text) over nothing.
+        cache_dir: folder of cached trajectories (one .pt per sample); None samples them on the fly.
+        lr: AdamW learning rate.
+        betas: AdamW betas.
+        weight_decay: AdamW decoupled weight decay.
+        warmup_steps: linear warm-up steps.
+        mouth_weight: loss weight inside the mouth box (1 = off).
+        ema_decay: EMA decay of the student; None disables it.
+        ema_start_step: optimizer step from which the EMA averages.
+        seed: seed of the trajectories' starting noise and the level draws in validation.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        teacher: nn.Module,
+        rollout: RolloutOptions | None = None,
+        vae: nn.Module | None = None,
+        audio_encoder: nn.Module | None = None,
+        teacher_weights: str | None = None,
+        generator_weights: str | None = None,
+        weights_prefix: str | None = None,
+        teacher_substeps: int = 4,
+        audio_guidance: float = 2.0,
+        ref_guidance: float = 1.0,
+        cache_dir: str | None = None,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.01,
+        warmup_steps: int = 20,
+        mouth_weight: float = 5.0,
+        ema_decay: float | None = 0.99,
+        ema_start_step: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if teacher_substeps < 1:
+            raise UserError(f"model.teacher_substeps={teacher_substeps}: expected >= 1")
+        if vae is None:
+            raise UserError("model.vae: a VideoVAE is required (PatchVAE for CPU runs)")
+        self.save_hyperparameters(ignore=["generator", "teacher", "vae", "audio_encoder", "rollout"])
+        self.rollout_options = rollout if rollout is not None else RolloutOptions()
+        if teacher_weights is not None:
+            load_stage_weights(teacher, teacher_weights, weights_prefix)
+        init = generator_weights or teacher_weights
+        if init is not None:
+            load_stage_weights(generator, init, weights_prefix)
+        self.generator = generator
+        self.teacher = teacher
+        self.vae = vae
+        self.audio_encoder = audio_encoder
+        for frozen in (teacher, vae, audio_encoder):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+                frozen.eval()
+        self.generator_ema = make_ema_copy(generator) if ema_decay is not None else None
+        self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
+        self.cache = TrajectoryCache(cache_dir) if cache_dir else None
+        self._last_ema_step = -1
+
+    def train(self, mode: bool = True) -> "ODEInitModule":
+        super().train(mode)
+        for frozen in (self.teacher, self.vae, self.audio_encoder, self.generator_ema):
+            if frozen is not None:
+                frozen.eval()
+        return self
+
+    # ----- trajectories -----
+
+    def trajectories(self, batch: dict, x_shape: tuple[int, ...], conds: ClipConditions) -> torch.Tensor:
+        """[K+1, B,C,t,h,w] for the batch, from the cache when present, else sampled (and stored)."""
+        b = x_shape[0]
+        keys = None
+        if self.cache is not None:
+            names = (batch.get("meta") or {}).get("key") or [str(i) for i in range(b)]
+            keys = [TrajectoryCache.key(names[i], conds, i, x_shape[1:]) for i in range(b)]
+            found = [self.cache.load(k) for k in keys]
+            if all(f is not None for f in found):
+                return torch.stack(found, dim=1).to(self.device)
+        gen = torch.Generator().manual_seed(self.hparams.seed * 7919 + int(self.global_step))
+        noise = torch.randn(tuple(x_shape), generator=gen).to(self.device)
+        traj = teacher_trajectory(self.teacher, self.guidance, conds, noise, self.rollout_options,
+                                  self.hparams.teacher_substeps)
+        if keys is not None:
+            for i, key in enumerate(keys):
+                self.cache.save(key, traj[:, i])
+        return traj
+
+    def draw_levels(self, b: int, num_frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per sample and block, an index into the shared levels that the block's PSB list visits
+        (never the final clean level): [B, t] per-frame indices."""
+        from lit_avatar.diffusion import subset_indices
+
+        opts = self.rollout_options
+        fpb, full = opts.frames_per_block, max(opts.psb.steps)
+        num_blocks = -(-num_frames // fpb)
+        idx = torch.empty(b, num_blocks, dtype=torch.long)
+        for i in range(num_blocks):
+            visited = torch.tensor(subset_indices(full, opts.psb.steps_for(i))[:-1])
+            idx[:, i] = visited[torch.randint(len(visited), (b,), generator=generator)]
+        return idx.repeat_interleave(fpb, dim=1)[:, :num_frames]
+
+    def regression_loss(self, batch: dict, generator: torch.Generator | None = None,
+                        net: nn.Module | None = None) -> torch.Tensor:
+        """MSE between the student's x0 (block-causal, per-frame levels) and the trajectory's clean end."""
+        net = self.generator if net is None else net
+        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
+        traj = self.trajectories(batch, tuple(x0.shape), conds)
+        b, _, t, h, w = x0.shape
+        levels = student_levels(self.rollout_options).to(self.device)
+        idx = self.draw_levels(b, t, generator).to(self.device)  # [B, t]
+        frames = torch.arange(t, device=self.device)
+        states = traj.permute(1, 3, 0, 2, 4, 5)  # [B, t, K+1, C, h, w]
+        xs = states[torch.arange(b, device=self.device)[:, None], frames[None, :], idx]  # [B, t, C, h, w]
+        xs = xs.permute(0, 2, 1, 3, 4)
+        sigma = levels[idx]  # [B, t]
+        v = net(xs, to_timestep(sigma), frames_per_block=self.rollout_options.frames_per_block, **conds.as_kwargs())
+        pred = x0_from_velocity(xs, v, sigma)
+        weight = None
+        if self.hparams.mouth_weight != 1.0 and "mouth_box" in batch:
+            weight = box_weight_map(batch["mouth_box"], h, w, self.hparams.mouth_weight)
+        return weighted_mse(pred, traj[-1], weight)
+
+    # ----- Lightning hooks -----
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.hparams.seed * 104729 + int(self.global_step))
+        loss = self.regression_loss(batch, gen)
+        b = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        step = self.trainer.global_step
+        if self.generator_ema is None or step == self._last_ema_step:
+            return
+        self._last_ema_step = step
+        ema_update(self.generator_ema, self.generator, ema_decay_at(step, self.hparams.ema_decay,
+                                                                    self.hparams.ema_start_step))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        gen = torch.Generator().manual_seed(self.hparams.seed + batch_idx)
+        net = self.generator_ema if self.generator_ema is not None else self.generator
+        b = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
+        self.log("val/loss", self.regression_loss(batch, gen, net=net), prog_bar=True, batch_size=b)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = build_adamw(self.generator, hp.lr, hp.betas, hp.weight_decay)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": linear_warmup(optimizer, hp.warmup_steps), "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefix = "generator_ema." if self.generator_ema is not None else "generator."
+        checkpoint["lit_avatar"] = generator_record("ode_init", self.generator, self.vae, self.audio_encoder,
+                                                    self.rollout_options, prefix)

@@ -1,0 +1,260 @@
+"""Stage 3: Self-Forcing DMD distillation of the causal student (DESIGN.md "Training stages").
+
+The generator rolls out through the shared rollout exactly as at inference (PSB, MCI, URCR); one exit step
+per block carries the gradient. The DMD loss compares the frozen teacher (real score, CFG) with the critic
+(fake score), which is trained by flow matching on detached generator samples, `critic_steps` critic
+updates per generator update.
+
+Optimisation is manual. Every training step updates the critic once, through Lightning's optimizer
+wrapper, so `trainer.global_step` counts critic updates (one per batch); every `critic_steps`-th step
+first updates the generator (stepped directly, so the step count is not doubled). All random draws of a
+step derive from (seed, global_step), so a resumed run continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lit_avatar.diffusion import SigmaSampler
+from lit_avatar.inference.options import RolloutOptions
+from lit_avatar.modules.clip_rollout import block_step_counts, rollout_clip
+from lit_avatar.modules.critic import critic_flow_loss, critic_from_teacher
+from lit_avatar.modules.distill_utils import (ClipConditions, clip_inputs, draw_exit_steps, generator_record,
+                                              load_stage_weights, step_generator, tensorboard_of)
+from lit_avatar.modules.dmd import DMDLoss
+from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.losses import box_weight_map
+from lit_avatar.modules.optim import build_adamw
+
+
+class SelfForcingModule(pl.LightningModule):
+    """Self-Forcing with DMD.
+
+    Args:
+        generator: the causal student (AvatarDiT), trained.
+        teacher: the bidirectional teacher (AvatarDiT), frozen: the real score.
+        critic: the bidirectional fake score, trained; None: a copy of the teacher (after its weights load).
+        rollout: the block loop's options, the same as at inference (ablations switch them).
+        vae: the frozen VideoVAE (batches with `video`) ...
+        audio_encoder: ... and the frozen AudioEncoder (batches with raw `audio`); None with `audio_feats`.
+        teacher_weights: checkpoint of stage 1 loaded into the teacher and (when built here) the critic.
+        generator_weights: checkpoint of the ODE-init stage (or the teacher) loaded into the generator.
+        weights_prefix: state-dict prefix in those checkpoints; default: each checkpoint's record/EMA.
+        generator_lr: AdamW learning rate of the generator (REFERENCE.md: 2e-6 at scale).
+        critic_lr: AdamW learning rate of the critic (4e-7 at scale).
+        betas: AdamW betas of both (0, 0.999): no momentum, the critic's target moves every step.
+        weight_decay: AdamW decoupled weight decay on weight matrices.
+        grad_clip: gradient norm clip of both networks (10); 0 disables.
+        critic_steps: critic updates per generator update (5).
+        guidance_scale: CFG g of the real score, pred = cond + g (cond - uncond).
+        uncond_drops_ref: the unconditional teacher pass also zeroes the reference.
+        dmd_shift: shift of the uniform draw of the scoring level (5).
+        min_timestep: lower clamp of the scoring timestep (20).
+        max_timestep: upper clamp of the scoring timestep (980).
+        same_exit_step: one exit draw shared by all blocks of a rollout, or one per block.
+        mouth_weight: weight inside the mouth box in the critic's flow loss (1 = off).
+        ema_decay: generator EMA decay; None disables the EMA.
+        ema_start_step: generator update from which the EMA averages.
+        val_max_samples: validation clips generated per batch for SynthSync and the logged samples.
+        val_sample_batches: validation batches whose samples are logged as images/mp4.
+        seed: seed of every random draw (combined with the step).
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        teacher: nn.Module,
+        critic: nn.Module | None = None,
+        rollout: RolloutOptions | None = None,
+        vae: nn.Module | None = None,
+        audio_encoder: nn.Module | None = None,
+        teacher_weights: str | None = None,
+        generator_weights: str | None = None,
+        weights_prefix: str | None = None,
+        generator_lr: float = 2e-6,
+        critic_lr: float = 4e-7,
+        betas: tuple[float, float] = (0.0, 0.999),
+        weight_decay: float = 0.01,
+        grad_clip: float = 10.0,
+        critic_steps: int = 5,
+        guidance_scale: float = 3.0,
+        uncond_drops_ref: bool = False,
+        dmd_shift: float = 5.0,
+        min_timestep: float = 20.0,
+        max_timestep: float = 980.0,
+        same_exit_step: bool = True,
+        mouth_weight: float = 5.0,
+        ema_decay: float | None = 0.99,
+        ema_start_step: int = 200,
+        val_max_samples: int = 4,
+        val_sample_batches: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if critic_steps < 1:
+            raise ValueError(f"critic_steps: expected >= 1, got {critic_steps}")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay: expected in [0, 1) or None, got {ema_decay}")
+        if vae is None:
+            raise ValueError("vae: a VideoVAE is required (PatchVAE for CPU runs)")
+        self.save_hyperparameters(ignore=["generator", "teacher", "critic", "vae", "audio_encoder", "rollout"])
+        self.rollout_options = rollout if rollout is not None else RolloutOptions()
+        if teacher_weights is not None:
+            load_stage_weights(teacher, teacher_weights, weights_prefix)
+        if generator_weights is not None:
+            load_stage_weights(generator, generator_weights, weights_prefix)
+        self.generator = generator
+        self.teacher = teacher
+        self.critic = critic if critic is not None else critic_from_teacher(teacher)
+        if critic is not None and teacher_weights is not None:
+            load_stage_weights(self.critic, teacher_weights, weights_prefix)
+        self.vae = vae
+        self.audio_encoder = audio_encoder
+        for frozen in (teacher, vae, audio_encoder):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+                frozen.eval()
+        self.generator_ema = make_ema_copy(generator) if ema_decay is not None else None
+        self.dmd = DMDLoss(guidance_scale, dmd_shift, min_timestep, max_timestep, uncond_drops_ref)
+        self.critic_sigmas = SigmaSampler("uniform", shift=dmd_shift, min_sigma=min_timestep / 1000.0,
+                                          max_sigma=max_timestep / 1000.0)
+        self.automatic_optimization = False
+        self.generator_updates = 0
+
+    # ----- modes -----
+
+    def train(self, mode: bool = True) -> "SelfForcingModule":
+        """Frozen parts and the EMA copy stay in eval mode whatever Lightning asks."""
+        super().train(mode)
+        for frozen in (self.teacher, self.vae, self.audio_encoder, self.generator_ema):
+            if frozen is not None:
+                frozen.eval()
+        return self
+
+    @property
+    def sampling_model(self) -> nn.Module:
+        return self.generator_ema if self.generator_ema is not None else self.generator
+
+    # ----- pieces -----
+
+    def _rank(self) -> int:
+        return int(self.trainer.global_rank) if self._trainer is not None else 0
+
+    def generate(self, x_shape: tuple[int, ...], conds: ClipConditions, step: int, train: bool,
+                 model: nn.Module | None = None) -> torch.Tensor:
+        """Roll the generator out over a clip of latent shape `x_shape`; with `train`, with exit steps."""
+        fpb = self.rollout_options.frames_per_block
+        num_blocks = -(-x_shape[2] // fpb)
+        exits = None
+        if train:
+            shared = step_generator(self.hparams.seed, step, stream=0)  # same on every rank
+            exits = draw_exit_steps(block_step_counts(self.rollout_options, num_blocks), self.hparams.same_exit_step, shared)
+        noise_gen = step_generator(self.hparams.seed, step, stream=1 + self._rank())
+        x, _ = rollout_clip(model or self.generator, self.rollout_options, conds, tuple(x_shape), exits, noise_gen,
+                            training=train)
+        self._last_exit_steps = exits
+        return x
+
+    def _spatial_weight(self, batch: dict, x: torch.Tensor) -> torch.Tensor | None:
+        if self.hparams.mouth_weight == 1.0 or "mouth_box" not in batch:
+            return None
+        return box_weight_map(batch["mouth_box"], x.shape[-2], x.shape[-1], self.hparams.mouth_weight)
+
+    def _clip(self, params) -> torch.Tensor | None:
+        if not self.hparams.grad_clip:
+            return None
+        return torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.hparams.grad_clip)
+
+    # ----- Lightning hooks -----
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        gen_opt, critic_opt = self.optimizers()
+        step = self.global_step
+        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
+        b = x0.shape[0]
+        rank = self._rank()
+        if step % self.hparams.critic_steps == 0:
+            x = self.generate(x0.shape, conds, step, train=True)
+            out = self.dmd(x, self.teacher, self.critic, conds, step_generator(self.hparams.seed, step, 100 + rank))
+            gen_opt.zero_grad(set_to_none=True)
+            self.manual_backward(out.loss)
+            norm = self._clip(self.generator.parameters())
+            # The raw optimizer: stepping the Lightning wrapper would add a second global step per batch.
+            gen_opt.optimizer.step()
+            self.generator_updates += 1
+            if self.generator_ema is not None:
+                decay = ema_decay_at(self.generator_updates, self.hparams.ema_decay, self.hparams.ema_start_step)
+                ema_update(self.generator_ema, self.generator, decay)
+            self.log("train/generator_loss", out.loss.detach(), prog_bar=True, batch_size=b)
+            self.log("train/dmd_grad_norm", out.grad.norm(), batch_size=b)
+            self.log("train/dmd_sigma", out.sigma.mean(), batch_size=b)
+            if norm is not None:
+                self.log("train/generator_grad_norm", norm, batch_size=b)
+            samples = x.detach()
+        else:
+            with torch.no_grad():
+                samples = self.generate(x0.shape, conds, step, train=True)
+        loss = critic_flow_loss(self.critic, samples, conds, self.critic_sigmas,
+                                step_generator(self.hparams.seed, step, 200 + rank), self._spatial_weight(batch, x0))
+        critic_opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        norm = self._clip(self.critic.parameters())
+        critic_opt.step()
+        self.log("train/critic_loss", loss.detach(), prog_bar=True, batch_size=b)
+        if norm is not None:
+            self.log("train/critic_grad_norm", norm, batch_size=b)
+        self.log("train/generator_updates", float(self.generator_updates), batch_size=b)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return [build_adamw(self.generator, hp.generator_lr, hp.betas, hp.weight_decay),
+                build_adamw(self.critic, hp.critic_lr, hp.betas, hp.weight_decay)]
+
+    @torch.no_grad()
+    def sample(self, batch: dict, step: int = 0, use_ema: bool = True) -> torch.Tensor:
+        """Inference-mode rollout (mci.sigma, all steps) for a batch's conditions: video [B,3,T,H,W]."""
+        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
+        model = self.sampling_model if use_ema else self.generator
+        latents = self.generate(x0.shape, conds, step, train=False, model=model)
+        return self.vae.decode(latents).float().clamp(-1, 1)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        from lit_avatar.modules.sample_logging import frame_grid, to_uint8_frames, write_clips
+        from lit_avatar.modules.rollout_metrics import boundary_flicker
+
+        n = min(self.hparams.val_max_samples, next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
+        sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "meta"}
+        video = self.sample(sub, step=10_000_000 + batch_idx)  # fixed noise: samples comparable across steps
+        frames = to_uint8_frames(video)
+        fpb_video = self.rollout_options.frames_per_block * int(getattr(self.vae, "temporal_factor", 1))
+        flicker = boundary_flicker(video, fpb_video)
+        self.log("val/boundary_flicker_ratio", flicker["ratio"], batch_size=n)
+        if "audio" in sub and "mouth_box" in sub:
+            from lit_avatar.modules.teacher import sync_scores
+
+            scores = sync_scores(frames, sub["mouth_box"].cpu().numpy(), sub["audio"].float().cpu().numpy())
+            self.log("val/synthsync_r", scores["r"], batch_size=n)
+            self.log("val/synthsync_r_shuffled", scores["r_shuffled"], batch_size=n)
+        if batch_idx < self.hparams.val_sample_batches and not self.trainer.sanity_checking:
+            tb = tensorboard_of(self)
+            if tb is not None:
+                tb.add_image(f"val/samples_{batch_idx}", frame_grid(frames), self.global_step)
+            if self.trainer.is_global_zero and self.logger is not None and self.logger.log_dir:
+                audio = sub["audio"].float().cpu().numpy() if "audio" in sub else None
+                write_clips(os.path.join(self.logger.log_dir, "samples"), f"step{self.global_step:06d}_b{batch_idx}",
+                            frames, audio)
+
+    # ----- checkpoints -----
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefix = "generator_ema." if self.generator_ema is not None else "generator."
+        checkpoint["lit_avatar"] = generator_record("student", self.generator, self.vae, self.audio_encoder,
+                                                    self.rollout_options, prefix)
+        checkpoint["generator_updates"] = self.generator_updates
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.generator_updates = int(checkpoint.get("generator_updates", 0))
