@@ -2,14 +2,16 @@
 
 Why byte-reproducible: a build that is killed and resumed must give the same shards as one that
 never stopped, and the easiest proof is equal bytes. Tar headers therefore carry a fixed mtime,
-owner and mode (webdataset's TarWriter stamps the current time unless told otherwise), members are
-written in sorted order, and parts roll over at deterministic sample boundaries.
+owner and mode (webdataset's TarWriter would stamp the current time unless told otherwise), members
+are written in sorted order, and parts roll over at deterministic sample boundaries.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +79,24 @@ class ShardSink:
         self._count = 0
 
     def _open(self) -> None:
-        import webdataset as wds
-
         name = f"{self.prefix}-{len(self.parts):02d}{PART_SUFFIX}"
         self._tmp = self.out_dir / f".{name}{TMP_MARK}{os.getpid()}"
         self._handle = open(self._tmp, "wb")
-        self._writer = wds.TarWriter(self._handle, encoder=False, mtime=0.0, user="lit-avatar",
-                                     group="lit-avatar", mode=0o444)
+        # plain tarfile rather than webdataset's TarWriter: same layout, and no torch import per worker
+        self._writer = tarfile.open(fileobj=self._handle, mode="w|", format=tarfile.USTAR_FORMAT)
         self._size, self._count = 2 * TAR_BLOCK, 0  # the end-of-archive blocks
+
+    def _add(self, sample: dict[str, Any]) -> None:
+        """Members `<key>.<ext>` in sorted order, with fixed header fields (what makes bytes repeat)."""
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if not k.startswith("_")):
+            data = sample[ext]
+            data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = "lit-avatar"
+            self._writer.addfile(info, io.BytesIO(data))
 
     def _finish(self) -> None:
         self._writer.close()
@@ -110,7 +122,7 @@ class ShardSink:
             self._finish()
         if self._writer is None:
             self._open()
-        self._writer.write(sample)
+        self._add(sample)
         self._size += size
         self._count += 1
         _maybe_die()
