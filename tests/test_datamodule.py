@@ -216,3 +216,17 @@ def test_schema_errors_name_key_and_field(synth_shards):
         decode_sample(dict(sample, json=json.dumps(meta).encode()))
     with pytest.raises(SampleError, match="without dots"):
         encode_sample("a.b", b"", {})
+
+
+def test_reference_fallback_without_stored_ref(synth_shards, tmp_path, decoded_train):
+    raw = list(_raw_samples(synth_shards / "train-000000.tar").values())
+    _write_tar(tmp_path / "noref.tar", [{k: v for k, v in s.items() if k != "ref.png"} for s in raw])
+    batches = _all(_stream([str(tmp_path / "noref.tar")], clip_frames=10, batch_size=1))
+    assert len(batches) == len(raw)
+    for batch in batches:
+        full = decoded_train[batch["meta"]["key"][0]]["video"].astype(np.float64)
+        frames = (batch["video"][0].permute(1, 2, 3, 0).numpy() + 1) * 127.5
+        start = int(np.argmin([np.abs(full[s:s + 10] - frames).mean() for s in range(len(full) - 9)]))
+        ref = (batch["ref"][0].permute(1, 2, 0).numpy() + 1) * 127.5
+        ref_index = int(np.argmin(np.abs(full - ref).mean(axis=(1, 2, 3))))
+        assert ref_index in (0, len(full) - 1) and not start <= ref_index < start + 10

@@ -50,27 +50,40 @@ def _take_audio(audio: np.ndarray, start: int, clip_frames: int) -> torch.Tensor
     return torch.from_numpy(piece)
 
 
-def make_clip(decoded: dict[str, Any], clip_frames: int, size: int | None, rng: random.Random,
-              random_start: bool, use_precomputed: bool = False) -> dict[str, Any]:
+def choose_start(meta: dict[str, Any], key: str, clip_frames: int, rng: random.Random, random_start: bool,
+                 use_precomputed: bool = False) -> int:
+    """First frame of the clip, from the json alone (so only the clip's frames need decoding).
+
+    Args:
+        meta: the sample's json.
+        key: the sample key (for errors).
+        clip_frames: frames per clip.
+        rng: picks the start when `random_start`.
+        random_start: True for training; False starts at frame 0 (validation is deterministic).
+        use_precomputed: clips start at frame 0, because causal latents cannot be cut at any other frame.
+    """
+    num_frames = int(meta["num_frames"])
+    if num_frames < clip_frames:
+        raise SampleError(f"sample {key}: {num_frames} frames, shorter than clip_frames={clip_frames}")
+    return rng.randint(0, num_frames - clip_frames) if random_start and not use_precomputed else 0
+
+
+def make_clip(decoded: dict[str, Any], clip_frames: int, size: int | None, start: int,
+              use_precomputed: bool = False) -> dict[str, Any]:
     """Cut one fixed-length training clip out of a decoded sample.
 
     Args:
-        decoded: `schema.decode_sample` output.
+        decoded: `schema.decode_sample` output (its video may hold only a window from `video_start`).
         clip_frames: frames per clip (T); audio gets T * 640 samples from the same start.
         size: output side in pixels (centre-crop to square, then resize); None keeps the stored size.
-        rng: picks the start frame when `random_start`.
-        random_start: True for training; False starts at frame 0 (validation is deterministic).
-        use_precomputed: emit `latents`/`ref_latent`/`audio_feats` instead of what they replace; clips
-            then start at frame 0, because causal latents cannot be cut at any other frame.
+        start: the clip's first frame in the sample (`choose_start`).
+        use_precomputed: emit `latents`/`ref_latent`/`audio_feats` instead of what they replace.
 
     Raises:
-        SampleError: the sample is shorter than `clip_frames` or lacks what is asked for.
+        SampleError: the sample is shorter than the clip or lacks what is asked for.
     """
     meta, key = decoded["meta"], decoded["key"]
-    num_frames = int(meta["num_frames"]) if decoded["video"] is None else len(decoded["video"])
-    if num_frames < clip_frames:
-        raise SampleError(f"sample {key}: {num_frames} frames, shorter than clip_frames={clip_frames}")
-    start = rng.randint(0, num_frames - clip_frames) if random_start and not use_precomputed else 0
+    num_frames = int(meta["num_frames"])
     out: dict[str, Any] = {"meta": {"key": key, "identity": meta["identity"], "source": meta["source"],
                                     "fps": float(meta["fps"])}}
     box = [float(v) for v in meta["mouth_box"]]
@@ -81,7 +94,11 @@ def make_clip(decoded: dict[str, Any], clip_frames: int, size: int | None, rng: 
     if use_precomputed:
         _add_precomputed(out, decoded, clip_frames)
     if "latents" not in out:
-        video, box = _square(_to_unit_range(decoded["video"][start:start + clip_frames]), box, size)
+        local = start - decoded.get("video_start", 0)
+        frames = decoded["video"][local:local + clip_frames] if decoded["video"] is not None else None
+        if frames is None or local < 0 or len(frames) < clip_frames:
+            raise SampleError(f"sample {key}: video has fewer frames than json num_frames={num_frames}")
+        video, box = _square(_to_unit_range(frames), box, size)
         out["video"] = video.movedim(0, 1).contiguous()  # [T,3,H,W] -> [3,T,H,W]
     if "ref_latent" not in out:
         out["ref"] = _reference(decoded, start, clip_frames, size, meta)
@@ -99,8 +116,8 @@ def _reference(decoded: dict[str, Any], start: int, clip_frames: int, size: int 
     """The stored `ref.*` frame, else the clip's frame farthest in time from the sampled window."""
     image = decoded["ref"]
     if image is None:
-        if decoded["video"] is None:
-            raise SampleError(f"sample {decoded['key']}: no ref.png/ref.jpg and no video to take a reference from")
+        if decoded["video"] is None or decoded.get("video_start", 0) != 0:
+            raise SampleError(f"sample {decoded['key']}: no ref.png/ref.jpg and no whole video to take one from")
         frames = decoded["video"]
         image = frames[0] if start >= len(frames) - (start + clip_frames) else frames[-1]
     ref, _ = _square(_to_unit_range(image), list(meta["mouth_box"]), size)

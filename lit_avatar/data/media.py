@@ -71,14 +71,17 @@ def resample_indices(timestamps: np.ndarray, fps: float, duration: float) -> np.
     return pos
 
 
-def read_video(source: MediaSource, fps: float | None = None, name: str | None = None) -> tuple[np.ndarray, float]:
-    """Decode every frame as RGB uint8 [T, H, W, 3].
+def read_video(source: MediaSource, fps: float | None = None, name: str | None = None,
+               window: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
+    """Decode frames as RGB uint8 [T, H, W, 3].
 
     Args:
         source: a path, or the bytes of a media file.
         fps: resample to this rate by picking the frame nearest each output timestamp (None keeps the
             file's rate).
         name: what errors call the input when `source` is bytes.
+        window: (start, count): convert only frames start..start+count-1 and stop decoding after them
+            (the loader's clips: RGB conversion dominates decoding cost). Not combinable with `fps`.
 
     Returns:
         (frames, fps_out) where fps_out is `fps` if given, else the stream's average rate.
@@ -86,6 +89,9 @@ def read_video(source: MediaSource, fps: float | None = None, name: str | None =
     import av
 
     label = _label(source, name)
+    if window is not None and fps is not None:
+        raise UserError(f"read_video {label}: pass either fps or window, not both")
+    first, stop = (0, None) if window is None else (window[0], window[0] + window[1])
     with _open(source, name) as container:
         if not container.streams.video:
             raise UserError(f"{label}: has no video stream (expected a video file)")
@@ -94,7 +100,11 @@ def read_video(source: MediaSource, fps: float | None = None, name: str | None =
         native_fps = _frame_rate(stream)
         frames, times = [], []
         try:
-            for frame in container.decode(stream):
+            for index, frame in enumerate(container.decode(stream)):
+                if stop is not None and index >= stop:
+                    break
+                if index < first:
+                    continue
                 frames.append(frame.to_ndarray(format="rgb24"))
                 times.append(frame.time if frame.time is not None else len(times) / max(native_fps, 1e-9))
         except av.FFmpegError as err:

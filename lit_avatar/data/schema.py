@@ -142,18 +142,43 @@ def encode_sample(key: str, mp4: bytes, meta: Mapping[str, Any], audio: np.ndarr
     return sample
 
 
+def read_meta(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated json of a raw sample (cheap: lets the loader pick a clip before decoding video).
+
+    Raises:
+        SampleError: missing, unparsable or off-schema json (names the key).
+    """
+    key = str(raw.get("__key__", "<no key>"))
+    if META_EXT not in raw:
+        raise SampleError(f"sample {key}: missing member .{META_EXT}")
+    try:
+        meta = json.loads(bytes(raw[META_EXT]).decode("utf-8"))
+    except ValueError as err:
+        raise SampleError(f"sample {key}: cannot decode .{META_EXT} ({err})") from None
+    if not isinstance(meta, dict):
+        raise SampleError(f"sample {key}: .json is not an object")
+    validate_meta(meta, key)
+    return meta
+
+
+def has_ref(raw: Mapping[str, Any]) -> bool:
+    return any(ext in raw for ext in REF_EXTS)
+
+
 def decode_sample(raw: Mapping[str, Any], decode_video: bool = True, sample_rate: int = SAMPLE_RATE,
-                  ) -> dict[str, Any]:
+                  video_window: tuple[int, int] | None = None) -> dict[str, Any]:
     """Decode a raw sample (member bytes by extension) into arrays.
 
     Args:
         raw: `{"__key__": str, "mp4": bytes, "json": bytes, ...}` as webdataset groups tar members.
         decode_video: False skips the mp4 (when precomputed latents stand in for it).
         sample_rate: audio output rate.
+        video_window: (start, count) decodes only those frames; `video_start` in the result says where
+            the returned frames begin.
 
     Returns:
-        dict with key, meta (dict), video (uint8 [T,H,W,3] or None), audio (float32 [S] or None),
-        ref (uint8 [H,W,3] or None), and any of latents, ref_latent, audio_feats, text (np arrays).
+        dict with key, meta (dict), video (uint8 [T,H,W,3] or None), video_start (int), audio (float32 [S]
+        or None), ref (uint8 [H,W,3] or None), and any of latents, ref_latent, audio_feats, text (np arrays).
 
     Raises:
         SampleError: a member is missing, corrupt or breaks the schema (names the key and member).
@@ -162,21 +187,16 @@ def decode_sample(raw: Mapping[str, Any], decode_video: bool = True, sample_rate
     from lit_avatar.errors import UserError
 
     key = str(raw.get("__key__", "<no key>"))
-    out: dict[str, Any] = {"key": key, "video": None, "audio": None, "ref": None}
+    out: dict[str, Any] = {"key": key, "video": None, "video_start": 0, "audio": None, "ref": None,
+                           "meta": read_meta(raw)}
     member = META_EXT
     try:
-        if META_EXT not in raw:
-            raise SampleError(f"sample {key}: missing member .{META_EXT}")
-        meta = json.loads(bytes(raw[META_EXT]).decode("utf-8"))
-        if not isinstance(meta, dict):
-            raise SampleError(f"sample {key}: .json is not an object")
-        validate_meta(meta, key)
-        out["meta"] = meta
         if decode_video:
             member = VIDEO_EXT
             if VIDEO_EXT not in raw:
                 raise SampleError(f"sample {key}: missing member .{VIDEO_EXT}")
-            out["video"], _ = read_video(bytes(raw[VIDEO_EXT]), name=f"{key}.{VIDEO_EXT}")
+            out["video"], _ = read_video(bytes(raw[VIDEO_EXT]), name=f"{key}.{VIDEO_EXT}", window=video_window)
+            out["video_start"] = video_window[0] if video_window else 0
         audio_member = next((ext for ext in AUDIO_EXTS if ext in raw), None)
         if audio_member is None and VIDEO_EXT in raw:
             audio_member = VIDEO_EXT

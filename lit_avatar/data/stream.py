@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_avatar.data.clips import collate, make_clip
-from lit_avatar.data.schema import SampleError, decode_sample
+from lit_avatar.data.clips import choose_start, collate, make_clip
+from lit_avatar.data.schema import SampleError, decode_sample, has_ref, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,12 @@ class ClipStream(IterableDataset):
         for sample in raw:
             self.counters.add("read")
             try:
-                decoded = decode_sample(sample, decode_video=not self.use_precomputed)
-                clip = make_clip(decoded, self.clip_frames, self.size, rng, random_start=self.train,
-                                 use_precomputed=self.use_precomputed)
+                key = str(sample.get("__key__"))
+                start = choose_start(read_meta(sample), key, self.clip_frames, rng, self.train, self.use_precomputed)
+                # without a stored reference the whole video is needed to take one from another time
+                window = (start, self.clip_frames) if has_ref(sample) else None
+                decoded = decode_sample(sample, decode_video=not self.use_precomputed, video_window=window)
+                clip = make_clip(decoded, self.clip_frames, self.size, start, use_precomputed=self.use_precomputed)
             except SampleError as err:
                 count = self.counters.add("skipped_samples")
                 if count <= 10 or count % 100 == 0:
