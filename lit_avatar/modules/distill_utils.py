@@ -1,12 +1,10 @@
 """Pieces shared by the distillation stages (ODE init, Self-Forcing DMD): conditions of a clip, seeded
-randomness tied to the optimisation step, exit-step draws, weight loading between stages and the
-checkpoint record that lets `lit-avatar generate` rebuild the student.
+randomness tied to the optimisation step, exit-step draws and weight loading between stages.
 """
 from __future__ import annotations
 
-import inspect
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -117,42 +115,11 @@ def load_stage_weights(module: nn.Module, path: str, prefix: str | None = None) 
     return prefix
 
 
-def object_spec(obj: nn.Module | None) -> dict | None:
-    """{"class_path", "init_args"} that rebuilds `obj`, read from its __init__ signature and attributes."""
-    if obj is None:
-        return None
-    cls = type(obj)
-    if hasattr(obj, "config") and cls.__name__ == "AvatarDiT":
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": {"config": asdict(obj.config)}}
-    args = {}
-    for name, param in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        if hasattr(obj, name):
-            value = getattr(obj, name)
-            if isinstance(value, (int, float, str, bool, type(None), list, tuple)):
-                args[name] = list(value) if isinstance(value, tuple) else value
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}
-
-
-def generator_record(kind: str, model: nn.Module, vae: nn.Module, audio_encoder: nn.Module | None,
-                     rollout: Any, weights_prefix: str) -> dict:
-    """checkpoint["lit_avatar"] per INTERFACES.md; defers to lit_avatar.inference.loading when it exists."""
-    try:
-        from lit_avatar.inference.loading import generator_record as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return shared(kind=kind, model=model, vae=vae, audio_encoder=audio_encoder, rollout=rollout,
-                      weights_prefix=weights_prefix)
-    return {
-        "kind": kind,
-        "model": object_spec(model),
-        "vae": object_spec(vae),
-        "audio_encoder": object_spec(audio_encoder),
-        "rollout": None if rollout is None else asdict(rollout),
-        "weights_prefix": weights_prefix,
-    }
+def video_size_of(batch: dict) -> tuple[int, int] | None:
+    """Training frame size [H, W] of a batch (stored in the generator record for inference crops)."""
+    if "video" in batch:
+        return tuple(int(v) for v in batch["video"].shape[-2:])
+    return None
 
 
 def tensorboard_of(module: Any):

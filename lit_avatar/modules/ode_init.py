@@ -17,8 +17,9 @@ from torch import nn
 
 from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule, to_timestep, x0_from_velocity
 from lit_avatar.errors import UserError
+from lit_avatar.inference.loading import generator_record
 from lit_avatar.inference.options import RolloutOptions
-from lit_avatar.modules.distill_utils import ClipConditions, clip_inputs, generator_record, load_stage_weights
+from lit_avatar.modules.distill_utils import ClipConditions, clip_inputs, load_stage_weights, video_size_of
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import build_adamw, linear_warmup
@@ -159,6 +160,7 @@ class ODEInitModule(pl.LightningModule):
         self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
         self.cache = TrajectoryCache(cache_dir) if cache_dir else None
         self._last_ema_step = -1
+        self._video_size: tuple[int, int] | None = None
 
     def train(self, mode: bool = True) -> "ODEInitModule":
         super().train(mode)
@@ -228,6 +230,7 @@ class ODEInitModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.hparams.seed * 104729 + int(self.global_step))
         loss = self.regression_loss(batch, gen)
+        self._video_size = video_size_of(batch) or self._video_size
         b = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         return loss
@@ -255,4 +258,4 @@ class ODEInitModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         prefix = "generator_ema." if self.generator_ema is not None else "generator."
         checkpoint["lit_avatar"] = generator_record("ode_init", self.generator, self.vae, self.audio_encoder,
-                                                    self.rollout_options, prefix)
+                                                    self.rollout_options, prefix, self._video_size)

@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from lit_avatar.diffusion import SigmaSampler
+from lit_avatar.inference.loading import generator_record
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.modules.clip_rollout import block_step_counts, rollout_clip
 from lit_avatar.modules.critic import critic_flow_loss, critic_from_teacher
-from lit_avatar.modules.distill_utils import (ClipConditions, clip_inputs, draw_exit_steps, generator_record,
-                                              load_stage_weights, step_generator, tensorboard_of)
+from lit_avatar.modules.distill_utils import (ClipConditions, clip_inputs, draw_exit_steps,
+                                              load_stage_weights, step_generator,
+                                              video_size_of, tensorboard_of)
 from lit_avatar.modules.dmd import DMDLoss
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map
@@ -124,6 +126,7 @@ class SelfForcingModule(pl.LightningModule):
                                           max_sigma=max_timestep / 1000.0)
         self.automatic_optimization = False
         self.generator_updates = 0
+        self._video_size: tuple[int, int] | None = None
 
     # ----- modes -----
 
@@ -175,6 +178,7 @@ class SelfForcingModule(pl.LightningModule):
         gen_opt, critic_opt = self.optimizers()
         step = self.global_step
         x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
+        self._video_size = video_size_of(batch) or self._video_size
         b = x0.shape[0]
         rank = self._rank()
         if step % self.hparams.critic_steps == 0:
@@ -253,7 +257,7 @@ class SelfForcingModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         prefix = "generator_ema." if self.generator_ema is not None else "generator."
         checkpoint["lit_avatar"] = generator_record("student", self.generator, self.vae, self.audio_encoder,
-                                                    self.rollout_options, prefix)
+                                                    self.rollout_options, prefix, self._video_size)
         checkpoint["generator_updates"] = self.generator_updates
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

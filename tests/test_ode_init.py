@@ -1,0 +1,119 @@
+"""ODE init: teacher trajectories at the student's levels, block-causal regression, trajectory cache."""
+import torch
+from torch import nn
+
+from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule
+from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
+from lit_avatar.models.audio import MelAudioEncoder
+from lit_avatar.models.vae import PatchVAE
+from lit_avatar.modules.distill_utils import ClipConditions
+from lit_avatar.modules.ode_init import ODEInitModule, student_levels, teacher_trajectory
+
+OPTS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[4, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))
+
+
+class Recorder(nn.Module):
+    """A tiny velocity model that records its calls (timesteps, block size)."""
+
+    def __init__(self, channels=12):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 1)
+        self.calls = []
+
+    def forward(self, x, timestep, audio=None, ref=None, text=None, frames_per_block=None):
+        self.calls.append({"t": timestep.detach().clone(), "fpb": frames_per_block, "audio": audio})
+        return self.conv(x)
+
+
+def batch(b=2, frames=4, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"video": torch.rand(b, 3, frames, size, size, generator=g) * 2 - 1,
+            "audio": torch.randn(b, frames * 640, generator=g) * 0.1,
+            "ref": torch.rand(b, 3, size, size, generator=g) * 2 - 1,
+            "mouth_box": torch.tensor([[0.25, 0.5, 0.75, 0.75]] * b),
+            "meta": {"key": [f"k{i}" for i in range(b)]}}
+
+
+def test_trajectory_states_sit_on_the_student_levels_and_end_at_the_full_ode_solution():
+    teacher = Recorder()
+    noise = torch.randn(1, 12, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    conds = ClipConditions(None, None, None)
+    traj = teacher_trajectory(teacher, AvatarGuidance(), conds, noise, OPTS, substeps=3)
+    assert traj.shape == (5, 1, 12, 4, 4, 4) and torch.equal(traj[0], noise)
+    fine = shifted_schedule(12, OPTS.shift)
+    torch.testing.assert_close(fine[::3], student_levels(OPTS))  # the fine grid contains the student levels
+    levels_seen = sorted({round(c["t"][0].item(), 3) for c in teacher.calls}, reverse=True)
+    assert len(levels_seen) == 12  # 4 student steps x 3 teacher substeps
+    full = sample_euler(lambda x, s: teacher(x, s * 1000), noise, fine)
+    torch.testing.assert_close(traj[-1], full)
+    half = sample_euler(lambda x, s: teacher(x, s * 1000), noise, fine[:7])
+    torch.testing.assert_close(traj[2], half)
+
+
+def test_trajectory_of_an_exact_teacher_reaches_its_target():
+    target = torch.randn(2, 12, 2, 4, 4)
+
+    class Exact(nn.Module):
+        def forward(self, x, timestep, audio=None, ref=None, text=None):
+            s = (timestep / 1000).reshape(-1, 1, 1, 1, 1)
+            return (x - target) / s  # the straight path from x to target
+
+    traj = teacher_trajectory(Exact(), AvatarGuidance(), ClipConditions(None, None, None), torch.randn(2, 12, 2, 4, 4),
+                              OPTS, substeps=2)
+    torch.testing.assert_close(traj[-1], target, atol=1e-4, rtol=1e-4)
+
+
+def test_regression_is_block_causal_with_per_block_student_levels_and_caches(tmp_path):
+    student, teacher = Recorder(), Recorder()
+    module = ODEInitModule(student, teacher, rollout=OPTS, vae=PatchVAE(2), audio_encoder=MelAudioEncoder(),
+                           teacher_substeps=2, cache_dir=str(tmp_path), audio_guidance=1.0)
+    b = batch()
+    loss = module.regression_loss(b, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert student.conv.weight.grad.abs().sum() > 0 and teacher.conv.weight.grad is None
+    call = student.calls[-1]
+    assert call["fpb"] == 2 and call["t"].shape == (2, 4)
+    t = call["t"] / 1000
+    assert torch.equal(t[:, 0], t[:, 1]) and torch.equal(t[:, 2], t[:, 3])  # one level per block
+    levels = student_levels(OPTS)
+    block0 = set(levels[[0, 1, 2, 3]].tolist())  # block 0: 4 steps, every level but the clean one
+    block1 = set(levels[[0, 2]].tolist())  # block 1: 2 steps of the same schedule
+    assert set(t[:, 0].tolist()) <= block0 and set(t[:, 2].tolist()) <= block1
+    seen = set()
+    for seed in range(20):
+        module.regression_loss(b, torch.Generator().manual_seed(seed))
+        seen |= set((student.calls[-1]["t"][:, 2] / 1000).tolist())
+    assert seen == block1
+    # the trajectory cache: one file per sample, and no teacher call once cached
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    n = len(teacher.calls)
+    module.regression_loss(b)
+    assert len(teacher.calls) == n
+
+
+def test_fit_two_steps_with_a_micro_dit_and_record(tmp_path):
+    import lightning.pytorch as pl
+
+    from lit_avatar.models.dit import AvatarDiT
+    from lit_avatar.models.presets import get_preset
+
+    cfg = get_preset("micro", audio_feature_dim=40)
+    torch.manual_seed(0)
+    module = ODEInitModule(AvatarDiT(config=cfg), AvatarDiT(config=cfg), rollout=OPTS, vae=PatchVAE(2),
+                           audio_encoder=MelAudioEncoder(), teacher_substeps=1, warmup_steps=1)
+    before = [p.clone() for p in module.generator.parameters()]
+    loader = torch.utils.data.DataLoader([batch(seed=i) for i in range(2)], batch_size=None)
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(module, loader)
+    assert any(not torch.equal(a, p) for a, p in zip(before, module.generator.parameters()))
+    trainer.save_checkpoint(tmp_path / "ode.ckpt")
+    ckpt = torch.load(tmp_path / "ode.ckpt", weights_only=True)
+    assert ckpt["lit_avatar"]["kind"] == "ode_init" and ckpt["lit_avatar"]["weights_prefix"] == "generator_ema."
+    from lit_avatar.inference.loading import load_generator
+
+    bundle = load_generator(str(tmp_path / "ode.ckpt"))
+    model = getattr(bundle, "model", None)
+    assert model is not None
+    torch.testing.assert_close(dict(model.named_parameters())["head.head.weight"],
+                               module.generator_ema.head.head.weight)
