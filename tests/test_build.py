@@ -125,8 +125,13 @@ def test_scrfd_decoding_and_nms():
 
 def test_build_mixed_sources(tmp_path, raw):
     out = tmp_path / "out"
-    manifest = build(_args(raw, out))
+    manifest = build(_args(raw, out, "--shard-max-mb", "0.06"))
     counts = manifest["counts"]
+    # shards are bounded: a part over the bound holds a single (larger) sample; jobs roll over to new parts
+    for shard in manifest["shards"]:
+        assert (out / shard["file"]).stat().st_size == shard["bytes"]
+        assert shard["bytes"] <= 0.06 * 2**20 or shard["samples"] == 1
+    assert any(shard["file"].endswith("-01.tar") for shard in manifest["shards"])
     # every bad file is rejected with its reason; every good file gives its 2 clips
     rejected = {Path(r["file"]).relative_to(raw["src"]).as_posix(): r["reason"] for r in manifest["rejected_files"]}
     assert rejected == raw["bad"]
