@@ -1,0 +1,127 @@
+"""Self-Forcing DMD: the gradient flows only through the exit step; a few manual-optimisation steps."""
+import torch
+
+from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
+from lit_avatar.models.audio import MelAudioEncoder
+from lit_avatar.models.dit import AvatarDiT
+from lit_avatar.models.presets import get_preset
+from lit_avatar.models.vae import PatchVAE
+from lit_avatar.modules.distill_utils import clip_inputs
+
+OPTS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[3, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))
+
+
+def micro_dit(seed):
+    torch.manual_seed(seed)
+    model = AvatarDiT(config=get_preset("micro", audio_feature_dim=40))
+    for block in model.blocks:  # a live audio path, so audio CFG is not a no-op
+        torch.nn.init.normal_(block.audio_attn.o.weight, std=0.05)
+    return model
+
+
+def make_module(**kwargs):
+    from lit_avatar.modules.self_forcing import SelfForcingModule
+
+    kwargs.setdefault("critic_steps", 2)
+    teacher = micro_dit(0)
+    critic = micro_dit(1)  # differs from the teacher: a non-zero DMD gradient from the first step
+    return SelfForcingModule(micro_dit(2), teacher, critic=critic, rollout=OPTS, vae=PatchVAE(2),
+                             audio_encoder=MelAudioEncoder(), **kwargs)
+
+
+def batch(b=2, frames=4, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"video": torch.rand(b, 3, frames, size, size, generator=g) * 2 - 1,
+            "audio": torch.randn(b, frames * 640, generator=g) * 0.1,
+            "ref": torch.rand(b, 3, size, size, generator=g) * 2 - 1,
+            "mouth_box": torch.tensor([[0.25, 0.5, 0.75, 0.75]] * b),
+            "meta": {"key": [f"s{seed}_{i}" for i in range(b)]}}
+
+
+def test_gradient_flows_only_through_the_exit_forward():
+    module = make_module()
+    gen = module.generator
+    calls = []
+    original = gen.forward_cached
+
+    def spy(x, timestep, frame_positions, cache, audio_tokens=None, write_frames=None):
+        calls.append({"grad": torch.is_grad_enabled(), "write": write_frames is not None, "t": float(timestep[0])})
+        return original(x, timestep, frame_positions, cache, audio_tokens, write_frames)
+
+    gen.forward_cached = spy
+    x0, conds = clip_inputs(batch(), module.vae, module.audio_encoder)
+    from lit_avatar.modules.clip_rollout import rollout_clip
+
+    x, rollout = rollout_clip(gen, OPTS, conds, tuple(x0.shape), exit_steps=[1, 0],
+                              generator=torch.Generator().manual_seed(0), training=True)
+    # block 0 (3 steps, exit 1): step 0 no grad, step 1 grad, cache write no grad;
+    # block 1 (2 steps, exit 0): step 0 grad, cache write no grad
+    assert [(c["grad"], c["write"]) for c in calls] == [(False, False), (True, False), (False, True),
+                                                         (True, False), (False, True)]
+    assert [r.forwards for r in rollout.records] == [3, 2]
+    assert x.requires_grad
+    out = module.dmd(x, module.teacher, module.critic, conds, torch.Generator().manual_seed(1))
+    assert out.grad.abs().sum() > 0
+    out.loss.backward()
+    grads = [p.grad for p in gen.parameters() if p.requires_grad]
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    assert all(p.grad is None for p in module.teacher.parameters())
+    assert all(p.grad is None for p in module.critic.parameters())  # DMD reads the critic without gradient
+
+
+def test_training_steps_update_generator_every_critic_steps_and_save_a_student_record(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    module = make_module(critic_steps=2, generator_lr=1e-3, critic_lr=1e-3, ema_decay=0.5, ema_start_step=0,
+                         val_max_samples=2)
+    gen0 = [p.detach().clone() for p in module.generator.parameters()]
+    critic0 = [p.detach().clone() for p in module.critic.parameters()]
+    teacher0 = [p.detach().clone() for p in module.teacher.parameters()]
+    loader = torch.utils.data.DataLoader([batch(seed=i) for i in range(3)], batch_size=None)
+    trainer = pl.Trainer(max_steps=3, logger=TensorBoardLogger(str(tmp_path), name="sf"), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                         num_sanity_val_steps=0)
+    trainer.fit(module, loader, torch.utils.data.DataLoader([batch(seed=9)], batch_size=None))
+    assert trainer.global_step == 3  # one critic update per batch
+    assert module.generator_updates == 2  # steps 0 and 2
+    assert any(not torch.equal(a, p) for a, p in zip(gen0, module.generator.parameters()))
+    assert any(not torch.equal(a, p) for a, p in zip(critic0, module.critic.parameters()))
+    assert all(torch.equal(a, p) for a, p in zip(teacher0, module.teacher.parameters()))
+    assert not torch.equal(module.generator_ema.head.head.weight, module.generator.head.head.weight)
+    metrics = trainer.callback_metrics
+    for key in ("train/generator_loss", "train/critic_loss", "train/dmd_grad_norm", "val/synthsync_r",
+                "val/synthsync_r_shuffled", "val/boundary_flicker_ratio"):
+        assert key in metrics, key
+    assert module.teacher.training is False and module.generator_ema.training is False
+    trainer.save_checkpoint(tmp_path / "sf.ckpt")
+    ckpt = torch.load(tmp_path / "sf.ckpt", weights_only=True)
+    assert ckpt["lit_avatar"]["kind"] == "student" and ckpt["lit_avatar"]["rollout"]["psb"]["steps"] == [3, 2]
+    from lit_avatar.inference.loading import load_generator
+
+    bundle = load_generator(str(tmp_path / "sf.ckpt"))
+    torch.testing.assert_close(bundle.model.head.head.weight, module.generator_ema.head.head.weight)
+    assert bundle.rollout_options == OPTS
+
+
+def test_stage_weights_chain_teacher_to_student(tmp_path):
+    """generator_weights / teacher_weights load an earlier stage's checkpoint (its EMA by default)."""
+    teacher = micro_dit(5)
+    state = {f"ema_model.{k}": v for k, v in teacher.state_dict().items()}
+    state.update({f"model.{k}": torch.zeros_like(v) for k, v in teacher.state_dict().items()})
+    torch.save({"state_dict": state}, tmp_path / "teacher.ckpt")
+    from lit_avatar.modules.self_forcing import SelfForcingModule
+
+    module = SelfForcingModule(micro_dit(6), micro_dit(7), rollout=OPTS, vae=PatchVAE(2),
+                               teacher_weights=str(tmp_path / "teacher.ckpt"),
+                               generator_weights=str(tmp_path / "teacher.ckpt"))
+    for net in (module.teacher, module.critic, module.generator):
+        torch.testing.assert_close(net.head.head.weight, teacher.head.head.weight)
+    assert module.critic is not module.teacher and all(p.requires_grad for p in module.critic.parameters())
+    import pytest
+
+    from lit_avatar.errors import UserError
+
+    with pytest.raises(UserError, match="missing.ckpt"):
+        SelfForcingModule(micro_dit(6), micro_dit(7), rollout=OPTS, vae=PatchVAE(2),
+                          teacher_weights=str(tmp_path / "missing.ckpt"))
