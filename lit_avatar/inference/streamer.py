@@ -48,7 +48,7 @@ def reference_tensor(image: torch.Tensor | np.ndarray) -> torch.Tensor:
         image: [3, H, W] float tensor in [-1, 1], or uint8 [H, W, 3] (numpy or torch).
     """
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        image = torch.from_numpy(np.array(image, copy=True))  # a private, writable copy
     if image.dtype == torch.uint8:
         if image.dim() != 3 or image.shape[-1] != 3:
             raise ValueError(f"uint8 reference must be [H, W, 3], got {tuple(image.shape)}")

@@ -1,0 +1,229 @@
+"""`lit-avatar generate`: stream a talking-head video from an audio file and a reference image.
+
+The audio is fed to the AvatarStreamer in small chunks, as a live source would deliver it, so the
+printed time to first frame and frames/s are those of streaming, not of an offline batch. The mp4 (H.264
++ AAC) and its JSON sidecar (fps, duration, per-block latency, mouth box when given) are written
+atomically: an error never leaves a partial file behind.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lit_avatar.errors import UserError
+
+FPS = 25
+SAMPLE_RATE = 16000
+CHUNK_SECONDS = 0.2  # how much audio a live source delivers at a time
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lit-avatar generate",
+        description="Stream a video from audio + a reference image with a causal (ode_init/student) checkpoint.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint with a lit_avatar generator record")
+    parser.add_argument("--audio", required=True, help="speech audio, any common format/rate/channels")
+    parser.add_argument("--ref", required=True, help="reference image (PNG/JPEG/...); cropped and resized to the "
+                        "model's training size")
+    parser.add_argument("--out", required=True, help="output video (.mp4); OUT.json gets the sidecar")
+    parser.add_argument("--seconds", type=float, default=None, help="use only the first N seconds of audio")
+    parser.add_argument("--psb-steps", default=None, help="denoising steps per block index, e.g. 8,6,4 "
+                        "(default: the checkpoint's)")
+    parser.add_argument("--no-mci", action="store_true", help="write the context clean (Motion Condition Injection off)")
+    parser.add_argument("--no-urcr", action="store_true", help="no cache reset: RoPE positions grow (baseline)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed; the same seed and inputs give the same video")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--size", default=None, help="output HxW, e.g. 64x64 (default: the checkpoint's training size)")
+    parser.add_argument("--mouth-box", default=None, help="x0,y0,x1,y1 in [0,1] of the mouth in the reference, "
+                        "copied to the sidecar for lip-sync evaluation")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} {text!r}: expected positive integers separated by commas, e.g. 8,6,4")
+    return values
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size {text!r}: expected HxW, e.g. 64x64") from None
+    return height, width
+
+
+def _mouth_box(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4 or not all(0.0 <= v <= 1.0 for v in box) or box[0] >= box[2] or box[1] >= box[3]:
+        raise UserError(f"--mouth-box {text!r}: expected x0,y0,x1,y1 in [0, 1] with x0 < x1 and y0 < y1")
+    return box
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: expected cpu or cuda[:N]")
+    return device
+
+
+def read_reference(path: str, size: tuple[int, int] | None, cell: int) -> np.ndarray:
+    """The reference image as uint8 [H, W, 3]: centre-cropped to the target aspect, then resized.
+
+    Args:
+        path: image file.
+        size: (H, W) to produce; None keeps the image's size rounded down to a multiple of `cell`.
+        cell: pixels per token side (VAE spatial factor * patch size); sizes must be multiples of it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise UserError(f"{path}: reference image not found")
+    try:
+        with Image.open(path) as handle:
+            image = handle.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read as an image ({type(err).__name__}); expected PNG/JPEG/...") from None
+    if size is None:
+        size = (image.height // cell * cell, image.width // cell * cell)
+    height, width = size
+    if height < cell or width < cell or height % cell or width % cell:
+        raise UserError(f"{path}: output size {height}x{width} must be positive multiples of {cell}")
+    scale = max(height / image.height, width / image.width)
+    crop_w, crop_h = width / scale, height / scale
+    left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+    image = image.resize((width, height), Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def latency_summary(records: list[dict], first_frame_seconds: float | None, wall_seconds: float,
+                    frames: int, audio_seconds: float) -> dict:
+    """Numbers the sidecar and the console report: first block, steady state, reset blocks, speed."""
+    seconds = [r["seconds"] for r in records]
+    steady = [r["seconds"] for r in records[1:] if not r["reset"]] or seconds
+    resets = [r["seconds"] for r in records if r["reset"]]
+    return {
+        "blocks": len(records),
+        "first_block_s": seconds[0] if seconds else None,
+        "median_block_s": statistics.median(steady) if steady else None,
+        "p90_block_s": float(np.percentile(steady, 90)) if steady else None,
+        "max_block_s": max(seconds) if seconds else None,
+        "reset_block_median_s": statistics.median(resets) if resets else None,
+        "reset_blocks": len(resets),
+        "time_to_first_frame_s": first_frame_seconds,
+        "wall_s": wall_seconds,
+        "frames_per_second": frames / wall_seconds if wall_seconds > 0 else None,
+        "real_time_factor": wall_seconds / audio_seconds if audio_seconds > 0 else None,
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from lit_avatar.data.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    """Run `lit-avatar generate` (see --help)."""
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: output folder {out.parent} does not exist")
+    if out.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+        raise UserError(f"--out {out}: expected a .mp4 (or .mkv/.mov) file name")
+    device = _device(args.device)
+    psb_steps = _int_list(args.psb_steps, "--psb-steps") if args.psb_steps else None
+    mouth_box = _mouth_box(args.mouth_box)
+    if args.seconds is not None and args.seconds <= 0:
+        raise UserError(f"--seconds {args.seconds}: expected a positive duration")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from lit_avatar.data.media import read_audio, write_video
+    from lit_avatar.inference.loading import load_generator
+    from lit_avatar.inference.streamer import AvatarStreamer
+
+    audio = read_audio(args.audio, SAMPLE_RATE)
+    if args.seconds is not None:
+        audio = audio[: int(round(args.seconds * SAMPLE_RATE))]
+    bundle = load_generator(args.ckpt, device=device)
+    if bundle.kind == "teacher":
+        raise UserError(f"{args.ckpt}: is a bidirectional teacher checkpoint; generate streams with a causal "
+                        "model: expected an ode_init or student checkpoint")
+    options = bundle.rollout_options
+    if psb_steps is not None:
+        options = dataclasses.replace(options, psb=dataclasses.replace(options.psb, steps=psb_steps))
+    if args.no_mci:
+        options = dataclasses.replace(options, mci=dataclasses.replace(options.mci, enabled=False))
+    if args.no_urcr:
+        options = dataclasses.replace(options, urcr=dataclasses.replace(options.urcr, enabled=False))
+    size = _size(args.size) if args.size else bundle.video_size
+    cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
+    ref = read_reference(args.ref, size, cell)
+    streamer = AvatarStreamer(bundle.model, bundle.vae, bundle.audio_encoder, options, ref, seed=args.seed,
+                              device=device)
+    if len(audio) < streamer.samples_per_first_block:
+        raise UserError(f"{args.audio}: {len(audio) / SAMPLE_RATE:.3f} s of audio is shorter than one block "
+                        f"({streamer.samples_per_first_block / SAMPLE_RATE:.3f} s)")
+    total_frames = math.ceil(len(audio) / 640)
+    frames = _stream(streamer, audio, total_frames, progress=not args.no_progress)
+    wall = time.perf_counter() - streamer.first_push_time
+    audio_seconds = len(audio) / SAMPLE_RATE
+    write_video(out, frames, fps=FPS, audio=audio, sample_rate=SAMPLE_RATE)
+    summary = latency_summary(list(streamer.latency), streamer.first_frame_seconds, wall, len(frames), audio_seconds)
+    sidecar = {
+        "video": out.name, "fps": FPS, "seconds": len(frames) / FPS, "audio_seconds": audio_seconds,
+        "frames": len(frames), "height": int(ref.shape[0]), "width": int(ref.shape[1]), "mouth_box": mouth_box,
+        "checkpoint": str(args.ckpt), "kind": bundle.kind, "seed": args.seed, "device": str(device),
+        "rollout": dataclasses.asdict(options), "latency": summary,
+    }
+    try:
+        _write_json(out.with_suffix(".json"), sidecar)
+    except BaseException:
+        out.unlink(missing_ok=True)  # the pair is one output: never leave the video without its sidecar
+        raise
+    print(f"wrote {out} ({len(frames)} frames, {len(frames) / FPS:.2f} s) and {out.with_suffix('.json').name}")
+    print(f"time to first frame {summary['time_to_first_frame_s']:.3f} s, {summary['frames_per_second']:.1f} frames/s, "
+          f"real-time factor {summary['real_time_factor']:.3f} (processing time / audio duration; < 1 is faster "
+          "than real time)")
+    return 0
+
+
+def _stream(streamer, audio: np.ndarray, total_frames: int, progress: bool) -> np.ndarray:
+    """Feed the audio in live-sized chunks and collect every frame the streamer returns."""
+    from tqdm import tqdm
+
+    chunk = int(CHUNK_SECONDS * SAMPLE_RATE)
+    parts = []
+    with tqdm(total=total_frames, unit="frame", disable=not progress, desc="generate") as bar:
+        for start in range(0, len(audio), chunk):
+            parts.append(streamer.push_audio(audio[start:start + chunk]))
+            bar.update(len(parts[-1]))
+        parts.append(streamer.flush())
+        bar.update(len(parts[-1]))
+    return np.concatenate(parts)
