@@ -43,14 +43,37 @@ def stats_from_sums(total: np.ndarray, outer: np.ndarray, count: int) -> tuple[n
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """Tr((S1 S2)^(1/2)) as the sum of square roots of the eigenvalues of S1 S2.
 
-    S1 S2 is similar to the PSD matrix S1^(1/2) S2 S1^(1/2), so its eigenvalues are real and >= 0 up to
-    rounding: take the real part and clamp small negatives. Falls back to `trace_sqrt_product_sqrtm` when
-    the eigen-solver returns non-finite values.
+    S1 S2 is similar to the symmetric PSD matrix S1^(1/2) S2 S1^(1/2), so they share eigenvalues; computing
+    them through the symmetric form uses two symmetric eigensolvers (about 6x faster than a general
+    eigensolver at D=2048) and gives real values by construction. Small negatives from rounding are
+    clamped. Falls back to `trace_sqrt_product_sqrtm` when the result is not finite.
     """
-    eig = np.linalg.eigvals(np.asarray(sigma1, np.float64) @ np.asarray(sigma2, np.float64))
+    s1 = np.asarray(sigma1, np.float64)
+    s2 = np.asarray(sigma2, np.float64)
+    try:
+        w, v = np.linalg.eigh(0.5 * (s1 + s1.T))
+        root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+        inner = root @ s2 @ root
+        eig = np.linalg.eigvalsh(0.5 * (inner + inner.T))
+    except np.linalg.LinAlgError:
+        return trace_sqrt_product_sqrtm(s1, s2)
     if not np.all(np.isfinite(eig)):
-        return trace_sqrt_product_sqrtm(sigma1, sigma2)
-    return float(np.sqrt(np.clip(eig.real, 0.0, None)).sum())
+        return trace_sqrt_product_sqrtm(s1, s2)
+    return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+
+
+def trace_sqrt_product_features(a: np.ndarray, b: np.ndarray) -> float:
+    """Tr((S1 S2)^(1/2)) straight from the feature sets, exact and cheap when N < D.
+
+    With S1 = A^T A and S2 = B^T B (A, B centred features over sqrt(N-1)), the non-zero eigenvalues of
+    S1 S2 are those of (A B^T)(A B^T)^T, so the trace is the sum of the singular values of A B^T, an
+    [N1, N2] matrix: few frames of 2048-d features cost a tiny SVD instead of a 2048x2048 eigenproblem.
+    """
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    ac = (a - a.mean(0)) / np.sqrt(a.shape[0] - 1)
+    bc = (b - b.mean(0)) / np.sqrt(b.shape[0] - 1)
+    return float(np.linalg.svd(ac @ bc.T, compute_uv=False).sum())
 
 
 def trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
@@ -104,5 +127,15 @@ def frechet_distance(
 
 
 def frechet_distance_features(a: np.ndarray, b: np.ndarray, method: str = "eig") -> float:
-    """Frechet distance between two feature sets [N, D] and [M, D]."""
-    return frechet_distance(*feature_stats(a), *feature_stats(b), method=method)
+    """Frechet distance between two feature sets [N, D] and [M, D].
+
+    With method "eig" and fewer vectors than dimensions on either side, the trace term comes from the
+    features themselves (`trace_sqrt_product_features`): the same value, far cheaper.
+    """
+    mu1, s1 = feature_stats(a)
+    mu2, s2 = feature_stats(b)
+    if method == "eig" and min(len(a), len(b)) < mu1.shape[0] and mu1.shape == mu2.shape:
+        diff = mu1 - mu2
+        d = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product_features(a, b))
+        return max(d, 0.0)
+    return frechet_distance(mu1, s1, mu2, s2, method=method)

@@ -11,12 +11,46 @@ import numpy as np
 import torch
 
 from eval.drift import DriftCurve, per_frame_drift, windowed_drift
-from eval.frechet import frechet_distance_features
-from eval.metrics import FrechetFeatureMetric
+from eval.frechet import frechet_distance, frechet_distance_features, stats_from_sums
 
 
 def _nan_to_none(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
+
+
+class FeaturePool:
+    """Running sums of real and generated features (as eval.metrics.FrechetFeatureMetric keeps them, in
+    numpy so the CLI does not import torchmetrics), plus the raw features while they are few: then the
+    distance comes from the features (exact, and far cheaper than a DxD eigenproblem when N < D).
+
+    Args:
+        dim: feature dimension.
+        keep: keep raw features while each side has at most this many rows.
+    """
+
+    def __init__(self, dim: int, keep: int = 2048):
+        self.keep = keep
+        self.sums = {side: [np.zeros(dim), np.zeros((dim, dim)), 0] for side in (True, False)}
+        self.rows: dict[bool, list[np.ndarray] | None] = {True: [], False: []}
+
+    def add(self, feats: np.ndarray, real: bool) -> None:
+        f = np.asarray(feats, np.float64)
+        acc = self.sums[real]
+        acc[0] += f.sum(0)
+        acc[1] += f.T @ f
+        acc[2] += len(f)
+        kept = self.rows[real]
+        if kept is not None:
+            kept.append(f)
+            if sum(len(k) for k in kept) > self.keep:
+                self.rows[real] = None
+
+    def distance(self) -> float | None:
+        if self.sums[True][2] < 2 or self.sums[False][2] < 2:
+            return None
+        if self.rows[True] is not None and self.rows[False] is not None:
+            return frechet_distance_features(np.concatenate(self.rows[False]), np.concatenate(self.rows[True]))
+        return frechet_distance(*stats_from_sums(*self.sums[False]), *stats_from_sums(*self.sums[True]))
 
 
 class FIDScorer:
@@ -32,7 +66,7 @@ class FIDScorer:
     def __init__(self, model: torch.nn.Module, batch_size: int = 16, frame_stride: int = 1, device: str = "cpu"):
         self.model = model.to(device)
         self.batch_size, self.stride, self.device = batch_size, max(frame_stride, 1), device
-        self.metric = FrechetFeatureMetric(None, 2048)
+        self.pool = FeaturePool(2048)
         self.last_gen: np.ndarray | None = None
         self.last_real: np.ndarray | None = None
 
@@ -49,8 +83,8 @@ class FIDScorer:
 
     def video(self, gen: np.ndarray, real: np.ndarray) -> dict:
         g, r = self.features(gen), self.features(real)
-        self.metric.update_features(torch.from_numpy(g), real=False)
-        self.metric.update_features(torch.from_numpy(r), real=True)
+        self.pool.add(g, real=False)
+        self.pool.add(r, real=True)
         self.last_gen, self.last_real = g, r
         fid = frechet_distance_features(g, r) if len(g) >= 2 and len(r) >= 2 else float("nan")
         return {"fid": _nan_to_none(fid)}
@@ -66,8 +100,7 @@ class FIDScorer:
         return windowed_drift(len(g) * self.stride, window_fid, fps, window_s)
 
     def aggregate(self) -> dict:
-        ok = int(self.metric.fake_count) >= 2 and int(self.metric.real_count) >= 2
-        return {"fid": float(self.metric.compute()) if ok else None}
+        return {"fid": self.pool.distance()}
 
 
 class FVDScorer:
@@ -78,7 +111,7 @@ class FVDScorer:
 
         self.extractor = I3DFeatures(detector.to(device))
         self.batch_size, self.device = batch_size, device
-        self.metric = FrechetFeatureMetric(None, FEATURE_DIM)
+        self.pool = FeaturePool(FEATURE_DIM)
 
     def features(self, frames: np.ndarray) -> np.ndarray:
         from eval.fvd import iter_clips, preprocess_clip
@@ -95,14 +128,13 @@ class FVDScorer:
 
     def video(self, gen: np.ndarray, real: np.ndarray) -> dict:
         g, r = self.features(gen), self.features(real)
-        self.metric.update_features(torch.from_numpy(g), real=False)
-        self.metric.update_features(torch.from_numpy(r), real=True)
+        self.pool.add(g, real=False)
+        self.pool.add(r, real=True)
         fvd = frechet_distance_features(g, r) if len(g) >= 2 and len(r) >= 2 else float("nan")
         return {"fvd": _nan_to_none(fvd), "fvd_clips": int(len(g))}
 
     def aggregate(self) -> dict:
-        ok = int(self.metric.fake_count) >= 2 and int(self.metric.real_count) >= 2
-        return {"fvd": float(self.metric.compute()) if ok else None}
+        return {"fvd": self.pool.distance()}
 
 
 class SyncScorer:

@@ -50,6 +50,17 @@ def test_near_singular_covariances():
     assert frechet_distance(mu1, s1, mu2, s2, method="sqrtm") == pytest.approx(ref, rel=1e-6)
 
 
+def test_feature_route_equals_covariance_route():
+    # fewer vectors than dimensions on one side: the SVD shortcut must give the covariance-route value
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((10, 40))
+    b = rng.standard_normal((60, 40)) * 0.7 + 0.2
+    ref = frechet_distance(*feature_stats(a), *feature_stats(b), method="sqrtm")
+    assert frechet_distance_features(a, b) == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance_features(b, a) == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance(*feature_stats(a), *feature_stats(b)) == pytest.approx(ref, rel=1e-6)
+
+
 def test_identical_sets_zero_and_symmetric():
     rng = np.random.default_rng(2)
     a = rng.standard_normal((100, 12))
@@ -104,3 +115,18 @@ def test_synthsync_metric_mean_over_videos():
     m.update(video[1:], torch.from_numpy(np.stack(audio[1:])), torch.tensor([BOX]))
     expect = np.mean([synthsync(f, BOX, a)["r"] for f, a in zip(frames, audio)])
     assert float(m.compute()["r"]) == pytest.approx(expect, abs=1e-3)
+
+
+def test_feature_pool_routes_agree():
+    from eval.scorers import FeaturePool
+
+    rng = np.random.default_rng(7)
+    real, fake = rng.standard_normal((30, 6)), rng.standard_normal((25, 6)) + 0.4
+    small, big = FeaturePool(6, keep=1000), FeaturePool(6, keep=10)  # big drops raw rows: sums route
+    for pool in (small, big):
+        for part in np.split(real, 3):
+            pool.add(part, real=True)
+        pool.add(fake, real=False)
+    ref = frechet_distance_features(fake, real)
+    assert small.distance() == pytest.approx(ref, rel=1e-9)
+    assert big.rows[True] is None and big.distance() == pytest.approx(ref, rel=1e-6)

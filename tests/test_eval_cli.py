@@ -1,0 +1,143 @@
+"""`lit-avatar eval` end to end on tiny videos with test-made weights, and `lit-avatar table`."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lit_avatar.errors import UserError
+
+media = pytest.importorskip("lit_avatar.data.media", reason="lit_avatar.data.media (video I/O) not available yet")
+
+from eval.cli import main_eval, main_table  # noqa: E402
+from eval.fid import FIDInceptionV3  # noqa: E402
+from eval.syncnet import SyncNet  # noqa: E402
+from test_eval_csim import _tiny_arcface  # noqa: E402
+from test_eval_fvd import TinyI3D  # noqa: E402
+from test_eval_synthsync import BOX, _audio_for, _draw, _signal  # noqa: E402
+
+T = 16
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalcli")
+    torch.manual_seed(0)
+    weights = root / "weights"
+    (weights / "models" / "buffalo_l").mkdir(parents=True)
+    torch.save(FIDInceptionV3().state_dict(), weights / "pt_inception-2015-12-05-6726825d.pth")
+    torch.jit.script(TinyI3D()).save(str(weights / "i3d_torchscript.pt"))
+    torch.save(SyncNet().state_dict(), weights / "syncnet_v2.model")
+    _tiny_arcface(weights / "models" / "buffalo_l" / "w600k_r50.onnx")
+    gen, real = root / "gen", root / "real"
+    gen.mkdir()
+    real.mkdir()
+    for k, name in enumerate(["a", "b", "only_gen"]):
+        sig = _signal(T, seed=k)
+        frames = _draw(sig, size=64)
+        audio = _audio_for(sig, seed=k)
+        media.write_video(gen / f"{name}.mp4", frames, fps=25, audio=audio)
+        (gen / f"{name}.json").write_text(json.dumps({"mouth_box": list(BOX), "face_box": [0.1, 0.1, 0.9, 0.95]}))
+        if name != "only_gen":
+            noisy = np.clip(frames.astype(int) + np.random.default_rng(k).integers(-20, 20, frames.shape), 0, 255)
+            media.write_video(real / f"{name}.mp4", noisy.astype(np.uint8), fps=25, audio=audio)
+    media.write_video(real / "only_real.mp4", _draw(_signal(T, 9), size=64), fps=25)
+    return root
+
+
+def test_eval_end_to_end(workspace, capsys):
+    out = workspace / "out" / "results.json"
+    code = main_eval(["--gen", str(workspace / "gen"), "--real", str(workspace / "real"),
+                      "--weights-dir", str(workspace / "weights"), "--out", str(out), "--window", "0.2",
+                      "--fid-frame-stride", "8", "--no-progress"])
+    assert code == 0
+    res = json.loads(out.read_text())
+    err = capsys.readouterr().err
+    assert "only_gen" in err and "only_real" in err
+    assert res["unmatched"] == {"gen_only": ["only_gen"], "real_only": ["only_real"]}
+    assert set(res["computed"]) == {"fid", "fvd", "sync", "csim", "synthsync", "drift"}
+    for name in ("a", "b"):
+        row = res["videos"][name]
+        assert row["frames"] == T
+        for key in ("fid", "fvd", "sync_c", "sync_d", "av_offset", "csim", "synthsync_r", "synthsync_best_lag"):
+            assert key in row, (name, key)
+        assert row["fid"] is not None and row["fid"] >= 0
+        assert row["fvd"] is None  # one 16-frame clip per video: no per-video covariance
+        assert row["synthsync_r"] > 0.8  # drawn mouths follow their own audio
+        assert set(row["drift"]) == {"fid", "sync_c", "csim", "synthsync_r"}
+        assert (workspace / "out" / "results_drift" / f"{name}.png").is_file()
+    # the generated-only video still gets the metrics that need no real video
+    assert "sync_c" in res["videos"]["only_gen"] and "fid" not in res["videos"]["only_gen"]
+    agg = res["aggregate"]
+    assert agg["num_videos"] == 3
+    for key in ("fid", "fvd", "sync_c", "sync_d", "csim", "synthsync_r", "drift_csim_slope_per_min"):
+        assert isinstance(agg[key], float), key
+    np.testing.assert_allclose(agg["csim"], np.mean([res["videos"][n]["csim"] for n in ("a", "b", "only_gen")]))
+    assert list((workspace / "out" / "results_drift" / "tensorboard").iterdir())
+
+
+def test_missing_weights_are_skipped_with_file_named(workspace, capsys):
+    out = workspace / "out2.json"
+    code = main_eval(["--gen", str(workspace / "gen"), "--metrics", "fvd,synthsync",
+                      "--weights-dir", str(workspace / "nowhere"), "--out", str(out), "--no-progress"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "skipping fvd: needs --real DIR" in err
+    res = json.loads(out.read_text())
+    assert res["computed"] == ["synthsync"] and "synthsync_r" in res["aggregate"]
+    main_eval(["--gen", str(workspace / "gen"), "--real", str(workspace / "real"), "--metrics", "sync",
+               "--weights-dir", str(workspace / "nowhere"), "--out", str(out), "--no-progress"])
+    assert "skipping sync: weight file" in capsys.readouterr().err and "syncnet_v2.model not found" in open(out).read()
+    with pytest.raises(UserError, match="--metrics: unknown metric"):
+        main_eval(["--gen", str(workspace / "gen"), "--metrics", "fid,lpips", "--out", str(out)])
+
+
+def _results(path, **agg):
+    path.write_text(json.dumps({"aggregate": agg}))
+    return str(path)
+
+
+def test_table_markdown_cell_by_cell(tmp_path):
+    a = _results(tmp_path / "a.json", fid=12.3456, fvd=200.0, sync_c=7.5, sync_d=7.0, csim=0.81)
+    b = _results(tmp_path / "b.json", fid=10.0, fvd=250.0, sync_c=7.5, sync_d=7.2, csim=0.85, fps=20.0)
+    gt = _results(tmp_path / "gt.json", fid=0.0, fvd=0.0, sync_c=9.0, sync_d=6.0, csim=1.0)
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"""title: Test
+columns: [fid, fvd, sync_c, sync_d, csim, fps]
+rows:
+  - {{name: Real, results: {gt}, exclude_from_best: true}}
+  - {{name: A, results: {a}, fps: 16}}
+  - {{name: B, results: {b}}}
+""")
+    out = tmp_path / "t.md"
+    assert main_table(["--config", str(cfg), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    table = [ln for ln in lines if ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in table]
+    assert cells[0] == ["Method", "FID ↓", "FVD ↓", "Sync-C ↑", "Sync-D ↓", "CSIM ↑", "FPS ↑"]
+    assert cells[2] == ["Real", "0.00", "0.0", "9.00", "6.00", "1.000", "–"]
+    assert cells[3] == ["A", "12.35", "**200.0**", "**7.50**", "**7.00**", "0.810", "16.0"]
+    assert cells[4] == ["B", "**10.00**", "250.0", "**7.50**", "7.20", "**0.850**", "**20.0**"]
+    assert any("lit-avatar table --config" in ln for ln in lines)
+    tex = tmp_path / "t.tex"
+    main_table(["--config", str(cfg), "--out", str(tex)])
+    assert r"\textbf{10.00}" in tex.read_text() and r"FID $\downarrow$" in tex.read_text()
+
+
+def test_table_missing_results(tmp_path):
+    cfg = tmp_path / "t.yaml"
+    missing = tmp_path / "nope.json"
+    made = tmp_path / "made.json"
+    script = f"import json; json.dump({{'aggregate': {{'fid': 1.0}}}}, open({str(made)!r}, 'w'))"
+    cfg.write_text(f"""columns: [fid]
+rows:
+  - name: X
+    results: {made}
+    commands: [[python3, -c, "{script}"]]
+  - {{name: Y, results: {missing}}}
+""")
+    with pytest.raises(UserError, match=r"made\.json: results file of row 'X' not found .*--run"):
+        main_table(["--config", str(cfg), "--out", str(tmp_path / "t.md")])
+    with pytest.raises(UserError, match=r"row 'Y' has no results file .* and no 'commands'"):
+        main_table(["--config", str(cfg), "--out", str(tmp_path / "t.md"), "--run"])
+    assert made.is_file()  # row X's command ran
