@@ -179,6 +179,9 @@ def run_eval(opts: EvalOptions) -> dict:
         aggregate.update(scorer.aggregate())
     if drift_on:
         aggregate.update(_drift_aggregate(videos))
+    speeds = [row["gen_fps"] for row in videos.values() if "gen_fps" in row]
+    if speeds:
+        aggregate["fps"] = float(np.mean(speeds))
     results = {
         "command": opts.command,
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -213,6 +216,9 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
     frames, _ = read_video(gen_path, fps=opts.fps)
     row: dict = {"frames": int(len(frames))}
     sidecar = read_sidecar(gen_path)
+    speed = (sidecar.get("latency") or {}).get("frames_per_second") if isinstance(sidecar.get("latency"), dict) else None
+    if isinstance(speed, (int, float)):
+        row["gen_fps"] = float(speed)  # generation speed reported by `lit-avatar generate`
     curves: dict = {}
     real_frames = None
     if name in matching.real and ("fid" in scorers or "fvd" in scorers or "csim" in scorers):

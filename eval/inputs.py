@@ -73,6 +73,8 @@ def read_sidecar(video: Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object like {{\"mouth_box\": [x0, y0, x1, y1]}}")
     for key in ("mouth_box", "face_box"):
+        if key in data and data[key] is None:  # `lit-avatar generate` writes null when no box was given
+            del data[key]
         if key in data:
             box = data[key]
             if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):

@@ -141,3 +141,63 @@ rows:
     with pytest.raises(UserError, match=r"row 'Y' has no results file .* and no 'commands'"):
         main_table(["--config", str(cfg), "--out", str(tmp_path / "t.md"), "--run"])
     assert made.is_file()  # row X's command ran
+
+
+@pytest.mark.parametrize("name", ["paper_comparison", "ablations"])
+def test_table_configs_are_valid(name, tmp_path):
+    """The shipped table YAMLs parse, name known columns, and every command is a list-form argv."""
+    from pathlib import Path
+
+    import yaml
+
+    from eval.tables import parse_columns
+
+    root = Path(__file__).resolve().parents[1]
+    cfg_path = root / "experiments" / "tables" / f"{name}.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    columns = parse_columns(cfg["columns"], cfg_path)
+    assert {c.key for c in columns} >= {"fid", "fvd", "sync_c", "sync_d", "csim", "fps"}
+    for row in cfg["rows"]:
+        assert row["results"].endswith(".json") and row["commands"]
+        for cmd in row["commands"]:
+            assert all(isinstance(a, str) for a in cmd), cmd
+            if cmd[:2] == ["lit-avatar", "eval"]:  # eval commands parse with our own parser
+                from eval.cli import _eval_parser
+
+                args = _eval_parser().parse_args(cmd[2:])
+                assert args.out == row["results"]
+            for i, arg in enumerate(cmd):
+                if arg == "--config":
+                    assert (root / cmd[i + 1]).is_file(), cmd[i + 1]
+    if name == "ablations":
+        assert [r["name"].split()[0] for r in cfg["rows"]] == ["full", "no_psb", "no_mci", "no_urcr"]
+
+
+def test_dispatcher_prints_one_line_errors(tmp_path, capsys):
+    from lit_avatar.cli import main
+
+    assert main(["eval", "--gen", str(tmp_path / "none"), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --gen {tmp_path / 'none'}: not a directory"
+    assert main(["table", "--config", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "t.md")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --config {tmp_path / 't.yaml'}: file not found"
+
+
+def test_generate_set_plans_one_call_per_clip(tmp_path):
+    from eval.generate_set import command_for, plan
+
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "refs").mkdir()
+    for name in ("c1", "c2"):
+        (tmp_path / "audio" / f"{name}.wav").write_bytes(b"")
+        (tmp_path / "refs" / f"{name}.png").write_bytes(b"")
+    (tmp_path / "refs" / "c1.json").write_text(json.dumps({"mouth_box": [0.3, 0.6, 0.7, 0.8]}))
+    jobs = plan(str(tmp_path / "audio"), str(tmp_path / "refs"), str(tmp_path / "out"))
+    assert [j["name"] for j in jobs] == ["c1", "c2"]
+    cmd = command_for(jobs[0], "m.ckpt", ["--no-mci"])
+    assert cmd[2:5] == ["lit_avatar.cli", "generate", "--ckpt"]
+    assert cmd[cmd.index("--mouth-box") + 1] == "0.3,0.6,0.7,0.8" and cmd[-1] == "--no-mci"
+    assert "--mouth-box" not in command_for(jobs[1], "m.ckpt", [])
+    (tmp_path / "refs" / "c2.png").unlink()
+    with pytest.raises(UserError, match="--refs .*: no reference image for c2"):
+        plan(str(tmp_path / "audio"), str(tmp_path / "refs"), str(tmp_path / "out"))
