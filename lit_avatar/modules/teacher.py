@@ -113,6 +113,7 @@ class TeacherModule(pl.LightningModule):
         )
         self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
         self._last_ema_step = -1
+        self._video_size: tuple[int, int] | None = None
 
     # ----- modes -----
 
@@ -184,6 +185,8 @@ class TeacherModule(pl.LightningModule):
     # ----- Lightning hooks -----
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if "video" in batch:
+            self._video_size = tuple(int(v) for v in batch["video"].shape[-2:])
         loss = self.flow_loss(batch)
         b = next(iter(v for v in batch.values() if torch.is_tensor(v))).shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
@@ -210,6 +213,18 @@ class TeacherModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=b)
         if batch_idx < self.hparams.val_sample_batches and not self.trainer.sanity_checking:
             self._log_samples(batch, batch_idx)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the generator record (docs/INTERFACES.md) so `lit-avatar generate` can rebuild the teacher."""
+        from lit_avatar.inference.loading import generator_record
+
+        prefix = "ema_model." if self.ema_model is not None else "model."
+        try:
+            checkpoint["lit_avatar"] = generator_record(
+                "teacher", self.sampling_model, self.vae, self.audio_encoder, None, prefix, self._video_size
+            )
+        except TypeError:
+            pass  # a network the record cannot describe (test stand-ins): the checkpoint still resumes
 
     def configure_optimizers(self) -> dict:
         optimizer = build_adamw(self.model, self.hparams.lr, self.hparams.betas, self.hparams.weight_decay)

@@ -1,0 +1,108 @@
+"""`lit-avatar fit|validate|test|predict`: LightningCLI over class_path/init_args YAML in experiments/.
+
+Everything is built here and only here: the YAML names the classes (DiT, VAE, audio encoder, data
+module) and LightningCLI instantiates and injects them. Config files stack (`--config a.yaml --config
+b.yaml`, later wins), `--print_config` is the dry run, and the fully resolved config is saved next to the
+run's logs (config.yaml) and inside every checkpoint (key `lit_avatar_config`, a YAML string, so a
+checkpoint alone says how it was made and loads with weights_only=True).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from lit_avatar.errors import UserError
+
+CONFIG_CHECKPOINT_KEY = "lit_avatar_config"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class SaveConfigEverywhere(SaveConfigCallback):
+    """The stock callback writes config.yaml into the log dir; this one also stores it in checkpoints."""
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CONFIG_CHECKPOINT_KEY] = self.parser.dump(self.config, skip_none=False)
+
+
+class AvatarCLI(LightningCLI):
+    """LightningCLI with the project's defaults: TensorBoard logs under runs/, resumable last.ckpt."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        per_parser = {"parser_mode": "omegaconf", "exit_on_error": False}
+        parser_kwargs = {**per_parser, **{name: dict(per_parser) for name in SUBCOMMANDS}}
+        kwargs.setdefault("trainer_defaults", default_trainer_settings())
+        super().__init__(
+            model_class=None,
+            datamodule_class=None,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=SaveConfigEverywhere,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs=parser_kwargs,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+
+def default_trainer_settings() -> dict[str, Any]:
+    """Trainer defaults every experiment shares; YAML `trainer:` keys override them."""
+    return {
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": "runs", "name": "default"},
+        },
+        # `--ckpt_path runs/<name>/version_N/checkpoints/last.ckpt` resumes a run
+        "callbacks": [ModelCheckpoint(save_last=True)],
+    }
+
+
+def one_line(err: BaseException) -> str:
+    """Condense jsonargparse's multi-line explanation (usage, union subtypes, nested causes) to one line
+    that names the key, the classes it went through and the decisive complaint, e.g.
+    `key "model" (TeacherModule): Option 'bogus_key' is not accepted`."""
+    lines = [ln.strip().lstrip("- ").strip() for ln in str(err).splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    head = lines[0].rstrip(":")
+    if head.startswith("Parser key "):
+        head = "key " + head[len("Parser key "):]
+    classes, detail = [], ""
+    noise = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>")
+    for ln in lines[1:]:
+        if ln.startswith("Problem with given class_path"):
+            classes.append(ln.split("'")[1].rsplit(".", 1)[-1] if "'" in ln else ln)
+        elif not ln.startswith(noise):
+            detail = ln
+    if ":" in lines[0] and not lines[0].endswith(":") and not detail:
+        return lines[0].replace("Parser key ", "key ", 1)
+    via = f" ({' > '.join(classes)})" if classes else ""
+    return f"{head}{via}: {detail}" if detail else head
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run LightningCLI on `argv` (e.g. ["fit", "--config", "experiments/teacher/synthtalk_tiny.yaml"])."""
+    from jsonargparse import ArgumentError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both argv and args are set
+    try:
+        AvatarCLI(args=argv)
+    except ArgumentError as err:
+        raise UserError(f"config: {one_line(err)}") from None
+    except SystemExit as err:  # --help and --print_config exit cleanly
+        return int(err.code or 0)
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+if __name__ == "__main__":
+    from lit_avatar.cli import main as cli_main
+
+    sys.exit(cli_main(["fit", *sys.argv[1:]]))
