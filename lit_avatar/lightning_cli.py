@@ -35,6 +35,14 @@ class AvatarCLI(LightningCLI):
         per_parser = {"parser_mode": "omegaconf", "exit_on_error": False}
         parser_kwargs = {**per_parser, **{name: dict(per_parser) for name in SUBCOMMANDS}}
         kwargs.setdefault("trainer_defaults", default_trainer_settings())
+        args = list(sys.argv[1:] if args is None else args)
+        saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when argv and args are both set
+        try:
+            self._init(args, run, parser_kwargs, kwargs)
+        finally:
+            sys.argv = saved_argv
+
+    def _init(self, args: list[str] | None, run: bool, parser_kwargs: dict, kwargs: dict) -> None:
         super().__init__(
             model_class=None,
             datamodule_class=None,
@@ -90,15 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     from jsonargparse import ArgumentError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both argv and args are set
     try:
         AvatarCLI(args=argv)
     except ArgumentError as err:
         raise UserError(f"config: {one_line(err)}") from None
     except SystemExit as err:  # --help and --print_config exit cleanly
         return int(err.code or 0)
-    finally:
-        sys.argv = saved_argv
     return 0
 
 
