@@ -53,10 +53,16 @@ def test_layout_matches_pytorch_fid_file():
 def test_round_trip_and_features(tmp_path):
     torch.manual_seed(0)
     src = FIDInceptionV3()
-    state = {k: (torch.randn_like(v) * 0.05 if v.is_floating_point() else v) for k, v in src.state_dict().items()}
-    for k in state:
-        if k.endswith("running_var"):
-            state[k] = state[k].abs() + 0.5
+    # He-scaled conv weights keep the signal alive through 94 layers; BatchNorm statistics perturbed so
+    # that every tensor is distinctive
+    state = dict(src.state_dict())
+    for k, v in state.items():
+        if k.endswith("conv.weight"):
+            state[k] = torch.randn_like(v) * (2.0 / v[0].numel()) ** 0.5
+        elif k.endswith(("bn.weight", "running_var")):
+            state[k] = 1 + 0.1 * torch.rand_like(v)
+        elif k.endswith(("bn.bias", "running_mean")):
+            state[k] = 1e-3 * torch.randn_like(v)
     # old pytorch-fid files have no num_batches_tracked; an AuxLogits leftover must be ignored
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     state["AuxLogits.fc.weight"] = torch.zeros(1008, 768)
@@ -67,14 +73,17 @@ def test_round_trip_and_features(tmp_path):
         if k in state:
             assert torch.equal(v, state[k]), k
     x = torch.rand(2, 3, 40, 56)
+    # preprocessing: bilinear to 299 (align_corners=False), then 2x-1; a 299 input is left as is
+    expected = 2 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
+    torch.testing.assert_close(model.preprocess(x), expected)
+    torch.testing.assert_close(model.preprocess(expected * 0.5 + 0.5), expected, rtol=0, atol=1e-6)
+    # the network itself at InceptionV3's smallest input (75 px) keeps the test fast
+    model.resize_input = False
     with torch.no_grad():
-        feats = model(x)
+        feats = model(F.interpolate(x, size=(75, 75), mode="bilinear", align_corners=False))
     assert feats.shape == (2, 2048)
     assert torch.all(feats >= 0)  # pool3 follows a ReLU
-    # preprocessing: resize to 299 then 2x-1, so a 299 input given directly after resize gives the same
-    with torch.no_grad():
-        x299 = F.interpolate(x[:1], size=(299, 299), mode="bilinear", align_corners=False)
-        torch.testing.assert_close(model(x299), feats[:1], rtol=1e-4, atol=1e-5)
+    assert (feats[0] - feats[1]).abs().max() > 1e-3 * feats.abs().max() > 0  # depends on the image
 
 
 def test_fid_specific_pooling():
