@@ -95,3 +95,16 @@ def test_unrelated_audio_gives_low_r():
 def test_bad_box_is_a_user_error():
     with pytest.raises(UserError, match="mouth_box"):
         mouth_opening(np.zeros((2, 8, 8, 3), np.uint8), (0.5, 0.5, 0.2, 0.9))
+
+
+def test_real_synthtalk_clip():
+    """On a SynthTalk clip the measured opening tracks the stored ground truth and its own audio."""
+    synth = pytest.importorskip("data_tools.synth", reason="SynthTalk generator not available")
+    clip = synth.make_clip(0, 0, 0, 4.0, 32)
+    other = synth.make_clip(0, 7, 0, 4.0, 32)
+    opening = mouth_opening(clip.frames, clip.box)
+    assert np.corrcoef(opening, clip.opening)[0, 1] > 0.95
+    true = synthsync(clip.frames, clip.box, clip.audio)
+    shuffled = synthsync(clip.frames, clip.box, other.audio)
+    assert true["r"] > 0.9 and true["best_lag"] == 0
+    assert true["r"] > shuffled["r"] + 0.5
