@@ -103,3 +103,32 @@ def test_decode_scrfd_planted_face():
     np.testing.assert_allclose(out_boxes, [[16.0, 8.0, 56.0, 48.0]])
     np.testing.assert_allclose(out_scores, [0.9], rtol=1e-6)
     np.testing.assert_allclose(out_kps[0], np.array([32.0, 16.0]) + (np.arange(10) * 1.6).reshape(5, 2), rtol=1e-5)
+
+
+def test_onnx_detector_letterbox_and_decode(tmp_path):
+    """A constant-output ONNX 'SCRFD' at 64 px: the planted box comes back in frame pixels."""
+    from eval.faces import OnnxFaceDetector
+
+    size, strides, na = 64, (8, 16, 32), 2
+    outs = {}
+    for k, s in enumerate(strides):
+        n = (size // s) ** 2 * na
+        score, box, kps = np.zeros((n, 1), np.float32), np.zeros((n, 4), np.float32), np.zeros((n, 10), np.float32)
+        if s == 16:
+            idx = (1 * 4 + 2) * na  # centre (32, 16)
+            score[idx], box[idx] = 0.95, [1.0, 0.5, 1.5, 2.0]
+            kps[idx] = np.tile([0.5, 1.0], 5)
+        outs[f"score_{s}"], outs[f"bbox_{s}"], outs[f"kps_{s}"] = score, box, kps
+    order = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in strides]
+    nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(outs[name], name + "_v"))
+             for name in order]
+    graph = helper.make_graph(nodes, "const_scrfd",
+                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, size, size])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(outs[n].shape)) for n in order])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "det_10g.onnx"))
+    det = OnnxFaceDetector(tmp_path / "det_10g.onnx", input_size=size)
+    box, kps = det.detect(np.zeros((96, 128, 3), np.uint8))  # letterbox scale 64/128 = 0.5
+    np.testing.assert_allclose(box, [32.0, 16.0, 112.0, 96.0], rtol=1e-6)
+    np.testing.assert_allclose(kps, np.tile([[64.0 + 16.0, 32.0 + 32.0]], (5, 1)), rtol=1e-6)
