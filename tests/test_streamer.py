@@ -129,3 +129,19 @@ def test_memory_stops_growing():
     for key in ("audio_samples", "cache_bytes", "cache_frames", "history_frames", "records", "latency_records"):
         assert max(s[key] for s in late) <= max(s[key] for s in early), key
     assert max(s["audio_samples"] for s in late) <= (12 + 1 + 3 + 1) * 640
+
+
+def test_bench_stream_reports_the_must_show_figures(tmp_path, capsys):
+    import json
+
+    from bench.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["stream", "--preset", "micro", "--height", "16", "--width", "16", "--latent-frames", "30",
+                 "--psb-steps", "2,1", "--horizon", "6", "--compare-blocks", "2", "--quiet", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == result
+    stream = result["stream"]
+    assert stream["blocks"] == 10 and stream["video_frames"] == 30
+    assert stream["latency_s"]["reset_blocks"] >= 3 and stream["rss_bytes"]["after_first_reset"] > 0
+    assert result["kv_vs_recompute"]["speedup"] > 0 and result["kv_vs_recompute"]["context_frames"] == 3

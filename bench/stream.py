@@ -1,0 +1,324 @@
+"""`lit-avatar bench stream`: how fast, how steady and how bounded streaming is.
+
+Two measurements, both with random weights (speed does not depend on their values):
+
+1. Streaming: AvatarStreamer (audio features + rollout with PSB/MCI/URCR + causal decode) over N latent
+   frames. Per-block latency by position (first block, steady state, blocks at a cache reset, blocks
+   100-200 vs the last 100), video frames/s, time to first frame, and RSS sampled after every block
+   (/proc/self/statm) plus the kernel's peak (getrusage): bounded memory means the peak stays at the
+   value reached after the first URCR reset.
+2. KV cache vs recomputation at a fixed horizon (21 latent frames): per block, the cached rollout runs
+   `steps` forwards of one block against the cached context plus one cache write; the baseline runs
+   `steps` masked full forwards over [context | block] (model.forward with frames_per_block). Both are
+   timed alternately in the same process so their ratio is not skewed by machine load.
+
+Only torch (and numpy) are needed: the GPU machines have no diffusers or PyAV. Non-tiny presets use
+stand-ins that are reported in the JSON: MelAudioEncoder instead of wav2vec2, and a PatchVAE (or no
+VAE at all with --vae none) instead of the Wan VAE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from lit_avatar.errors import UserError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lit-avatar bench stream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny", help="model preset (tiny, wan2.1-1.3b, ...)")
+    parser.add_argument("--height", type=int, default=32, help="video height in pixels (tiny: 32, as its prototype)")
+    parser.add_argument("--width", type=int, default=32, help="video width in pixels")
+    parser.add_argument("--latent-frames", type=int, default=10000, help="latent frames to stream")
+    parser.add_argument("--frames-per-block", type=int, default=3)
+    parser.add_argument("--psb-steps", default="8,6,4", help="denoising steps per block index")
+    parser.add_argument("--horizon", type=int, default=21, help="URCR max_frames and the KV-vs-recompute horizon")
+    parser.add_argument("--compare-blocks", type=int, default=10, help="blocks timed per method for KV vs recompute "
+                        "(0 skips the comparison)")
+    parser.add_argument("--vae", choices=["patch", "none"], default="patch",
+                        help="patch: PatchVAE decode (stand-in unless tiny); none: DiT + rollout only")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block (dynamic shapes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return parser
+
+
+def rss_bytes() -> int:
+    """Resident set size now, from /proc/self/statm (0 where there is no /proc)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    """The kernel's high-water mark of this process's RSS (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class NullVAE(torch.nn.Module):
+    """No VAE: zero reference latent, 'decoding' returns a 1x1 frame per video frame that depends on the
+    latents (so the host copy still waits for the device). Times the DiT + rollout alone."""
+
+    def __init__(self, latent_channels: int, temporal_factor: int, spatial_factor: int) -> None:
+        super().__init__()
+        self.latent_channels, self.temporal_factor, self.spatial_factor = latent_channels, temporal_factor, spatial_factor
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        b, _, t, h, w = video.shape
+        sf = self.spatial_factor
+        return video.new_zeros(b, self.latent_channels, 1 + (t - 1) // self.temporal_factor, h // sf, w // sf)
+
+    def stream_decoder(self):
+        state = {"started": False}
+
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            t = latents.shape[2]
+            frames = self.temporal_factor * t - (0 if state["started"] else self.temporal_factor - 1)
+            state["started"] = True
+            return latents.float().mean().reshape(1, 1, 1, 1, 1).expand(1, 3, frames, 1, 1).tanh()
+
+        return decode
+
+
+def build_parts(args: argparse.Namespace):
+    """(model, vae, encoder, labels): random weights; stand-ins where the real parts need downloads."""
+    from lit_avatar.models.audio import MelAudioEncoder
+    from lit_avatar.models.dit import AvatarDiT
+    from lit_avatar.models.presets import get_preset
+    from lit_avatar.models.vae import PatchVAE
+
+    base = get_preset(args.preset)
+    tf = base.temporal_factor
+    spatial = 2 if args.preset in ("tiny", "micro") else 8
+    labels = {}
+    overrides = {}
+    if args.vae == "patch":
+        vae = PatchVAE(spatial_factor=spatial, temporal_factor=tf)
+        if vae.latent_channels != base.in_channels:
+            overrides.update(in_channels=vae.latent_channels, out_channels=vae.latent_channels)
+            labels["vae"] = (f"PatchVAE stand-in (sf={spatial}, tf={tf}): DiT in/out channels {vae.latent_channels} "
+                             f"instead of {base.in_channels}")
+        else:
+            labels["vae"] = f"PatchVAE (sf={spatial}, tf={tf})"
+    else:
+        vae = NullVAE(base.in_channels, tf, spatial)
+        labels["vae"] = "none: DiT + rollout only, decode skipped"
+    n_mels = base.audio_feature_dim if base.audio_feature_dim <= 128 else 40
+    if n_mels != base.audio_feature_dim:
+        overrides["audio_feature_dim"] = n_mels
+        labels["audio"] = f"MelAudioEncoder stand-in ({n_mels} mels) for wav2vec2 ({base.audio_feature_dim} features)"
+    else:
+        labels["audio"] = f"MelAudioEncoder ({n_mels} mels)"
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    with device:  # build in place on the device (1.3B: no host copy)
+        model = AvatarDiT(config=get_preset(args.preset, **overrides))
+    model = model.to(dtype=_DTYPES[args.dtype]).eval().requires_grad_(False)
+    for block in model.blocks:  # the audio path's output projection starts at zero; give it work to do
+        if hasattr(block, "audio_attn"):
+            torch.nn.init.normal_(block.audio_attn.o.weight, std=0.02)
+    if args.compile:
+        for block in model.blocks:
+            block.compile(dynamic=True)
+        labels["compile"] = "torch.compile per DiT block, dynamic shapes"
+    return model, vae, MelAudioEncoder(n_mels=n_mels, normalize=False), labels
+
+
+def rollout_options(args: argparse.Namespace, context_frames: int | None = None, urcr: bool = True):
+    from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
+
+    steps = [int(v) for v in args.psb_steps.split(",")]
+    return RolloutOptions(frames_per_block=args.frames_per_block, context_frames=context_frames,
+                          psb=PSBOptions(steps=steps), urcr=URCROptions(enabled=urcr, max_frames=args.horizon))
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def stream_section(args: argparse.Namespace, model, vae, encoder) -> dict:
+    """Stream `latent_frames` latent frames; per-block latency and RSS after every block."""
+    from lit_avatar.inference.streamer import AvatarStreamer, block_span
+
+    options = rollout_options(args)
+    tf, fpb = vae.temporal_factor, args.frames_per_block
+    blocks = math.ceil(args.latent_frames / fpb)
+    ref = np.random.default_rng(args.seed).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    streamer = AvatarStreamer(model, vae, encoder, options, ref, seed=args.seed, device=args.device)
+    rng = np.random.default_rng(args.seed + 1)
+    chunk = 3200  # 0.2 s, what a live source might deliver
+    rss, video_frames, pushed = [], 0, 0
+    start = time.perf_counter()
+    while streamer.blocks_done < blocks:
+        t = (pushed + np.arange(chunk)) / 16000
+        audio = (0.2 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 2.5 * t))
+                 + 0.01 * rng.standard_normal(chunk)).astype(np.float32)
+        pushed += chunk
+        before = streamer.blocks_done
+        frames = streamer.push_audio(audio)
+        video_frames += len(frames)
+        rss.extend([rss_bytes()] * (streamer.blocks_done - before))  # RSS after the push that made each block
+        if not args.quiet and streamer.blocks_done // 500 != before // 500:
+            print(f"  block {streamer.blocks_done}/{blocks}", file=sys.stderr)
+    wall = time.perf_counter() - start
+    records = list(streamer.latency)[:blocks]
+    seconds = [r["seconds"] for r in records]
+    reset_idx = [i for i, r in enumerate(records) if r["reset"]]
+    first_reset = reset_idx[0] if reset_idx else None
+    steady = [s for i, s in enumerate(seconds[len(options.psb.steps):]) if not records[i + len(options.psb.steps)]["reset"]]
+    mid = seconds[100:200]
+    last = seconds[-100:]
+    rss_after_reset = rss[first_reset] if first_reset is not None else None
+    rss_peak_sampled = max(rss) if rss else None
+    frames_per_block = block_span(1, fpb, tf)[1]
+    result = {
+        "latent_frames": blocks * fpb, "blocks": len(records), "video_frames": video_frames, "wall_s": wall,
+        "frames_per_second": video_frames / wall,
+        "steady_frames_per_second": frames_per_block / _median(steady) if steady else None,
+        "time_to_first_frame_s": streamer.first_frame_seconds,
+        "latency_s": {
+            "first_block": seconds[0], "steady_median": _median(steady),
+            "steady_p90": float(np.percentile(steady, 90)) if steady else None,
+            "reset_median": _median([seconds[i] for i in reset_idx]), "reset_blocks": len(reset_idx),
+            "blocks_100_200_median": _median(mid), "last_100_median": _median(last),
+            "last_100_vs_100_200": (_median(last) / _median(mid)) if len(mid) == 100 else None,
+            "max": max(seconds),
+        },
+        "rss_bytes": {
+            "after_first_reset": rss_after_reset, "peak_sampled": rss_peak_sampled, "end": rss[-1] if rss else None,
+            "peak_process": peak_rss_bytes(),
+            "peak_process_over_after_first_reset": (peak_rss_bytes() / rss_after_reset) if rss_after_reset else None,
+            "peak_over_after_first_reset": (rss_peak_sampled / rss_after_reset) if rss_after_reset else None,
+            "end_over_after_first_reset": (rss[-1] / rss_after_reset) if rss_after_reset else None,
+            "at_block_100": rss[100] if len(rss) > 100 else None,
+            "peak_over_block_100": (rss_peak_sampled / rss[100]) if len(rss) > 100 else None,
+        },
+        "bounded_state_end": streamer.memory_state(),
+    }
+    return result
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compare_section(args: argparse.Namespace, model, vae) -> dict:
+    """Per-block time at a full `horizon`-frame context: KV-cached rollout vs masked full recomputation."""
+    from lit_avatar.inference.rollout import Rollout
+
+    device = torch.device(args.device)
+    fpb, horizon, tf = args.frames_per_block, args.horizon, vae.temporal_factor
+    context = horizon - fpb
+    options = rollout_options(args, context_frames=context, urcr=False)
+    steps = options.psb.steps[-1]
+    sf = vae.spatial_factor
+    h, w = args.height // sf, args.width // sf
+    c = model.config.in_channels
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    dtype = next(model.parameters()).dtype
+    ref = torch.randn(1, c, 1, h, w, generator=g, device=device)
+    feats_block = torch.randn(1, tf * fpb, model.config.audio_window, model.config.audio_feature_dim,
+                              generator=g, device=device)
+    feats_full = torch.randn(1, 1 + tf * (horizon - 1), model.config.audio_window, model.config.audio_feature_dim,
+                             generator=g, device=device)
+    rollout = Rollout(model, options)
+    sigmas = rollout.sigmas_for(len(options.psb.steps))  # a steady-state block's list
+    cached_s, full_s = [], []
+    with torch.inference_mode():
+        rollout.begin(ref, None, 1, (h, w), generator=g)
+        tokens = model.audio_tokens(feats_block, starts_at_zero=False)
+        while rollout.cache.num_frames < context:  # fill the window to the full horizon
+            rollout.next_block(tokens, shape=(1, c, fpb, h, w))
+        history = torch.randn(1, c, context, h, w, generator=g, device=device)
+        positions = torch.arange(horizon, device=device)
+        for _ in range(args.compare_blocks + 1):  # the first round of each is a warm-up
+            _sync(device)
+            begin = time.perf_counter()
+            rollout.next_block(tokens, shape=(1, c, fpb, h, w))
+            _sync(device)
+            cached_s.append(time.perf_counter() - begin)
+            begin = time.perf_counter()
+            x = torch.randn(1, c, fpb, h, w, generator=g, device=device)
+            for j in range(steps):
+                s = float(sigmas[j])
+                timestep = torch.zeros(1, horizon, device=device)
+                timestep[:, context:] = 1000.0 * s
+                v = model(torch.cat([history, x], dim=2), timestep, audio=feats_full, ref=ref,
+                          frames_per_block=fpb, frame_positions=positions)[:, :, context:]
+                x0 = x - s * v
+                x = (1 - float(sigmas[j + 1])) * x0 + float(sigmas[j + 1]) * torch.randn_like(x0)
+            _sync(device)
+            full_s.append(time.perf_counter() - begin)
+    cached, full = _median(cached_s[1:]), _median(full_s[1:])
+    return {"horizon_latent_frames": horizon, "context_frames": context, "steps_per_block": steps,
+            "cached_forwards_per_block": steps + 1, "recompute_forwards_per_block": steps,
+            "kv_cached_block_s": cached, "recompute_block_s": full, "speedup": full / cached,
+            "blocks_timed": args.compare_blocks, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def main(argv: list[str]) -> int:
+    """Run the streaming benchmark and print its JSON (see --help)."""
+    args = build_parser().parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available here")
+    if args.latent_frames < args.frames_per_block:
+        raise UserError(f"--latent-frames {args.latent_frames}: expected at least one block ({args.frames_per_block})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, vae, encoder, labels = build_parts(args)
+    result = {
+        "benchmark": "stream", "preset": args.preset, "height": args.height, "width": args.width,
+        "device": args.device, "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else
+        _cpu_name(), "dtype": args.dtype, "threads": torch.get_num_threads(), "psb_steps": args.psb_steps,
+        "frames_per_block": args.frames_per_block, "temporal_factor": vae.temporal_factor,
+        "parameters": sum(p.numel() for p in model.parameters()), "stand_ins": labels,
+        "load_average_start": os.getloadavg(), "command": "lit-avatar bench stream " + " ".join(argv),
+    }
+    # Streaming first: the process's peak RSS then belongs to streaming, not to the full-context baseline.
+    result["stream"] = stream_section(args, model, vae, encoder)
+    if args.compare_blocks:
+        result["kv_vs_recompute"] = compare_section(args, model, vae)
+    result["load_average_end"] = os.getloadavg()
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        from pathlib import Path
+
+        from lit_avatar.data.atomic import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(text + "\n")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"cpu x{os.cpu_count()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
