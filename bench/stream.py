@@ -178,7 +178,8 @@ def stream_section(args: argparse.Namespace, model, vae, encoder) -> dict:
         if not args.quiet and streamer.blocks_done // 500 != before // 500:
             print(f"  block {streamer.blocks_done}/{blocks}", file=sys.stderr)
     wall = time.perf_counter() - start
-    records = list(streamer.latency)[:blocks]
+    records = list(streamer.latency)  # the last push may have made a block or two more than asked
+    video_frames = sum(r["frames"] for r in records)
     seconds = [r["seconds"] for r in records]
     reset_idx = [i for i, r in enumerate(records) if r["reset"]]
     first_reset = reset_idx[0] if reset_idx else None
@@ -189,7 +190,7 @@ def stream_section(args: argparse.Namespace, model, vae, encoder) -> dict:
     rss_peak_sampled = max(rss) if rss else None
     frames_per_block = block_span(1, fpb, tf)[1]
     result = {
-        "latent_frames": blocks * fpb, "blocks": len(records), "video_frames": video_frames, "wall_s": wall,
+        "latent_frames": len(records) * fpb, "blocks": len(records), "video_frames": video_frames, "wall_s": wall,
         "frames_per_second": video_frames / wall,
         "steady_frames_per_second": frames_per_block / _median(steady) if steady else None,
         "time_to_first_frame_s": streamer.first_frame_seconds,
