@@ -25,7 +25,10 @@ class DriftCurve:
     last_minus_first: float
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready: non-finite values (windows too short for the metric) become None."""
+        d = asdict(self)
+        d["values"] = [v if np.isfinite(v) else None for v in d["values"]]
+        return d
 
 
 def window_bounds(num_frames: int, fps: float = 25.0, window_s: float = 10.0) -> list[tuple[int, int]]:

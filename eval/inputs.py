@@ -121,14 +121,28 @@ def load_reference(name: str, refs_dir: str | os.PathLike | None) -> np.ndarray 
     return None
 
 
+def _finite(obj):
+    """NaN/inf -> None recursively: strict JSON readers reject NaN, and None reads as "not computed"."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _finite(obj.item())
+    return obj
+
+
 def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON through a temp file in the same folder and os.replace: never half-written."""
+    """Write JSON (non-finite numbers as null) through a temp file in the same folder and os.replace."""
+    data = _finite(data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
+            json.dump(data, f, indent=2, allow_nan=False)
             f.write("\n")
         os.replace(tmp, path)
     finally:

@@ -33,7 +33,7 @@ def workspace(tmp_path_factory):
     gen.mkdir()
     real.mkdir()
     for k, name in enumerate(["a", "b", "only_gen"]):
-        sig = _signal(T, seed=k)
+        sig = _signal(T if name != "only_gen" else 8, seed=k)  # only_gen: shorter, fewer SyncNet windows
         frames = _draw(sig, size=64)
         audio = _audio_for(sig, seed=k)
         media.write_video(gen / f"{name}.mp4", frames, fps=25, audio=audio)
@@ -49,19 +49,21 @@ def test_eval_end_to_end(workspace, capsys):
     out = workspace / "out" / "results.json"
     code = main_eval(["--gen", str(workspace / "gen"), "--real", str(workspace / "real"),
                       "--weights-dir", str(workspace / "weights"), "--out", str(out), "--window", "0.2",
-                      "--fid-frame-stride", "8", "--no-progress"])
+                      "--fid-frame-stride", "16", "--no-progress"])
     assert code == 0
     res = json.loads(out.read_text())
     err = capsys.readouterr().err
     assert "only_gen" in err and "only_real" in err
     assert res["unmatched"] == {"gen_only": ["only_gen"], "real_only": ["only_real"]}
     assert set(res["computed"]) == {"fid", "fvd", "sync", "csim", "synthsync", "drift"}
+    assert res["videos"]["only_gen"]["frames"] == 8
     for name in ("a", "b"):
         row = res["videos"][name]
         assert row["frames"] == T
         for key in ("fid", "fvd", "sync_c", "sync_d", "av_offset", "csim", "synthsync_r", "synthsync_best_lag"):
             assert key in row, (name, key)
-        assert row["fid"] is not None and row["fid"] >= 0
+        assert row["fid"] is None  # stride 16: one frame per video, no per-video covariance (keeps the test fast)
+        assert row["drift"]["fid"]["values"] == [None] * len(row["drift"]["fid"]["times"])
         assert row["fvd"] is None  # one 16-frame clip per video: no per-video covariance
         assert row["synthsync_r"] > 0.8  # drawn mouths follow their own audio
         assert set(row["drift"]) == {"fid", "sync_c", "csim", "synthsync_r"}
@@ -72,6 +74,7 @@ def test_eval_end_to_end(workspace, capsys):
     assert agg["num_videos"] == 3
     for key in ("fid", "fvd", "sync_c", "sync_d", "csim", "synthsync_r", "drift_csim_slope_per_min"):
         assert isinstance(agg[key], float), key
+    assert agg["fid"] > 0 and agg["fvd"] > 0
     np.testing.assert_allclose(agg["csim"], np.mean([res["videos"][n]["csim"] for n in ("a", "b", "only_gen")]))
     assert list((workspace / "out" / "results_drift" / "tensorboard").iterdir())
 
