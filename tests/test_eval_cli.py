@@ -204,3 +204,25 @@ def test_generate_set_plans_one_call_per_clip(tmp_path):
     (tmp_path / "refs" / "c2.png").unlink()
     with pytest.raises(UserError, match="--refs .*: no reference image for c2"):
         plan(str(tmp_path / "audio"), str(tmp_path / "refs"), str(tmp_path / "out"))
+
+
+def test_table_run_then_build(tmp_path):
+    made = tmp_path / "made.json"
+    script = f"import json; json.dump({{'aggregate': {{'fid': 3.25, 'csim': 0.5}}}}, open({str(made)!r}, 'w'))"
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"""columns: [fid, csim]
+rows:
+  - name: X
+    results: {made}
+    commands: [[python3, -c, "{script}"]]
+""")
+    main_table(["--config", str(cfg), "--out", str(tmp_path / "t.md"), "--run"])
+    assert "| X | **3.25** | **0.500** |" in (tmp_path / "t.md").read_text()
+
+
+def test_results_json_is_strict(tmp_path):
+    from eval.inputs import write_json_atomic
+
+    write_json_atomic(tmp_path / "r.json", {"a": float("nan"), "b": [np.float64(1.5), float("inf")]})
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: 1 / 0) == {"a": None, "b": [1.5, None]}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
