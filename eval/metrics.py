@@ -16,6 +16,22 @@ from eval.frechet import frechet_distance, stats_from_sums
 from eval.synthsync import synthsync
 
 
+def video_batch_to_images(video: Tensor) -> Tensor:
+    """Batch-contract video [B, 3, T, H, W] in [-1, 1] -> frames [B*T, 3, H, W] in [0, 1] (FID's input)."""
+    b, c, t, h, w = video.shape
+    return ((video.clamp(-1, 1) + 1) * 0.5).permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+
+
+def video_batch_to_clips(video: Tensor, clip_len: int = 16) -> Tensor:
+    """Batch-contract video [B, 3, T, H, W] in [-1, 1] -> I3D clips [N, 3, clip_len, 224, 224] in [-1, 1]
+    (consecutive clips per sample, short side to 224 and centre crop, as eval.fvd does for files)."""
+    from eval.fvd import iter_clips, preprocess_clip
+
+    frames = ((video.detach().float().clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 4, 1).cpu().numpy()
+    clips = [preprocess_clip(c) for sample in frames for c in iter_clips(sample, clip_len)]
+    return torch.stack(clips).to(video.device)
+
+
 class FrechetFeatureMetric(Metric):
     """Frechet distance between real and generated feature distributions (FID, FVD).
 

@@ -130,3 +130,17 @@ def test_feature_pool_routes_agree():
     ref = frechet_distance_features(fake, real)
     assert small.distance() == pytest.approx(ref, rel=1e-9)
     assert big.rows[True] is None and big.distance() == pytest.approx(ref, rel=1e-6)
+
+
+def test_video_batch_helpers():
+    from eval.fvd import preprocess_clip
+    from eval.metrics import video_batch_to_clips, video_batch_to_images
+
+    video = torch.rand(2, 3, 20, 8, 12) * 2 - 1
+    images = video_batch_to_images(video)
+    assert images.shape == (40, 3, 8, 12)
+    torch.testing.assert_close(images[21], (video[1, :, 1] + 1) / 2)  # sample 1, frame 1
+    clips = video_batch_to_clips(video)
+    assert clips.shape == (2, 3, 16, 224, 224)  # one whole 16-frame clip per 20-frame sample
+    ref = preprocess_clip(((video[1, :, :16] + 1) / 2).permute(1, 2, 3, 0).numpy())
+    torch.testing.assert_close(clips[1], ref, rtol=1e-5, atol=1e-5)
