@@ -144,3 +144,22 @@ def test_video_batch_helpers():
     assert clips.shape == (2, 3, 16, 224, 224)  # one whole 16-frame clip per 20-frame sample
     ref = preprocess_clip(((video[1, :, :16] + 1) / 2).permute(1, 2, 3, 0).numpy())
     torch.testing.assert_close(clips[1], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_metric_states_merge_like_ddp():
+    """Two processes' states reduced by sum (what dist_reduce_fx='sum' does) give the one-process value."""
+    rng = np.random.default_rng(11)
+    real, fake = torch.from_numpy(rng.standard_normal((40, 5))), torch.from_numpy(rng.standard_normal((30, 5)) + 1)
+    a, b, whole = FrechetFeatureMetric(None, 5), FrechetFeatureMetric(None, 5), FrechetFeatureMetric(None, 5)
+    a.update_features(real[:25], True)
+    a.update_features(fake[:10], False)
+    b.update_features(real[25:], True)
+    b.update_features(fake[10:], False)
+    whole.update_features(real, True)
+    whole.update_features(fake, False)
+    a.merge_state(b)
+    assert float(a.compute()) == pytest.approx(float(whole.compute()), rel=1e-9)
+    from torchmetrics.utilities.data import dim_zero_sum
+
+    assert all(a._reductions[n] is dim_zero_sum for n in a._defaults)
+    assert all(a._defaults[n].dtype in (torch.float64, torch.long) for n in a._defaults)
