@@ -83,7 +83,9 @@ def landmarks_from_box(box: Sequence[float]) -> np.ndarray:
     """Approximate 5 points from a face box (pixels) by placing the template in it: used when neither a
     detector nor landmarks are available (e.g. SynthTalk, whose faces are drawn frontal)."""
     x0, y0, x1, y1 = (float(v) for v in box)
-    return np.stack([x0 + ARCFACE_TEMPLATE[:, 0] / 112.0 * (x1 - x0), y0 + ARCFACE_TEMPLATE[:, 1] / 112.0 * (y1 - y0)], 1)
+    xs = x0 + ARCFACE_TEMPLATE[:, 0] / 112.0 * (x1 - x0)
+    ys = y0 + ARCFACE_TEMPLATE[:, 1] / 112.0 * (y1 - y0)
+    return np.stack([xs, ys], 1)
 
 
 class ArcFace:

@@ -54,7 +54,8 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
     bad = [n for n in names if n not in ALL_METRICS]
     if bad or not names:
-        raise UserError(f"--metrics: unknown metric(s) {', '.join(bad) or '(none)'}; expected some of {','.join(ALL_METRICS)}")
+        raise UserError(f"--metrics: unknown metric(s) {', '.join(bad) or '(none)'}; "
+                        f"expected some of {','.join(ALL_METRICS)}")
     return names
 
 
@@ -216,7 +217,8 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
     frames, _ = read_video(gen_path, fps=opts.fps)
     row: dict = {"frames": int(len(frames))}
     sidecar = read_sidecar(gen_path)
-    speed = (sidecar.get("latency") or {}).get("frames_per_second") if isinstance(sidecar.get("latency"), dict) else None
+    latency = sidecar.get("latency")
+    speed = latency.get("frames_per_second") if isinstance(latency, dict) else None
     if isinstance(speed, (int, float)):
         row["gen_fps"] = float(speed)  # generation speed reported by `lit-avatar generate`
     curves: dict = {}
@@ -226,7 +228,8 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
     needs_audio = "sync" in scorers or "synthsync" in scorers
     audio = load_audio_for(name, gen_path, opts.audio) if needs_audio else None
     if needs_audio and audio is None:
-        _say(opts, f"{name}: no audio (no {opts.audio or '--audio DIR'}/{name}.wav and no audio stream): sync metrics skipped")
+        _say(opts, f"{name}: no audio (no {opts.audio or '--audio DIR'}/{name}.wav and no audio stream): "
+                   "sync metrics skipped")
 
     if real_frames is not None:
         for metric in ("fid", "fvd"):
@@ -247,7 +250,10 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
         reference = load_reference(name, opts.refs)
         ref_from = "refs"
         if reference is None:
-            reference, ref_from = (real_frames[0], "real_frame0") if real_frames is not None else (frames[0], "gen_frame0")
+            if real_frames is not None:
+                reference, ref_from = real_frames[0], "real_frame0"
+            else:
+                reference, ref_from = frames[0], "gen_frame0"
         # the reference's own sidecar if it has one, else the generated video's (same identity and framing)
         own = {"refs": Path(opts.refs or ".") / f"{name}.json", "real_frame0": matching.real.get(name, gen_path)}
         ref_sidecar = read_sidecar(Path(own[ref_from]).with_suffix(".mp4")) if ref_from in own else {}

@@ -42,9 +42,11 @@ class Matching:
         """One line per kind of mismatch, for the console and results.json."""
         lines = []
         if self.gen_only:
-            lines.append(f"{len(self.gen_only)} generated video(s) without a real counterpart: {', '.join(self.gen_only[:10])}")
+            lines.append(f"{len(self.gen_only)} generated video(s) without a real counterpart: "
+                         f"{', '.join(self.gen_only[:10])}")
         if self.real_only:
-            lines.append(f"{len(self.real_only)} real video(s) without a generated counterpart: {', '.join(self.real_only[:10])}")
+            lines.append(f"{len(self.real_only)} real video(s) without a generated counterpart: "
+                         f"{', '.join(self.real_only[:10])}")
         return lines
 
 

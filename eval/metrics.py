@@ -46,7 +46,8 @@ class FrechetFeatureMetric(Metric):
     is_differentiable = False
     higher_is_better = False
 
-    def __init__(self, feature_extractor: Callable[[Tensor], Tensor] | None, num_features: int, method: str = "eig", **kwargs):
+    def __init__(self, feature_extractor: Callable[[Tensor], Tensor] | None, num_features: int, method: str = "eig",
+                 **kwargs):
         super().__init__(**kwargs)
         self.feature_extractor = feature_extractor
         self.num_features = int(num_features)

@@ -148,7 +148,8 @@ class SyncScorer:
 
     @torch.no_grad()
     def video(self, frames: np.ndarray, audio: np.ndarray, boxes_px: np.ndarray, fps: float) -> dict:
-        from eval.syncnet import audio_windows, lip_windows, mfcc_features, num_windows, rgb_to_syncnet_crops, sync_scores
+        from eval.syncnet import (audio_windows, lip_windows, mfcc_features, num_windows, rgb_to_syncnet_crops,
+                                  sync_scores)
 
         crops = rgb_to_syncnet_crops(frames, boxes_px)
         n = num_windows(len(crops), len(audio), fps)
@@ -196,7 +197,8 @@ class CSIMScorer:
         self.means: list[float] = []
         self.last: np.ndarray | None = None
 
-    def video(self, frames: np.ndarray, landmarks: np.ndarray, reference: np.ndarray, ref_landmarks: np.ndarray) -> dict:
+    def video(self, frames: np.ndarray, landmarks: np.ndarray, reference: np.ndarray,
+              ref_landmarks: np.ndarray) -> dict:
         from eval.csim import csim
 
         sims = csim(self.arcface, reference, ref_landmarks, frames, landmarks)

@@ -104,7 +104,8 @@ def _run_row(row: dict, config: Path) -> None:
     """Run a row's commands (list form, no shell) so that its results file appears."""
     commands = row.get("commands") or []
     if not commands:
-        raise UserError(f"{config}: row {row.get('name')!r} has no results file {row['results']} and no 'commands' to make it")
+        raise UserError(f"{config}: row {row.get('name')!r} has no results file {row['results']} "
+                        "and no 'commands' to make it")
     for cmd in commands:
         if not (isinstance(cmd, list) and all(isinstance(a, (str, int, float)) for a in cmd)):
             raise UserError(f"{config}: row {row.get('name')!r}: each command must be a list of arguments, got {cmd!r}")
@@ -125,7 +126,8 @@ def row_values(row: dict, columns: list[Column], config: Path, run: bool) -> dic
     path = Path(row["results"])
     if not path.is_file():
         if not run:
-            raise UserError(f"{path}: results file of row {row['name']!r} not found (make it, or pass --run to run the row's commands)")
+            raise UserError(f"{path}: results file of row {row['name']!r} not found "
+                            "(make it, or pass --run to run the row's commands)")
         _run_row(row, config)
         if not path.is_file():
             raise UserError(f"{path}: row {row['name']!r} commands ran but did not write this results file")

@@ -224,5 +224,6 @@ def test_results_json_is_strict(tmp_path):
     from eval.inputs import write_json_atomic
 
     write_json_atomic(tmp_path / "r.json", {"a": float("nan"), "b": [np.float64(1.5), float("inf")]})
-    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: 1 / 0) == {"a": None, "b": [1.5, None]}
+    strict = json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: 1 / 0)
+    assert strict == {"a": None, "b": [1.5, None]}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
