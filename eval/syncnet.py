@@ -75,12 +75,21 @@ def load_syncnet(path: str | os.PathLike) -> SyncNet:
     return model.eval().requires_grad_(False)
 
 
+INT16_SCALE = 32768.0
+
+
 def mfcc_features(audio: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
     """python_speech_features MFCC with its defaults (13 coeffs, 25 ms / 10 ms, 26 filters, preemph 0.97,
-    ceplifter 22, energy appended) -> [13, N] at 100 Hz."""
+    ceplifter 22, energy appended) -> [13, N] at 100 Hz.
+
+    syncnet_python reads its wav with scipy, i.e. as int16 sample values, and the network was trained on
+    MFCCs of that scale (the appended log energy moves by log(32768^2) otherwise), so float audio in
+    [-1, 1] is scaled back to the int16 range first.
+    """
     from python_speech_features import mfcc
 
-    return np.asarray(mfcc(np.asarray(audio, dtype=np.float64), sample_rate), dtype=np.float32).T
+    samples = np.asarray(audio, dtype=np.float64) * INT16_SCALE
+    return np.asarray(mfcc(samples, sample_rate), dtype=np.float32).T
 
 
 def num_windows(num_frames: int, num_samples: int, fps: float = 25.0, sample_rate: int = 16000) -> int:

@@ -52,6 +52,15 @@ def test_mfcc_windows_align_four_columns_per_frame():
     audio = np.random.default_rng(0).standard_normal(t * 640).astype(np.float32) * 0.1
     mfcc = mfcc_features(audio)
     assert mfcc.shape == (13, 4 * t - 1)  # 1 + ceil((S - 400) / 160) frames at 100 Hz
+    # the reference feeds scipy's int16 samples to python_speech_features' defaults
+    from python_speech_features import mfcc as psf_mfcc
+
+    as_int16 = np.round(audio * 32768).astype(np.int16)
+    np.testing.assert_allclose(mfcc_features(as_int16 / 32768.0), psf_mfcc(as_int16, 16000).T, rtol=1e-5, atol=1e-4)
+    # only the appended log energy (row 0) depends on the scale
+    unscaled = psf_mfcc(audio.astype(np.float64), 16000).T
+    np.testing.assert_allclose(mfcc[1:], unscaled[1:], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(mfcc[0] - unscaled[0], np.log(32768.0 ** 2), rtol=1e-5)
     n = num_windows(t, len(audio))
     assert n == t - 5
     wins = audio_windows(mfcc, n)
