@@ -83,7 +83,8 @@ class Rollout:
             return 0.0
         if not self.training:
             return mci.sigma
-        u = torch.rand((), generator=self.generator).item()
+        device = self.generator.device if self.generator is not None else None
+        u = torch.rand((), generator=self.generator, device=device).item()
         return mci.min + (mci.max - mci.min) * u
 
     def _randn_like(self, x: torch.Tensor) -> torch.Tensor:
