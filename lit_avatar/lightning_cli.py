@@ -104,7 +104,23 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"config: {one_line(err)}") from None
     except SystemExit as err:  # --help and --print_config exit cleanly
         return int(err.code or 0)
+    except (ValueError, TypeError) as err:
+        # jsonargparse wraps what a constructor raised while instantiating; surface a UserError as itself
+        cause = _user_error_in_chain(err)
+        if cause is None:
+            raise
+        raise cause from None
     return 0
+
+
+def _user_error_in_chain(err: BaseException) -> UserError | None:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -124,3 +124,10 @@ def test_wan_recipe_on_meta_device():
     parser.add_argument("--strategy", type=Strategy)
     built = parser.instantiate_classes(parser.parse_object({"strategy": strategy.as_dict()})).strategy
     assert isinstance(built, FSDPStrategy)
+
+
+def test_constructor_user_error_surfaces_as_itself():
+    from lit_avatar.lightning_cli import main
+
+    with pytest.raises(UserError, match="batch_size"):
+        main(["fit", "--config", str(TINY), "--data.init_args.batch_size=0", "--trainer.logger=false"])
