@@ -3,12 +3,20 @@
 Bad data never ends an epoch: a shard that cannot be read (truncated, missing) and a sample that cannot
 be decoded are skipped, logged and counted. The counters live in shared memory, so the main process
 (and the LightningModule through the data module) sees what every DataLoader worker skipped.
+
+Resumable position: the shard order of an epoch is a pure function of (seed, epoch). Each worker notes
+when a shard is finished (read to its end and every sample it held has left the shuffle buffer) and
+sends the shard's path to the main process with the batch that holds the shard's last sample.
+`EpochLoader.state_dict()` is (epoch, shards finished in it); after `load_state_dict` the epoch resumes
+without those shards. Shards that were only partly consumed are read again from their start, so up to
+one shard per worker (plus those mixed into its shuffle buffer) may repeat partially; none repeats whole.
 """
 from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Iterator
+from collections import deque
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -19,6 +27,8 @@ from lit_avatar.data.schema import SampleError, decode_sample, has_ref, read_met
 log = logging.getLogger(__name__)
 
 COUNTER_FIELDS = ("read", "yielded", "skipped_samples", "shard_errors")
+SHARDS_DONE = "__shards_done__"  # batch entry: shards finished with this batch (removed by EpochLoader)
+STATE_VERSION = 1
 
 
 class SampleCounters:
@@ -50,6 +60,51 @@ class SampleCounters:
         self.table.zero_()
 
 
+class _ShardTracker:
+    """Worker-local bookkeeping: which shards have been read to their end and fully left the shuffle."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, int] = {}  # samples read from a shard and not yet out of the shuffle buffer
+        self.read_to_end: set[str] = set()
+        self.finished: list[str] = []
+
+    def read(self, urls: Iterable[str], open_shard) -> Iterator[dict[str, Any]]:
+        """Samples of `urls` in order, noting each sample read and each shard read to its end.
+
+        Looks one sample ahead, so a shard counts as read to its end when its last sample is handed on
+        (not only when the next shard is opened): the shard is then finished with the batch holding it.
+        """
+        for url in urls:
+            self.held.setdefault(url, 0)
+            samples = iter(open_shard(url))
+            current = next(samples, None)
+            while current is not None:
+                following = next(samples, None)
+                current["__url__"] = url
+                self.held[url] += 1
+                if following is None:
+                    self.read_to_end.add(url)
+                yield current
+                current = following
+            self.read_to_end.add(url)
+            self._check(url)  # a shard without readable samples is finished at once
+
+    def emitted(self, url: str) -> None:
+        """A sample of `url` left the shuffle buffer (used or skipped)."""
+        self.held[url] -= 1
+        self._check(url)
+
+    def _check(self, url: str) -> None:
+        if url in self.read_to_end and self.held.get(url) == 0:
+            self.read_to_end.discard(url)
+            del self.held[url]
+            self.finished.append(url)
+
+    def take(self) -> list[str]:
+        finished, self.finished = self.finished, []
+        return finished
+
+
 class ClipStream(IterableDataset):
     """Batches of clips from webdataset shards (yields whole batches: use DataLoader(batch_size=None)).
 
@@ -64,16 +119,32 @@ class ClipStream(IterableDataset):
         seed: base seed; combined with epoch, rank and worker.
         use_precomputed: read latents/ref_latent/audio_feats instead of decoding video.
         drop_last: drop each worker's final partial batch (keeps batch shapes fixed in training).
+        report_shards: put the shards finished with each batch under `SHARDS_DONE` (and yield a batch of only
+            that entry when a worker ends with unreported shards); EpochLoader turns this on and strips it.
     """
 
     def __init__(self, shards: list[str], clip_frames: int, size: int | None, batch_size: int,
                  counters: SampleCounters, train: bool = True, shuffle_buffer: int = 64, seed: int = 0,
-                 use_precomputed: bool = False, drop_last: bool = False) -> None:
+                 use_precomputed: bool = False, drop_last: bool = False, report_shards: bool = False) -> None:
         super().__init__()
         self.shards, self.clip_frames, self.size = list(shards), clip_frames, size
         self.batch_size, self.counters, self.train = batch_size, counters, train
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
-        self.use_precomputed, self.drop_last = use_precomputed, drop_last
+        self.use_precomputed, self.drop_last, self.report_shards = use_precomputed, drop_last, report_shards
+        # (epoch, shards already finished in it): set by EpochLoader.load_state_dict before workers start
+        self.resume: tuple[int, frozenset[str]] | None = None
+
+    def epoch_order(self, epoch: int) -> list[str]:
+        """All shards in the order epoch `epoch` reads them (before the node/worker split)."""
+        urls = list(self.shards)
+        if self.train:  # same order on every rank and worker, so the split is a partition
+            random.Random(self.seed * 1_000_003 + max(epoch, 0)).shuffle(urls)
+        return urls
+
+    def _open_shard(self, url: str) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        return wds.tariterators.tarfile_samples([dict(url=url)], handler=self._shard_error)
 
     def _shard_error(self, err: Exception) -> bool:
         """webdataset handler: count and log an unreadable shard or tar member, then go on."""
@@ -82,18 +153,21 @@ class ClipStream(IterableDataset):
             log.warning("skipping unreadable shard data (%d so far in this worker): %s", count, err)
         return True
 
-    def _samples(self, rng: random.Random) -> Iterator[dict[str, Any]]:
+    def _samples(self, rng: random.Random, tracker: _ShardTracker) -> Iterator[dict[str, Any]]:
         import webdataset as wds
 
-        urls = list(self.shards)
-        if self.train:  # same order on every rank and worker, so the split below is a partition
-            random.Random(self.seed * 1_000_003 + max(int(self.counters.epoch), 0)).shuffle(urls)
+        epoch = int(self.counters.epoch)
+        urls = self.epoch_order(epoch)
+        if self.resume is not None and self.resume[0] == max(epoch, 0):
+            # filtered before the split: every rank holds the same finished set (from one checkpoint)
+            urls = [url for url in urls if url not in self.resume[1]]
         urls = wds.split_by_worker(wds.split_by_node(iter(urls)))
-        raw = wds.tariterators.tarfile_samples((dict(url=url) for url in urls), handler=self._shard_error)
+        raw = tracker.read(urls, self._open_shard)
         if self.train and self.shuffle_buffer > 1:
             raw = wds.filters._shuffle(raw, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
         for sample in raw:
             self.counters.add("read")
+            tracker.emitted(sample["__url__"])
             try:
                 key = str(sample.get("__key__"))
                 start = choose_start(read_meta(sample), key, self.clip_frames, rng, self.train, self.use_precomputed)
@@ -115,26 +189,114 @@ class ClipStream(IterableDataset):
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         epoch = max(int(self.counters.epoch), 0)
         rng = random.Random(((self.seed * 1_000_003 + epoch) * 1009 + rank) * 1013 + worker)
+        tracker = _ShardTracker()
         pending: list[dict[str, Any]] = []
-        for clip in self._samples(rng):
+        for clip in self._samples(rng, tracker):
             pending.append(clip)
             if len(pending) == self.batch_size:
-                yield collate(pending)
+                yield self._batch(pending, tracker)
                 pending = []
         if pending and not self.drop_last:
-            yield collate(pending)
+            yield self._batch(pending, tracker)
+        elif self.report_shards and tracker.finished:
+            yield {SHARDS_DONE: tracker.take()}  # no clips: only tells the main process these are done
+
+    def _batch(self, clips: list[dict[str, Any]], tracker: _ShardTracker) -> dict[str, Any]:
+        batch = collate(clips)
+        if self.report_shards:
+            batch[SHARDS_DONE] = tracker.take()
+        return batch
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader that bumps the shared epoch counter each time an epoch starts.
+    """A DataLoader that bumps the shared epoch counter each time an epoch starts, and knows its position.
 
     Lightning calls `set_epoch` only on samplers, which an IterableDataset does not use; counting
     `__iter__` calls reseeds shard and sample shuffling per epoch, with persistent workers too.
+
+    `state_dict()`/`load_state_dict()` make it resumable: Lightning's fit loop stores the state of every
+    train loader that has them in the checkpoint ("loops" -> "fit_loop" -> "state_dict" ->
+    "combined_loader") and loads it into the new loader before its first `iter()`. The state is the epoch
+    and the shards finished in it (module docstring). Lightning pre-fetches one batch ahead of the step
+    that is being trained, so shards that a batch finishes count only once `state_lag` more batches have
+    been handed out; shards finished by the batch not yet trained are read again (partially repeated).
+    Under DDP `state_dict()` gathers the finished shards of every rank, so all ranks must call it (Lightning
+    does: every rank builds the checkpoint dict, rank 0 writes it).
+
+    Args:
+        dataset: the ClipStream (its shard reports are switched on here and removed from the batches).
+        state_lag: batches handed out but not yet trained when a checkpoint is taken (Lightning: 1).
+        **kwargs: DataLoader options (num_workers, pin_memory, persistent_workers, ...).
     """
 
-    def __init__(self, dataset: ClipStream, **kwargs: Any) -> None:
+    def __init__(self, dataset: ClipStream, state_lag: int = 1, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
+        dataset.report_shards = True
+        self.state_lag = state_lag
+        self._finished_shards: set[str] = set()  # finished in the current epoch, older than state_lag
+        self._recent: deque[list[str]] = deque()  # per recent batch: the shards it finished
+        self._epoch_done = False
 
     def __iter__(self):
-        self.dataset.counters.epoch += 1  # shared by every loader of this split: epochs keep counting
-        return super().__iter__()
+        counters = self.dataset.counters
+        counters.epoch += 1  # shared by every loader of this split: epochs keep counting
+        resume = self.dataset.resume
+        epoch = int(counters.epoch)
+        self._finished_shards = set(resume[1]) if resume is not None and resume[0] == epoch else set()
+        self._recent.clear()
+        self._epoch_done = False
+        return self._strip_reports(super().__iter__())
+
+    def _strip_reports(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for batch in batches:
+            finished = batch.pop(SHARDS_DONE, [])
+            if not batch:  # a worker's end-of-stream report: belongs with the batches already handed out
+                if self._recent:
+                    self._recent[-1].extend(finished)
+                else:
+                    self._finished_shards.update(finished)
+                continue
+            self._recent.append(list(finished))
+            while len(self._recent) > self.state_lag:
+                self._finished_shards.update(self._recent.popleft())
+            yield batch
+        for finished in self._recent:
+            self._finished_shards.update(finished)
+        self._recent.clear()
+        self._epoch_done = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"epoch", "epoch_done", "finished_shards" (sorted paths), "num_shards", "version"}."""
+        finished, done = sorted(self._finished_shards), self._epoch_done
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (finished, done))
+            finished = sorted({url for urls, _ in gathered for url in urls})
+            done = all(rank_done for _, rank_done in gathered)
+        return {"version": STATE_VERSION, "epoch": max(int(self.dataset.counters.epoch), 0), "epoch_done": done,
+                "finished_shards": finished, "num_shards": len(self.dataset.shards)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state`: the next `iter()` resumes its epoch without the finished shards (or, when
+        that epoch was done, starts the next one)."""
+        from lit_avatar.errors import UserError
+
+        expected = ("epoch", "epoch_done", "finished_shards")
+        if not isinstance(state, dict) or any(key not in state for key in expected):
+            raise UserError(f"checkpoint data-loader state {str(state)[:80]!r}: expected a dict with keys "
+                            f"{', '.join(expected)} (written by EpochLoader.state_dict)")
+        epoch = int(state["epoch"])
+        finished = frozenset(str(url) for url in state["finished_shards"])
+        unknown = finished - set(self.dataset.shards)
+        if unknown:
+            log.warning("resuming data position: %d finished shard(s) of the checkpoint are not in this run's "
+                        "shard list (e.g. %s); they are ignored", len(unknown), sorted(unknown)[0])
+        # counters.epoch is what the next __iter__ increments
+        self.dataset.counters.epoch.fill_(epoch if state["epoch_done"] else epoch - 1)
+        self.dataset.resume = None if state["epoch_done"] else (epoch, finished & set(self.dataset.shards))
+        if getattr(self, "_iterator", None) is not None:  # persistent workers hold a copy of the old dataset
+            shutdown = getattr(self._iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self._iterator = None
