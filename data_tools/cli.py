@@ -1,4 +1,4 @@
-"""`lit-avatar data synth|build`: the data set writers.
+"""`lit-avatar data synth|build|export`: the data set writers and the evaluation-set export.
 
 `build` lives in `data_tools.build` and is imported only when asked for, so `synth` works (and `--help`
 stays fast) without the face tooling that building from raw videos needs.
@@ -8,12 +8,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-USAGE = """usage: lit-avatar data {synth,build} [options]
+USAGE = """usage: lit-avatar data {synth,build,export} [options]
 
   synth   write SynthTalk shards (procedural talking heads with lip-sync ground truth)
   build   build shards from raw talking-head videos
+  export  write shard samples as evaluation inputs (real/KEY.mp4 + KEY.json, refs/KEY.png, audio/KEY.wav)
 
-`lit-avatar data synth --help` and `lit-avatar data build --help` document the options."""
+`lit-avatar data COMMAND --help` documents each command's options."""
 
 
 def main(argv: list[str]) -> int:
@@ -30,6 +31,10 @@ def main(argv: list[str]) -> int:
         from data_tools.synth import main as synth_main
 
         return synth_main(rest)
+    if command == "export":
+        from data_tools.export import main as export_main
+
+        return export_main(rest)
     if command == "build":
         try:
             module = importlib.import_module("data_tools.build")
@@ -40,5 +45,5 @@ def main(argv: list[str]) -> int:
                   file=sys.stderr)
             return 2
         return int(module.main(rest) or 0)
-    print(f"error: unknown data command {command!r}; expected 'synth' or 'build'", file=sys.stderr)
+    print(f"error: unknown data command {command!r}; expected 'synth', 'build' or 'export'", file=sys.stderr)
     return 2
