@@ -3,6 +3,8 @@
 Reads webdataset shards written in `lit_avatar.data.schema` (SynthTalk or built from real videos) and
 yields the batch contract of docs/INTERFACES.md. Shards are split by node and by DataLoader worker;
 workers beyond the number of shards a node holds are not started (they would only idle).
+The training loader is resumable: Lightning checkpoints its position (epoch + shards finished in it, see
+`lit_avatar.data.stream.EpochLoader`) and a resumed run skips the finished shards.
 """
 from __future__ import annotations
 
