@@ -10,6 +10,8 @@ from torch import nn
 
 from lit_avatar.diffusion import AvatarGuidance, SigmaSampler, add_noise, sample_euler, shifted_schedule, velocity_target
 from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
+from lit_avatar.models.dit import AvatarDiT
+from lit_avatar.models.vae import VideoVAE
 from lit_avatar.modules.conditions import audio_feats_of, drop_conditions, latents_of, ref_latent_of
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
@@ -17,13 +19,16 @@ from lit_avatar.modules.optim import build_adamw, linear_warmup
 
 
 class TeacherModule(pl.LightningModule):
-    """Flow-matching training of the bidirectional AvatarDiT on clips, with CFG dropout, an optional
-    noisy motion prefix, a mouth-weighted loss and an EMA copy used for sampling.
+    """Stage 1: flow-matching training of the bidirectional AvatarDiT teacher.
+
+    Conditions (audio, reference, optional text) are dropped at random for CFG, an optional motion prefix
+    is given noise-corrupted as in MCI, the loss is weighted in the mouth box, and an EMA copy samples.
 
     Args:
         model: the denoiser, an AvatarDiT (called as model(x, timestep, audio=, ref=, text=) -> velocity).
         vae: the frozen VideoVAE that maps `video`/`ref` to latents and samples back to pixels.
-        audio_encoder: the frozen AudioEncoder for raw `audio`; None when batches carry `audio_feats`.
+        audio_encoder: the frozen AudioEncoder (MelAudioEncoder, Wav2Vec2AudioEncoder) for raw `audio`;
+            None when batches carry `audio_feats`.
         lr: AdamW peak learning rate.
         betas: AdamW betas.
         weight_decay: AdamW decoupled weight decay on weight matrices (not on biases and norms).
@@ -58,8 +63,8 @@ class TeacherModule(pl.LightningModule):
 
     def __init__(
         self,
-        model: nn.Module,
-        vae: nn.Module,
+        model: AvatarDiT,
+        vae: VideoVAE,
         audio_encoder: nn.Module | None = None,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
