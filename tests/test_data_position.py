@@ -118,16 +118,21 @@ def test_lightning_checkpoint_restores_data_position(six_shards, tmp_path):
                           num_sanity_val_steps=0, limit_val_batches=0)
 
     full = _Recorder.build()
-    checkpoints = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=7, save_top_k=-1,
+    checkpoints = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1, save_top_k=-1,
                                   filename="{step}")
     trainer(tmp_path / "a", [checkpoints]).fit(full, datamodule=_data(glob, 0))
     assert sorted(full.seen) == sorted(owner)
-    saved = torch.load(tmp_path / "ckpt" / "step=7.ckpt", weights_only=False)
-    state = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    # resume where one shard is finished and the batch pre-fetched at the checkpoint (trained only after
+    # it) finishes another: counting that one as finished too would lose its clip
+    last_index = {shard: max(i for i, k in enumerate(full.seen) if owner[k] == shard) for shard in set(owner.values())}
+    steps = sorted(i for i in last_index.values() if 2 <= i < len(full.seen) - 1)
+    assert len(steps) >= 2, "fewer than two shards finish mid-epoch with this seed"
+    step = steps[1]
+    ckpt = tmp_path / "ckpt" / f"step={step}.ckpt"
+    state = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert state["epoch"] == 0 and not state["epoch_done"]
+    assert set(state["finished_shards"]) <= {owner[k] for k in full.seen[:step]}  # trained clips' shards only
 
     resumed = _Recorder.build()
-    trainer(tmp_path / "b").fit(resumed, datamodule=_data(glob, 0), ckpt_path=str(tmp_path / "ckpt" / "step=7.ckpt"))
-    _check_resumed(full.seen[:7], resumed.seen, owner)
-    trained_shards = {owner[k] for k in full.seen[:7]}
-    assert set(state["finished_shards"]) <= trained_shards  # only shards whose clips were all trained on
+    trainer(tmp_path / "b").fit(resumed, datamodule=_data(glob, 0), ckpt_path=str(ckpt))
+    _check_resumed(full.seen[:step], resumed.seen, owner)
