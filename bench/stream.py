@@ -186,6 +186,7 @@ def stream_section(args: argparse.Namespace, model, vae, encoder) -> dict:
     steady = [s for i, s in enumerate(seconds[len(options.psb.steps):]) if not records[i + len(options.psb.steps)]["reset"]]
     mid = seconds[100:200]
     last = seconds[-100:]
+    cpu = [r["cpu_seconds"] for r in records]
     rss_after_reset = rss[first_reset] if first_reset is not None else None
     rss_peak_sampled = max(rss) if rss else None
     frames_per_block = block_span(1, fpb, tf)[1]
@@ -201,6 +202,12 @@ def stream_section(args: argparse.Namespace, model, vae, encoder) -> dict:
             "blocks_100_200_median": _median(mid), "last_100_median": _median(last),
             "last_100_vs_100_200": (_median(last) / _median(mid)) if len(mid) == 100 else None,
             "max": max(seconds),
+        },
+        # CPU time per block (all threads of this process): the same comparison without other processes' load
+        "cpu_latency_s": {
+            "steady_median": _median([cpu[i] for i in range(len(options.psb.steps), len(cpu)) if not records[i]["reset"]]),
+            "blocks_100_200_median": _median(cpu[100:200]), "last_100_median": _median(cpu[-100:]),
+            "last_100_vs_100_200": (_median(cpu[-100:]) / _median(cpu[100:200])) if len(cpu) >= 200 else None,
         },
         "rss_bytes": {
             "after_first_reset": rss_after_reset, "peak_sampled": rss_peak_sampled, "end": rss[-1] if rss else None,

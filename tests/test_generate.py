@@ -142,7 +142,6 @@ def test_ten_minute_audio_streams_to_the_end(tmp_path):
     ckpt = _checkpoint(tmp_path / "tiny.ckpt", preset="tiny", size=(32, 32), fpb=3)
     audio = _audio_file(tmp_path / "long.wav", 600.0, rate=16000)
     out = tmp_path / "long.mp4"
-    torch.set_num_threads(2)
     start = time.perf_counter()
     assert main(["--ckpt", ckpt, "--audio", audio, "--ref", _image(tmp_path / "ref.png", (40, 40)),
                  "--out", str(out), "--no-progress"]) == 0

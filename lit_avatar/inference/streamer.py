@@ -134,7 +134,7 @@ class AvatarStreamer:
     def _step(self) -> np.ndarray:
         """Generate, decode and return the next block's frames; record its latency."""
         start, count = self._next_span()
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), time.process_time()
         feats = self.audio.features(start, start + count)
         tokens = None
         if feats is not None:
@@ -143,12 +143,14 @@ class AvatarStreamer:
         video = self.decoder(latents.to(self._dtype()))
         frames = to_uint8_frames(video)  # the host copy also waits for the device
         seconds = time.perf_counter() - begin
+        cpu_seconds = time.process_time() - cpu_begin  # this process's CPU time: blind to other processes' load
         if frames.shape[0] != count:
             raise RuntimeError(f"block {self.blocks_done} decoded to {frames.shape[0]} frames, expected {count}")
         reset = bool(self.rollout.records[-1].reset)
         del self.rollout.records[:-1]  # bounded memory: only the newest record is kept
         self.audio.drop_before(start + count)
-        self.latency.append({"block": self.blocks_done, "seconds": seconds, "reset": reset, "frames": count})
+        self.latency.append({"block": self.blocks_done, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                             "reset": reset, "frames": count})
         self.blocks_done += 1
         return frames
 
