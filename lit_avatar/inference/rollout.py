@@ -41,13 +41,15 @@ class Rollout:
         model: an AvatarDiT (causal use: forward_cached / prefill / new_cache).
         options: PSB, MCI, URCR and the block size.
         training: draw the context noise level from [mci.min, mci.max] per block instead of mci.sigma.
+        max_records: keep only the newest this many BlockRecords, so an endless stream stays bounded.
     """
 
-    def __init__(self, model: torch.nn.Module, options: RolloutOptions, training: bool = False):
+    def __init__(self, model: torch.nn.Module, options: RolloutOptions, training: bool = False,
+                 max_records: int | None = 4096):
         self.model = model
         self.options = options
         self.training = training
-        self.records: list[BlockRecord] = []
+        self.records: deque[BlockRecord] = deque(maxlen=max_records)
         self.cache: KVCache | None = None
         self._history: deque[_HistoryFrame] = deque()
         self._schedules: dict[int, torch.Tensor] = {}

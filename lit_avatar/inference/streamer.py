@@ -107,7 +107,7 @@ class AvatarStreamer:
         with torch.inference_mode():
             ref_latent = vae.encode(ref[:, :, None].to(self._dtype())).float()
             self.latent_shape = (1, vae.latent_channels, options.frames_per_block, *ref_latent.shape[-2:])
-            self.rollout = Rollout(self.model, options)
+            self.rollout = Rollout(self.model, options, max_records=1)
             generator = torch.Generator(device=self.device).manual_seed(seed)
             self.rollout.begin(ref_latent, None if text is None else text.to(self.device), 1,
                                tuple(ref_latent.shape[-2:]), generator=generator)
@@ -147,7 +147,6 @@ class AvatarStreamer:
         if frames.shape[0] != count:
             raise RuntimeError(f"block {self.blocks_done} decoded to {frames.shape[0]} frames, expected {count}")
         reset = bool(self.rollout.records[-1].reset)
-        del self.rollout.records[:-1]  # bounded memory: only the newest record is kept
         self.audio.drop_before(start + count)
         self.latency.append({"block": self.blocks_done, "seconds": seconds, "cpu_seconds": cpu_seconds,
                              "reset": reset, "frames": count})
