@@ -40,26 +40,16 @@ def _class_path(obj: Any) -> str:
 
 
 def _describe_mel(encoder: nn.Module) -> dict:
-    """MelAudioEncoder keeps most init args; f_min/f_max only live inside its filterbank."""
-    from lit_avatar.models.audio import SAMPLE_RATE, mel_filterbank
-
-    args = {
+    return {
         "n_mels": encoder.feature_dim,
         "columns_per_frame": encoder.columns_per_frame,
         "n_fft": encoder.n_fft,
         "win_length": encoder.win_length,
+        "f_min": encoder.f_min,
+        "f_max": encoder.f_max,
         "normalize": bool(encoder.normalize),
         "window": encoder.window,
     }
-    if hasattr(encoder, "f_min") and hasattr(encoder, "f_max"):
-        args.update(f_min=float(encoder.f_min), f_max=float(encoder.f_max))
-        return args
-    # Until the class stores them, accept only the defaults, checked against the filterbank itself.
-    defaults = mel_filterbank(encoder.n_fft, encoder.feature_dim, SAMPLE_RATE, 20.0, 8000.0)
-    if not torch.allclose(encoder.filters.cpu(), defaults):
-        raise UserError("MelAudioEncoder: cannot describe non-default f_min/f_max (the encoder does not keep them)")
-    args.update(f_min=20.0, f_max=8000.0)
-    return args
 
 
 def _pretrained_path(obj: Any, label: str) -> str:

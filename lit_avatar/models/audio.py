@@ -132,6 +132,7 @@ class Wav2Vec2AudioEncoder(nn.Module):
 
         model = Wav2Vec2Model.from_pretrained(path, local_files_only=True)
         self._attach(model, layers, window)
+        self.path = str(path)  # kept so checkpoints can say how to rebuild the encoder
 
     @classmethod
     def from_pretrained(
@@ -281,6 +282,7 @@ class MelAudioEncoder(nn.Module):
         self.normalize = normalize
         self.window = window
         self.feature_dim = n_mels
+        self.f_min, self.f_max = float(f_min), float(f_max)
         # non-persistent: nothing to save or load
         self.register_buffer("stft_window", torch.hann_window(win_length), persistent=False)
         self.register_buffer("filters", mel_filterbank(n_fft, n_mels, SAMPLE_RATE, f_min, f_max), persistent=False)

@@ -217,6 +217,8 @@ class WanVAE(nn.Module):
 
         vae = AutoencoderKLWan.from_pretrained(folder, torch_dtype=torch_dtype, local_files_only=True)
         self._attach(vae, sample)
+        # kept so checkpoints can say how to rebuild the VAE
+        self.path, self.subfolder, self.dtype_name = str(path), subfolder, dtype if isinstance(dtype, str) else None
 
     @classmethod
     def from_pretrained(
