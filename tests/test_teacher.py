@@ -230,3 +230,20 @@ def test_tiny_teacher_loss_halves(tmp_path):
     start, end = sum(losses[:50]) / 50, sum(losses[250:300]) / 50
     print(f"tiny teacher loss: steps 0-50 {start:.3f}, steps 250-300 {end:.3f}")
     assert end <= 0.5 * start, (start, end)
+
+
+def test_precomputed_latents_and_audio_feats():
+    """Batches from `use_precomputed` shards carry latents and features; no VAE encode or audio encoder runs."""
+    from lit_avatar.modules.teacher import TeacherModule
+
+    model = StandIn()
+    teacher = TeacherModule(model=model, vae=PatchVAE(2), audio_encoder=None, sample_steps=2, mouth_weight=1.0)
+    g = torch.Generator().manual_seed(0)
+    batch = {"latents": torch.randn(2, 12, 5, 8, 8, generator=g), "ref_latent": torch.randn(2, 12, 1, 8, 8, generator=g),
+             "audio_feats": torch.randn(2, 5, 5, 40, generator=g)}
+    loss = teacher.flow_loss(batch, dropout=False)
+    assert math.isfinite(loss.item())
+    call = model.calls[-1]
+    assert torch.equal(call["audio"], batch["audio_feats"]) and torch.equal(call["ref"], batch["ref_latent"])
+    video = teacher.sample(batch, generator=torch.Generator().manual_seed(0))
+    assert video.shape == (2, 3, 5, 16, 16)
