@@ -1,11 +1,13 @@
 """`make ablations`: distil every PSB/MCI/URCR variant on SynthTalk (CPU, tiny) and compare them.
 
-Each variant is experiments/distill/synthtalk_tiny.yaml stacked with experiments/ablations/<variant>.yaml,
-trained into one TensorBoard root (one run per variant, the same metric names), then rolled out for a
-long stream on held-out audio. Results go to <out>/results/<variant>.json as
-{"method": variant, "metrics": {...}, "config": [...], "command": ...}: SynthSync r (true vs shuffled
-audio), boundary flicker (frame change across block seams / inside blocks) and drift (first-vs-last window
-of SynthSync r and of frame brightness/contrast).
+Every variant starts from the same teacher and ODE init (those of `make demo`, reused or trained with
+its settings) and is distilled with experiments/distill/synthtalk_tiny.yaml stacked with
+experiments/ablations/<variant>.yaml into one TensorBoard root (<out>/tensorboard: one run per variant,
+the same metric names, so the curves overlay), then rolled out for a long stream on held-out audio.
+Results go to <out>/results/<variant>.json in the eval package's schema ({"aggregate": {...}}):
+SynthSync r (true vs shuffled audio), boundary flicker (frame change across block seams / inside blocks)
+and drift (first-vs-last window of SynthSync r and of frame brightness/contrast); <out>/ablations.md is
+the table `lit-avatar table` builds from them.
 """
 from __future__ import annotations
 
@@ -22,38 +24,57 @@ BASE = "experiments/distill/synthtalk_tiny.yaml"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lit_avatar.ablations", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/ablations", help="output root (TensorBoard runs, checkpoints, results)")
-    p.add_argument("--data", default=None, help="SynthTalk folder (default: <out>/synthtalk, made if missing)")
+    p.add_argument("--base", default="runs/demo",
+                   help="a `make demo` folder whose data, teacher and ODE init are reused (trained here if missing)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
-    p.add_argument("--steps", type=int, default=60, help="training steps (critic updates) per variant")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint (default: none, random teacher)")
-    p.add_argument("--student-init", default=None, help="ODE-init checkpoint for the generator (default: none)")
-    p.add_argument("--long-seconds", type=float, default=8.0, help="length of the long evaluation stream")
+    p.add_argument("--steps", type=int, default=150, help="most DMD steps (critic updates) per variant")
+    p.add_argument("--minutes", type=float, default=3.5, help="DMD time budget per variant")
+    p.add_argument("--long-seconds", type=float, default=16.0, help="length of the long evaluation stream")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, training and evaluation noise")
     return p
 
 
-def _ensure_data(folder: str) -> None:
-    if os.path.isfile(os.path.join(folder, "manifest.json")):
-        return
-    from data_tools.synth import write_synthtalk
+def _base_stages(args: argparse.Namespace) -> tuple:
+    """Data, teacher and ODE init of `make demo` (the same settings, so a demo run is reused as is)."""
+    from pathlib import Path
 
-    write_synthtalk(folder, clips=48, seconds=2.0, shards=2, size=32, seed=0, val_identities=2)
+    from lit_avatar import demo, pipeline
+
+    defaults = demo.build_parser().parse_args(["--out", args.base, "--seed", str(args.seed)])
+    base = Path(args.base).resolve()
+    data, logs = base / "data", base / "logs"
+    demo.make_data(data, defaults)
+    teacher, _ = pipeline.fit_stage(pipeline.teacher_stage(defaults.teacher_steps, defaults.teacher_minutes),
+                                    data, logs, args.seed, extra_callbacks=["lit_avatar.modules.callbacks.LossHistory"])
+    ode, _ = pipeline.fit_stage(pipeline.ode_stage(teacher, defaults.ode_steps, defaults.ode_minutes), data, logs,
+                                args.seed, extra_callbacks=["lit_avatar.modules.callbacks.LossHistory"])
+    return data, teacher, ode
 
 
-def train_variant(variant: str, args: argparse.Namespace, data: str) -> str:
-    """Fit one variant; returns its last checkpoint."""
-    from lit_avatar.lightning_cli import main as fit_main
+# Columns of the CPU ablation table (the keys evaluate_variant returns).
+TABLE_COLUMNS = [
+    {"key": "synthsync_r", "header": "SynthSync r", "better": "higher", "fmt": ".3f"},
+    {"key": "synthsync_r_shuffled", "header": "r, shuffled audio", "better": "lower", "fmt": ".3f"},
+    {"key": "flicker_ratio", "header": "seam/inside flicker", "better": "lower", "fmt": ".2f"},
+    {"key": "drift_synthsync_r_first", "header": "r, first 2 s", "better": "higher", "fmt": ".3f"},
+    {"key": "drift_synthsync_r_last", "header": "r, last 2 s", "better": "higher", "fmt": ".3f"},
+    {"key": "drift_contrast_change", "header": "contrast drift", "better": "higher", "fmt": ".2f"},
+]
 
-    tb = os.path.join(args.out, "tensorboard")
-    argv = ["fit", "--config", BASE, "--config", f"experiments/ablations/{variant}.yaml",
-            f"--data.init_args.train_shards={data}/train-*.tar", f"--data.init_args.val_shards={data}/val-*.tar",
-            "--data.init_args.num_workers=0", "--data.init_args.batch_size=4", "--data.init_args.clip_frames=8",
-            f"--trainer.max_steps={args.steps}", f"--trainer.val_check_interval={max(args.steps, 1)}",
-            f"--trainer.logger.init_args.save_dir={tb}", f"--trainer.logger.init_args.name={variant}",
-            "--trainer.logger.init_args.version=run", "--trainer.enable_progress_bar=false",
-            f"--model.init_args.teacher_weights={args.teacher or 'null'}",
-            f"--model.init_args.generator_weights={args.student_init or 'null'}"]
-    fit_main(argv)
-    return os.path.join(tb, variant, "run", "checkpoints", "last.ckpt")
+
+def write_table(results: dict[str, str], out: str, command: str) -> str:
+    """Build the Markdown table of the variants' results with the eval package's table builder."""
+    import yaml
+
+    from eval.tables import build_table
+
+    config = {"title": "Ablations on SynthTalk (tiny, CPU; held-out identities, long stream)",
+              "columns": TABLE_COLUMNS,
+              "rows": [{"name": name, "results": path} for name, path in results.items()]}
+    config_path = os.path.join(out, "ablations_table.yaml")
+    with open(config_path, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    return build_table(config_path, os.path.join(out, "ablations.md"), command=command)
 
 
 def evaluate_variant(variant: str, ckpt: str, data: str, long_seconds: float) -> dict:
@@ -109,29 +130,37 @@ def evaluate_variant(variant: str, ckpt: str, data: str, long_seconds: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pathlib import Path
+
+    from lit_avatar import pipeline
+    from lit_avatar.errors import UserError
+
     args = _parser().parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
-        from lit_avatar.errors import UserError
-
         raise UserError(f"--variants: unknown {bad}; expected some of {','.join(VARIANTS)}")
-    data = args.data or os.path.join(args.out, "synthtalk")
-    _ensure_data(data)
-    results_dir = os.path.join(args.out, "results")
-    os.makedirs(results_dir, exist_ok=True)
+    data, teacher, ode = _base_stages(args)
+    out = Path(args.out).resolve()
+    results_dir = out / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m lit_avatar.ablations " + shlex.join(argv if argv is not None else sys.argv[1:])
+    results = {}
     for variant in variants:
-        ckpt = train_variant(variant, args, data)
-        metrics = evaluate_variant(variant, ckpt, data, args.long_seconds)
-        record = {"method": variant, "metrics": metrics, "checkpoint": ckpt, "command": command,
-                  "config": [BASE, f"experiments/ablations/{variant}.yaml"]}
-        path = os.path.join(results_dir, f"{variant}.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
+        print(f"== {variant}: DMD from the shared teacher and ODE init", flush=True)
+        stage = pipeline.dmd_stage(teacher, ode, args.steps, args.minutes, name=variant, ablation=variant)
+        ckpt, _ = pipeline.fit_stage(stage, data, out / "tensorboard", args.seed)
+        metrics = evaluate_variant(variant, str(ckpt), str(data), args.long_seconds)
+        # the eval package's results schema ("aggregate"), so `lit-avatar table` reads it
+        record = {"method": variant, "aggregate": metrics, "checkpoint": str(ckpt), "command": command,
+                  "config": stage.configs}
+        path = results_dir / f"{variant}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2))
         os.replace(tmp, path)
+        results[variant] = str(path)
         print(f"{variant}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
+    print(write_table(results, str(out), command))
     return 0
 
 

@@ -1,14 +1,17 @@
-"""`make demo`: SynthTalk data -> a few minutes of tiny-teacher training on CPU -> a lip-synced clip.
+"""`make demo`: the whole CPU path on SynthTalk, from data to a 60-second streamed video.
 
     python -m lit_avatar.demo --out runs/demo
 
 1. writes a SynthTalk set (`data_tools synth`), with identities held out for validation;
-2. trains the teacher of experiments/teacher/synthtalk_tiny.yaml through the same LightningCLI entry as
-   `lit-avatar fit`, with only the data paths, the step count and the log folder overridden;
-3. samples clips for held-out identities from their audio and reference frame with the EMA weights;
-4. writes them as mp4 with the audio track (and a real-vs-generated comparison) and prints a summary:
-   the loss at the start and the end, SynthSync r against the true audio and against shuffled audio
-   (the chance level), and where everything is.
+2. trains the bidirectional teacher (experiments/teacher/synthtalk_tiny.yaml);
+3. initialises the causal student on teacher ODE trajectories (experiments/distill/synthtalk_tiny_ode.yaml);
+4. distils it with Self-Forcing DMD through the shared rollout (experiments/distill/synthtalk_tiny.yaml);
+   every stage runs through the same LightningCLI entry as `lit-avatar fit`, with only data paths,
+   step counts and folders overridden, and is reused by a later run with the same settings;
+5. compares student and teacher on held-out identities: SynthSync r with the true and with shuffled
+   audio, and seconds per frame of each, measured in the same run;
+6. streams a 60-second video of a held-out identity from its audio with `lit-avatar generate` (the
+   student, PSB + MCI + URCR), and prints a summary: losses, SynthSync, speed, where the files are.
 """
 from __future__ import annotations
 
@@ -20,24 +23,27 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "experiments" / "teacher" / "synthtalk_tiny.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lit_avatar.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder (data, logs, clips, summary.json)")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="teacher config to train")
-    p.add_argument("--steps", type=int, default=600, help="most training steps (about 1 s each on 2 idle CPU cores)")
-    p.add_argument("--minutes", type=float, default=7.0,
-                   help="training time budget; training stops at --steps or after this long, whichever is first")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a machine shared with other jobs)")
     p.add_argument("--clips", type=int, default=240, help="SynthTalk clips to generate (train + held out)")
     p.add_argument("--seconds", type=float, default=2.0, help="length of each SynthTalk clip")
     p.add_argument("--val-identities", type=int, default=4, help="identities held out for sampling")
-    p.add_argument("--sample-frames", type=int, default=50, help="frames per sampled clip (25 fps)")
-    p.add_argument("--num-samples", type=int, default=4, help="held-out clips to sample")
+    p.add_argument("--teacher-steps", type=int, default=600, help="most teacher steps (about 0.7-0.9 s each)")
+    p.add_argument("--teacher-minutes", type=float, default=6.0, help="teacher time budget (stops at whichever is first)")
+    p.add_argument("--ode-steps", type=int, default=150, help="most ODE-init steps")
+    p.add_argument("--ode-minutes", type=float, default=2.5, help="ODE-init time budget")
+    p.add_argument("--dmd-steps", type=int, default=200, help="most DMD steps (critic updates; 1 in 5 also updates the generator)")
+    p.add_argument("--dmd-minutes", type=float, default=3.5, help="DMD time budget")
+    p.add_argument("--teacher-sample-steps", type=int, default=40, help="Euler steps of the teacher in the comparison")
+    p.add_argument("--sample-frames", type=int, default=50, help="frames per compared clip (25 fps)")
+    p.add_argument("--num-samples", type=int, default=4, help="held-out clips compared")
+    p.add_argument("--stream-seconds", type=float, default=60.0, help="length of the streamed video")
     p.add_argument("--seed", type=int, default=0, help="seed of data, training and sampling noise")
     return p
 
@@ -52,40 +58,12 @@ def make_data(folder: Path, args: argparse.Namespace) -> dict:
         old = json.loads(manifest.read_text())
         if old.get("demo_args") == wanted:
             return old
-    print(f"[1/4] writing SynthTalk: {args.clips} clips of {args.seconds:g} s ...", flush=True)
+    print(f"[1/6] writing SynthTalk: {args.clips} clips of {args.seconds:g} s ...", flush=True)
     info = write_synthtalk(folder, clips=args.clips, seconds=args.seconds, shards=4, size=32, seed=args.seed,
                            val_identities=args.val_identities)
     info["demo_args"] = wanted
     manifest.write_text(json.dumps(info, indent=1))
     return info
-
-
-def train(data: Path, logs: Path, args: argparse.Namespace):
-    """Fit the teacher through the project's LightningCLI; returns (module, loss history, run dir)."""
-    from lit_avatar.lightning_cli import AvatarCLI
-    from lit_avatar.modules.callbacks import LossHistory
-
-    cli = AvatarCLI(args=[
-        "fit", "--config", args.config,
-        f"--seed_everything={args.seed}",
-        f"--data.init_args.train_shards={data / 'train-*.tar'}",
-        f"--data.init_args.val_shards={data / 'val-*.tar'}",
-        f"--trainer.max_steps={args.steps}",
-        f"--trainer.max_time={_duration(args.minutes)}",
-        # validation (samples and SynthSync in TensorBoard) a few times per run
-        f"--trainer.val_check_interval={max(1, min(100, args.steps))}",
-        f"--trainer.logger.init_args.save_dir={logs}",
-        "--trainer.logger.init_args.name=teacher",
-        "--trainer.callbacks+=lit_avatar.modules.callbacks.LossHistory",
-    ])
-    history = next(cb for cb in cli.trainer.callbacks if isinstance(cb, LossHistory))
-    return cli.model, history, Path(cli.trainer.log_dir)
-
-
-def _duration(minutes: float) -> str:
-    """Lightning's max_time format DD:HH:MM:SS."""
-    total = max(1, int(round(minutes * 60)))
-    return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
 def held_out_batch(data: Path, args: argparse.Namespace) -> dict:
@@ -98,40 +76,71 @@ def held_out_batch(data: Path, args: argparse.Namespace) -> dict:
     return next(iter(dm.val_dataloader()))
 
 
-def sample_and_score(module, batch: dict, out: Path, args: argparse.Namespace) -> dict:
-    """Sample, write mp4s with audio, and measure SynthSync on generated and real clips."""
+def write_clips(result: dict, batch: dict, out: Path) -> dict:
+    """Held-out clips as mp4 with audio: teacher and student, and real/teacher/student stacked in one video."""
     import numpy as np
-    import torch
-    from tqdm import tqdm
 
-    from eval.synthsync import synthsync
     from lit_avatar.data.media import write_video
     from lit_avatar.modules.sample_logging import to_uint8_frames
-    from lit_avatar.modules.teacher import sync_scores
 
-    module.eval()
-    gen = torch.Generator().manual_seed(args.seed)
-    video = module.sample(batch, generator=gen, progress=lambda it: tqdm(it, desc="sampling", unit="step"))
-    fake = to_uint8_frames(video)
     real = to_uint8_frames(batch["video"])
     audio = batch["audio"].float().numpy()
-    boxes = batch["mouth_box"].numpy()
-    scores = sync_scores(fake, boxes, audio)
-    real_r = float(np.mean([synthsync(real[i], boxes[i].tolist(), audio[i])["r"] for i in range(len(real))]))
-    clips = []
-    for i in range(fake.shape[0]):
-        path = out / f"sample_{i}.mp4"
-        write_video(path, fake[i], fps=25, audio=audio[i])
-        clips.append(str(path))
-    # real clips on the top row, generated ones below: one video to judge identity and lip sync at once
-    grid = np.concatenate([np.concatenate(list(real), axis=2), np.concatenate(list(fake), axis=2)], axis=1)
+    paths = {}
+    for name in ("teacher", "student"):
+        frames = result.pop(f"{name}_frames")
+        paths[name] = []
+        for i in range(frames.shape[0]):
+            path = out / f"{name}_{i}.mp4"
+            write_video(path, frames[i], fps=25, audio=audio[i])
+            paths[name].append(str(path))
+        result[f"{name}_grid"] = np.concatenate(list(frames), axis=2)
+    rows = [np.concatenate(list(real), axis=2), result.pop("teacher_grid"), result.pop("student_grid")]
     comparison = out / "comparison.mp4"
-    write_video(comparison, grid, fps=25, audio=audio[0])
-    return {"synthsync_r": scores["r"], "synthsync_r_shuffled": scores["r_shuffled"], "synthsync_r_real": real_r,
-            "clips": clips, "comparison": str(comparison)}
+    write_video(comparison, np.concatenate(rows, axis=1), fps=25, audio=audio[0])
+    return {"clips": paths, "comparison": str(comparison)}
+
+
+def stream_long_video(student_ckpt: Path, out: Path, args: argparse.Namespace, identities: int) -> dict:
+    """A long recording of a held-out identity, streamed from its audio by `lit-avatar generate`."""
+    import numpy as np
+    from PIL import Image
+
+    from data_tools.synth import make_clip
+    from eval.synthsync import synthsync
+    from lit_avatar.data.media import encode_audio, read_video
+    from lit_avatar.inference.generate_cli import main as generate
+
+    clip = make_clip(args.seed, 10**6, identities - 1, args.stream_seconds, 32)
+    wav, ref, video = out / "stream_audio.wav", out / "stream_ref.png", out / f"stream_{args.stream_seconds:g}s.mp4"
+    wav.write_bytes(encode_audio(clip.audio, 16000, codec="wav"))
+    Image.fromarray(clip.ref).save(ref)
+    box = ",".join(f"{v:.4f}" for v in clip.box)
+    argv = ["--ckpt", str(student_ckpt), "--audio", str(wav), "--ref", str(ref), "--out", str(video),
+            "--seed", str(args.seed), "--mouth-box", box]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    generate(argv)
+    frames, _ = read_video(video)
+    sidecar = json.loads(video.with_suffix(".json").read_text())
+    true = synthsync(frames, clip.box, clip.audio)["r"]
+    shuffled = synthsync(frames, clip.box, clip.audio[::-1].copy())["r"]
+    real = synthsync(clip.frames, clip.box, clip.audio)["r"]
+    return {"video": str(video), "frames": int(frames.shape[0]), "synthsync_r": true,
+            "synthsync_r_reversed_audio": shuffled, "synthsync_r_real": real, "generate": sidecar.get("latency")}
+
+
+def _loss_window(run_dir: Path, first: bool, k: int = 50) -> float | None:
+    path = run_dir / "loss_history.json"
+    if not path.is_file():
+        return None
+    losses = json.loads(path.read_text())["losses"]
+    part = losses[:k] if first else losses[-k:]
+    return sum(part) / len(part) if part else None
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lit_avatar import pipeline
+
     args = build_parser().parse_args(argv)
     if args.threads:
         import torch
@@ -140,41 +149,67 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data = out / "data"
-    make_data(data, args)
-    t_data = time.perf_counter() - started
-    print(f"[2/4] training the tiny teacher for {args.steps} steps ({args.config})", flush=True)
-    module, history, run_dir = train(data, out / "logs", args)
-    t_train = time.perf_counter() - started - t_data
-    print("[3/4] sampling held-out identities from their audio and reference frame", flush=True)
-    result = sample_and_score(module, held_out_batch(data, args), out, args)
-    n = len(history.losses)
-    k = max(1, min(50, n // 5))
+    data, logs = out / "data", out / "logs"
+    timings = {}
+
+    def lap(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    info = make_data(data, args)
+    lap("data", t0)
+    print(f"[2/6] teacher: at most {args.teacher_steps} steps / {args.teacher_minutes:g} min", flush=True)
+    t0 = time.perf_counter()
+    teacher, _ = pipeline.fit_stage(pipeline.teacher_stage(args.teacher_steps, args.teacher_minutes), data, logs,
+                                    args.seed, extra_callbacks=["lit_avatar.modules.callbacks.LossHistory"])
+    lap("teacher", t0)
+    print(f"[3/6] ODE init of the causal student: at most {args.ode_steps} steps / {args.ode_minutes:g} min", flush=True)
+    t0 = time.perf_counter()
+    ode, _ = pipeline.fit_stage(pipeline.ode_stage(teacher, args.ode_steps, args.ode_minutes), data, logs, args.seed,
+                                extra_callbacks=["lit_avatar.modules.callbacks.LossHistory"])
+    lap("ode_init", t0)
+    print(f"[4/6] Self-Forcing DMD: at most {args.dmd_steps} steps / {args.dmd_minutes:g} min", flush=True)
+    t0 = time.perf_counter()
+    student, _ = pipeline.fit_stage(pipeline.dmd_stage(teacher, ode, args.dmd_steps, args.dmd_minutes), data, logs, args.seed)
+    lap("dmd", t0)
+    print("[5/6] student vs teacher on held-out identities (same clips, timed in one run)", flush=True)
+    t0 = time.perf_counter()
+    batch = held_out_batch(data, args)
+    compare = pipeline.compare_student_teacher(student, teacher, batch, teacher_steps=args.teacher_sample_steps,
+                                               seed=args.seed, keep_frames=True)
+    files = write_clips(compare, batch, out)
+    lap("compare", t0)
+    print(f"[6/6] streaming {args.stream_seconds:g} s of a held-out identity with `lit-avatar generate`", flush=True)
+    t0 = time.perf_counter()
+    stream = stream_long_video(student, out, args, int(info["identities"]) if "identities" in info else 60)
+    lap("stream", t0)
+    timings["total"] = round(time.perf_counter() - started, 1)
     summary = {
-        "steps": n,
-        "loss_start": history.window_mean(0, k),
-        "loss_end": history.window_mean(n - k, n),
-        "loss_window_steps": k,
-        **result,
-        "run_dir": str(run_dir),
-        "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
-        "seconds": {"data": round(t_data, 1), "train": round(t_train, 1),
-                    "total": round(time.perf_counter() - started, 1)},
+        "teacher_loss_first50": _loss_window(teacher.parents[1], True),
+        "teacher_loss_last50": _loss_window(teacher.parents[1], False),
+        "ode_loss_first50": _loss_window(ode.parents[1], True),
+        "ode_loss_last50": _loss_window(ode.parents[1], False),
+        **compare, **files, "stream": stream,
+        "checkpoints": {"teacher": str(teacher), "ode_init": str(ode), "student": str(student)},
+        "seconds": timings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print("[4/4] summary")
-    print(f"  training loss      {summary['loss_start']:.3f} (first {k} steps) -> {summary['loss_end']:.3f} "
-          f"(last {k} of {n})")
-    print(f"  SynthSync r        {summary['synthsync_r']:+.2f} with the true audio, "
-          f"{summary['synthsync_r_shuffled']:+.2f} with shuffled audio (real videos: {real_r_fmt(summary)})")
-    print(f"  clips (mp4+audio)  {out}/sample_*.mp4, real vs generated: {summary['comparison']}")
-    print(f"  logs, checkpoint   {run_dir} (tensorboard --logdir {out / 'logs'})")
-    print(f"  time               {summary['seconds']['total']:.0f} s (data {t_data:.0f} s, training {t_train:.0f} s)")
+    print("summary")
+    if summary["teacher_loss_first50"] is not None:
+        print(f"  teacher loss       {summary['teacher_loss_first50']:.3f} (first 50 steps) -> "
+              f"{summary['teacher_loss_last50']:.3f} (last 50)")
+    print(f"  SynthSync r        teacher {compare['teacher_synthsync_r']:+.2f} (shuffled audio "
+          f"{compare['teacher_synthsync_r_shuffled']:+.2f}), student {compare['student_synthsync_r']:+.2f} "
+          f"(shuffled {compare['student_synthsync_r_shuffled']:+.2f}) on {args.num_samples} held-out clips")
+    print(f"  speed per frame    teacher {compare['teacher_ms_per_frame']:.1f} ms ({compare['teacher_steps']}), "
+          f"student {compare['student_ms_per_frame']:.1f} ms: {compare['speedup']:.1f}x")
+    print(f"  long stream        {stream['video']} ({stream['frames']} frames), SynthSync r "
+          f"{stream['synthsync_r']:+.2f} (reversed audio {stream['synthsync_r_reversed_audio']:+.2f}, real video "
+          f"{stream['synthsync_r_real']:+.2f})")
+    print(f"  clips (mp4+audio)  {out}/teacher_*.mp4, {out}/student_*.mp4; real/teacher/student: {files['comparison']}")
+    print(f"  logs, checkpoints  {logs} (make tensorboard, or tensorboard --logdir {logs})")
+    print(f"  time               {timings}")
     return 0
-
-
-def real_r_fmt(summary: dict) -> str:
-    return f"{summary['synthsync_r_real']:+.2f}"
 
 
 if __name__ == "__main__":

@@ -230,3 +230,15 @@ def test_reference_fallback_without_stored_ref(synth_shards, tmp_path, decoded_t
         ref = (batch["ref"][0].permute(1, 2, 0).numpy() + 1) * 127.5
         ref_index = int(np.argmin(np.abs(full - ref).mean(axis=(1, 2, 3))))
         assert ref_index in (0, len(full) - 1) and not start <= ref_index < start + 10
+
+
+def test_epoch_without_a_full_batch_is_a_user_error(synth_shards):
+    """Fewer training clips than one batch would make Lightning loop over empty epochs forever."""
+    from lit_avatar.data.datamodule import AvatarDataModule
+    from lit_avatar.errors import UserError
+
+    dm = AvatarDataModule(train_shards=str(synth_shards / "train-*.tar"), batch_size=64, num_workers=0,
+                          clip_frames=4, size=32)
+    dm.setup("fit")
+    with pytest.raises(UserError, match="no full batch of 64"):
+        next(iter(dm.train_dataloader()))

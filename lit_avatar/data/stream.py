@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lit_avatar.data.clips import choose_start, collate, make_clip
 from lit_avatar.data.schema import SampleError, decode_sample, has_ref, read_meta
+from lit_avatar.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,8 @@ class EpochLoader(DataLoader):
         return self._strip_reports(super().__iter__())
 
     def _strip_reports(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        resumed = bool(self._finished_shards)
+        yielded = 0
         for batch in batches:
             finished = batch.pop(SHARDS_DONE, [])
             if not batch:  # a worker's end-of-stream report: belongs with the batches already handed out
@@ -259,7 +262,14 @@ class EpochLoader(DataLoader):
             self._recent.append(list(finished))
             while len(self._recent) > self.state_lag:
                 self._finished_shards.update(self._recent.popleft())
+            yielded += 1
             yield batch
+        if not yielded and not resumed:
+            # Otherwise Lightning starts empty epochs forever (max_steps is never reached).
+            raise UserError(
+                f"training data: a whole epoch gave no full batch of {self.dataset.batch_size} clips (each worker "
+                "drops its last partial batch); lower data.batch_size or num_workers, or add clips to the shards"
+            )
         for finished in self._recent:
             self._finished_shards.update(finished)
         self._recent.clear()
@@ -280,8 +290,6 @@ class EpochLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`: the next `iter()` resumes its epoch without the finished shards (or, when
         that epoch was done, starts the next one)."""
-        from lit_avatar.errors import UserError
-
         expected = ("epoch", "epoch_done", "finished_shards")
         if not isinstance(state, dict) or any(key not in state for key in expected):
             raise UserError(f"checkpoint data-loader state {str(state)[:80]!r}: expected a dict with keys "

@@ -1,0 +1,155 @@
+"""The CPU path on SynthTalk, stage by stage: teacher -> ODE init -> Self-Forcing DMD student.
+
+Each stage is one `lit-avatar fit` run (the same LightningCLI entry, the experiment YAML of the stage,
+only data paths, step counts and folders overridden). A stage whose checkpoint exists with the same
+settings is reused, so `make demo` and `make ablations` share their teacher and ODE init, and a second
+run costs only what changed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER_CONFIG = ROOT / "experiments" / "teacher" / "synthtalk_tiny.yaml"
+ODE_CONFIG = ROOT / "experiments" / "distill" / "synthtalk_tiny_ode.yaml"
+DMD_CONFIG = ROOT / "experiments" / "distill" / "synthtalk_tiny.yaml"
+
+
+@dataclass
+class Stage:
+    """One training run.
+
+    Args:
+        name: folder name under the logs root (and TensorBoard run name).
+        configs: stacked experiment YAMLs.
+        steps: most optimizer steps (Trainer.max_steps).
+        overrides: extra `--key=value` arguments.
+        minutes: wall-clock budget (Trainer.max_time); None: no limit.
+    """
+
+    name: str
+    configs: list[str]
+    steps: int
+    overrides: list[str] = field(default_factory=list)
+    minutes: float | None = None
+
+
+def _duration(minutes: float) -> str:
+    """Lightning's max_time format DD:HH:MM:SS."""
+    total = max(1, int(round(minutes * 60)))
+    return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def stage_checkpoint(logs: Path, name: str) -> Path:
+    return Path(logs) / name / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def fit_stage(stage: Stage, data: Path, logs: Path, seed: int = 0, extra_callbacks: list[str] = ()) -> tuple[Path, Any]:
+    """Run (or reuse) a stage; returns (last checkpoint, the CLI object or None when reused)."""
+    from lit_avatar.lightning_cli import AvatarCLI
+
+    ckpt = stage_checkpoint(logs, stage.name)
+    stamp = ckpt.parent.parent / "stage.json"
+    settings = {**asdict(stage), "data": str(data), "seed": seed}
+    if ckpt.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == settings:
+        print(f"  reusing {stage.name}: {ckpt}", flush=True)
+        return ckpt, None
+    args = ["fit"]
+    for config in stage.configs:
+        args += ["--config", str(config)]
+    args += [
+        f"--seed_everything={seed}",
+        f"--data.init_args.train_shards={data / 'train-*.tar'}",
+        f"--data.init_args.val_shards={data / 'val-*.tar'}",
+        f"--trainer.max_steps={stage.steps}",
+        f"--trainer.val_check_interval={max(1, min(100, stage.steps))}",
+        f"--trainer.logger.init_args.save_dir={logs}",
+        f"--trainer.logger.init_args.name={stage.name}",
+        "--trainer.logger.init_args.version=0",
+        *stage.overrides,
+    ]
+    if stage.minutes is not None:
+        args.append(f"--trainer.max_time={_duration(stage.minutes)}")
+    for callback in extra_callbacks:
+        args.append(f"--trainer.callbacks+={callback}")
+    # a stale run of other settings must not be mistaken for this one
+    if ckpt.is_file():
+        ckpt.unlink()
+    cli = AvatarCLI(args=args)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(settings, indent=1))
+    return ckpt, cli
+
+
+def teacher_stage(steps: int, minutes: float | None) -> Stage:
+    return Stage("teacher", [str(TEACHER_CONFIG)], steps, minutes=minutes)
+
+
+def ode_stage(teacher_ckpt: Path, steps: int, minutes: float | None) -> Stage:
+    return Stage("ode_init", [str(ODE_CONFIG)], steps, [f"--model.init_args.teacher_weights={teacher_ckpt}"],
+                 minutes=minutes)
+
+
+def dmd_stage(teacher_ckpt: Path, ode_ckpt: Path, steps: int, minutes: float | None, name: str = "student",
+              ablation: str | None = None) -> Stage:
+    configs = [str(DMD_CONFIG)]
+    if ablation is not None:
+        configs.append(str(ROOT / "experiments" / "ablations" / f"{ablation}.yaml"))
+    return Stage(name, configs, steps, [f"--model.init_args.teacher_weights={teacher_ckpt}",
+                                        f"--model.init_args.generator_weights={ode_ckpt}"], minutes=minutes)
+
+
+def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict, teacher_steps: int = 40,
+                            audio_guidance: float = 2.0, teacher_shift: float = 2.0, seed: int = 0,
+                            keep_frames: bool = False) -> dict:
+    """SynthSync (true vs shuffled audio) and seconds per generated frame of both, on the same clips.
+
+    With keep_frames, the uint8 frames of both are returned too (keys student_frames, teacher_frames).
+    The student runs the shared rollout (its PSB/MCI/URCR options from its checkpoint); the teacher runs
+    the Euler sampler with audio CFG over the whole clip. Both are timed in this one call, so the speed
+    ratio compares like with like on the same machine and load.
+    """
+    import time
+
+    import torch
+
+    from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule
+    from lit_avatar.inference.loading import load_generator
+    from lit_avatar.modules.clip_rollout import rollout_clip
+    from lit_avatar.modules.distill_utils import clip_inputs
+    from lit_avatar.modules.sample_logging import to_uint8_frames
+    from lit_avatar.modules.teacher import sync_scores
+
+    student = load_generator(student_ckpt)
+    teacher = load_generator(teacher_ckpt)
+    boxes, audio = batch["mouth_box"].numpy(), batch["audio"].float().numpy()
+    frames = batch["video"].shape[0] * batch["video"].shape[2]
+    with torch.inference_mode():
+        x0, conds = clip_inputs(batch, student.vae, student.audio_encoder)
+        start = time.perf_counter()
+        latents, _ = rollout_clip(student.model, student.rollout_options, conds, tuple(x0.shape),
+                                  generator=torch.Generator().manual_seed(seed))
+        student_video = student.vae.decode(latents)
+        student_s = time.perf_counter() - start
+        _, tconds = clip_inputs(batch, teacher.vae, teacher.audio_encoder)
+        start = time.perf_counter()
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        denoiser = AvatarGuidance(audio_scale=audio_guidance).denoiser(teacher.model, tconds.audio, tconds.ref, tconds.text)
+        teacher_video = teacher.vae.decode(sample_euler(denoiser, noise, shifted_schedule(teacher_steps, teacher_shift)))
+        teacher_s = time.perf_counter() - start
+    student_frames, teacher_frames = to_uint8_frames(student_video), to_uint8_frames(teacher_video)
+    s_sync = sync_scores(student_frames, boxes, audio)
+    t_sync = sync_scores(teacher_frames, boxes, audio)
+    steps = student.rollout_options.psb.steps
+    extra = {"student_frames": student_frames, "teacher_frames": teacher_frames} if keep_frames else {}
+    return {**extra,
+        "student_synthsync_r": s_sync["r"], "student_synthsync_r_shuffled": s_sync["r_shuffled"],
+        "teacher_synthsync_r": t_sync["r"], "teacher_synthsync_r_shuffled": t_sync["r_shuffled"],
+        "student_steps": f"{','.join(map(str, steps))} (PSB; later blocks {steps[-1]})",
+        "teacher_steps": f"{teacher_steps} x {1 if audio_guidance == 1 else 2} forwards (audio CFG {audio_guidance:g})",
+        "student_ms_per_frame": 1000 * student_s / frames, "teacher_ms_per_frame": 1000 * teacher_s / frames,
+        "speedup": teacher_s / student_s, "frames": frames,
+    }
