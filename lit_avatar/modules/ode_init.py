@@ -19,6 +19,7 @@ from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule,
 from lit_avatar.errors import UserError
 from lit_avatar.inference.loading import generator_record
 from lit_avatar.inference.options import RolloutOptions
+from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.distill_utils import ClipConditions, clip_inputs, load_stage_weights, video_size_of
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
@@ -86,7 +87,7 @@ class TrajectoryCache:
         os.replace(tmp, path)
 
 
-class ODEInitModule(pl.LightningModule):
+class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
     """Regression of the causal student onto teacher ODE trajectories.
 
     Args:
@@ -112,6 +113,8 @@ class ODEInitModule(pl.LightningModule):
         ema_start_step: optimizer step from which the EMA averages.
         seed: seed of the trajectories' starting noise and the level draws in validation.
     """
+
+    frozen_parts = ("teacher", "vae", "audio_encoder", "generator_ema")
 
     def __init__(
         self,
@@ -152,22 +155,13 @@ class ODEInitModule(pl.LightningModule):
         self.teacher = teacher
         self.vae = vae
         self.audio_encoder = audio_encoder
-        for frozen in (teacher, vae, audio_encoder):
-            if frozen is not None:
-                frozen.requires_grad_(False)
-                frozen.eval()
+        freeze(teacher, vae, audio_encoder)
         self.generator_ema = make_ema_copy(generator) if ema_decay is not None else None
         self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
         self.cache = TrajectoryCache(cache_dir) if cache_dir else None
         self._last_ema_step = -1
         self._video_size: tuple[int, int] | None = None
 
-    def train(self, mode: bool = True) -> "ODEInitModule":
-        super().train(mode)
-        for frozen in (self.teacher, self.vae, self.audio_encoder, self.generator_ema):
-            if frozen is not None:
-                frozen.eval()
-        return self
 
     # ----- trajectories -----
 

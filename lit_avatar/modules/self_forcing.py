@@ -22,6 +22,7 @@ from torch import nn
 from lit_avatar.diffusion import SigmaSampler
 from lit_avatar.inference.loading import generator_record
 from lit_avatar.inference.options import RolloutOptions
+from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.clip_rollout import block_step_counts, rollout_clip
 from lit_avatar.modules.critic import critic_flow_loss, critic_from_teacher
 from lit_avatar.modules.distill_utils import (ClipConditions, clip_inputs, draw_exit_steps,
@@ -33,7 +34,7 @@ from lit_avatar.modules.losses import box_weight_map
 from lit_avatar.modules.optim import build_adamw
 
 
-class SelfForcingModule(pl.LightningModule):
+class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
     """Self-Forcing with DMD.
 
     Args:
@@ -65,6 +66,8 @@ class SelfForcingModule(pl.LightningModule):
         val_sample_batches: validation batches whose samples are logged as images/mp4.
         seed: seed of every random draw (combined with the step).
     """
+
+    frozen_parts = ("teacher", "vae", "audio_encoder", "generator_ema")
 
     def __init__(
         self,
@@ -116,10 +119,7 @@ class SelfForcingModule(pl.LightningModule):
             load_stage_weights(self.critic, teacher_weights, weights_prefix)
         self.vae = vae
         self.audio_encoder = audio_encoder
-        for frozen in (teacher, vae, audio_encoder):
-            if frozen is not None:
-                frozen.requires_grad_(False)
-                frozen.eval()
+        freeze(teacher, vae, audio_encoder)
         self.generator_ema = make_ema_copy(generator) if ema_decay is not None else None
         self.dmd = DMDLoss(guidance_scale, dmd_shift, min_timestep, max_timestep, uncond_drops_ref)
         self.critic_sigmas = SigmaSampler("uniform", shift=dmd_shift, min_sigma=min_timestep / 1000.0,
@@ -130,13 +130,6 @@ class SelfForcingModule(pl.LightningModule):
 
     # ----- modes -----
 
-    def train(self, mode: bool = True) -> "SelfForcingModule":
-        """Frozen parts and the EMA copy stay in eval mode whatever Lightning asks."""
-        super().train(mode)
-        for frozen in (self.teacher, self.vae, self.audio_encoder, self.generator_ema):
-            if frozen is not None:
-                frozen.eval()
-        return self
 
     @property
     def sampling_model(self) -> nn.Module:

@@ -12,13 +12,14 @@ from lit_avatar.diffusion import AvatarGuidance, SigmaSampler, add_noise, sample
 from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
 from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.vae import VideoVAE
+from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.conditions import audio_feats_of, drop_conditions, latents_of, ref_latent_of
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import build_adamw, linear_warmup
 
 
-class TeacherModule(pl.LightningModule):
+class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
     """Stage 1: flow-matching training of the bidirectional AvatarDiT teacher.
 
     Conditions (audio, reference, optional text) are dropped at random for CFG, an optional motion prefix
@@ -60,6 +61,8 @@ class TeacherModule(pl.LightningModule):
         val_max_samples: clips sampled per such batch.
         seed: seed of the validation noise, so samples at different steps are comparable.
     """
+
+    frozen_parts = ("vae", "audio_encoder", "ema_model")
 
     def __init__(
         self,
@@ -108,10 +111,7 @@ class TeacherModule(pl.LightningModule):
         self.model = model
         self.vae = vae
         self.audio_encoder = audio_encoder
-        for frozen in (vae, audio_encoder):
-            if frozen is not None:
-                frozen.requires_grad_(False)
-                frozen.eval()
+        freeze(vae, audio_encoder)
         self.ema_model = make_ema_copy(model) if ema_decay is not None else None
         self.sigma_sampler = SigmaSampler(
             timestep_sampling, shift=timestep_shift, loc=logit_normal_loc, scale=logit_normal_scale
@@ -122,13 +122,6 @@ class TeacherModule(pl.LightningModule):
 
     # ----- modes -----
 
-    def train(self, mode: bool = True) -> "TeacherModule":
-        """Keep the frozen parts and the EMA copy in eval mode whatever Lightning asks of the module."""
-        super().train(mode)
-        for frozen in (self.vae, self.audio_encoder, self.ema_model):
-            if frozen is not None:
-                frozen.eval()
-        return self
 
     @property
     def sampling_model(self) -> nn.Module:
