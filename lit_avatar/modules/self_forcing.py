@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lit_avatar.errors import UserError
 from lit_avatar.diffusion import SigmaSampler
 from lit_avatar.inference.loading import generator_record
 from lit_avatar.inference.options import RolloutOptions
@@ -101,11 +102,11 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
     ) -> None:
         super().__init__()
         if critic_steps < 1:
-            raise ValueError(f"critic_steps: expected >= 1, got {critic_steps}")
+            raise UserError(f"model.critic_steps: expected >= 1, got {critic_steps}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay: expected in [0, 1) or None, got {ema_decay}")
+            raise UserError(f"model.ema_decay: expected in [0, 1) or None, got {ema_decay}")
         if vae is None:
-            raise ValueError("vae: a VideoVAE is required (PatchVAE for CPU runs)")
+            raise UserError("model.vae: a VideoVAE is required (PatchVAE for CPU runs)")
         self.save_hyperparameters(ignore=["generator", "teacher", "critic", "vae", "audio_encoder", "rollout"])
         self.rollout_options = rollout if rollout is not None else RolloutOptions()
         if teacher_weights is not None:

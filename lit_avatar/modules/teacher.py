@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lit_avatar.errors import UserError
 from lit_avatar.diffusion import AvatarGuidance, SigmaSampler, add_noise, sample_euler, shifted_schedule, velocity_target
 from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
 from lit_avatar.models.dit import AvatarDiT
@@ -100,13 +101,13 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
         for name, p in [("audio_dropout", audio_dropout), ("ref_dropout", ref_dropout), ("text_dropout", text_dropout),
                         ("all_dropout", all_dropout), ("motion_prob", motion_prob)]:
             if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
+                raise UserError(f"model.{name}: expected a probability in [0, 1], got {p}")
         if not 0.0 <= motion_sigma_min <= motion_sigma_max <= 1.0:
-            raise ValueError(f"expected 0 <= motion_sigma_min <= motion_sigma_max <= 1, got {motion_sigma_min}, {motion_sigma_max}")
+            raise UserError(f"model: expected 0 <= motion_sigma_min <= motion_sigma_max <= 1, got {motion_sigma_min}, {motion_sigma_max}")
         if motion_frames < 0 or mouth_weight <= 0 or sample_steps < 1:
-            raise ValueError("motion_frames must be >= 0, mouth_weight > 0 and sample_steps >= 1")
+            raise UserError("model: motion_frames must be >= 0, mouth_weight > 0 and sample_steps >= 1")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay: expected in [0, 1) or None, got {ema_decay}")
+            raise UserError(f"model.ema_decay: expected in [0, 1) or None, got {ema_decay}")
         self.save_hyperparameters(ignore=["model", "vae", "audio_encoder"])
         self.model = model
         self.vae = vae
