@@ -134,3 +134,38 @@ def test_encode_audio_lossless_round_trip(codec):
     decoded = read_audio(encode_audio(audio, 16000, codec))
     assert decoded.shape == audio.shape
     assert np.abs(decoded - audio).max() < 1e-4  # 16-bit quantisation only
+
+
+def test_video_writer_streams_chunks_like_write_video(tmp_path):
+    """Chunked writing gives the same frames and audio as one write_video call; nothing appears on error."""
+    from lit_avatar.data.media import VideoWriter, probe, read_audio, read_video, write_video
+
+    rng = np.random.default_rng(0)
+    frames = (rng.random((30, 32, 48, 3)) * 255).astype(np.uint8)
+    audio = (np.sin(np.linspace(0, 200, 30 * 640)) * 0.3).astype(np.float32)
+    whole, chunked = tmp_path / "whole.mp4", tmp_path / "chunked.mp4"
+    write_video(whole, frames, fps=25, audio=audio)
+    with VideoWriter(chunked, fps=25, audio=audio) as writer:
+        for start in range(0, 30, 7):
+            writer.write(frames[start:start + 7])
+        writer.write(frames[:0])
+        assert not chunked.exists()  # only published when the block ends
+    assert writer.frames_written == 30
+    a, _ = read_video(whole)
+    b, _ = read_video(chunked)
+    assert a.shape == b.shape == (30, 32, 48, 3)
+    # x264 is not always byte-repeatable on tiny frames, so compare decoded pixels with a tolerance
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
+    assert probe(chunked)["has_audio"]
+    assert abs(len(read_audio(chunked)) - len(read_audio(whole))) <= 1024
+
+    failed = tmp_path / "failed.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(failed, fps=25, audio=audio) as writer:
+            writer.write(frames[:5])
+            raise RuntimeError("generation failed")
+    assert not failed.exists() and not list(tmp_path.glob(".failed.mp4*"))
+    with pytest.raises(UserError, match="no frames"):
+        with VideoWriter(tmp_path / "empty.mp4") as writer:
+            pass
+    assert not (tmp_path / "empty.mp4").exists()

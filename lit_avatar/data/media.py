@@ -177,33 +177,118 @@ def _check_frames(frames: np.ndarray, pad_odd: bool) -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
-def _mux(target, container_format: str | None, frames: np.ndarray, fps: float, audio: np.ndarray | None,
-         sample_rate: int, crf: int) -> None:
-    import av
+class _Muxer:
+    """H.264 (+ AAC) into an open container; video frames are encoded as they come, audio at the end."""
 
-    rate = Fraction(fps).limit_denominator(1001)
-    with av.open(target, mode="w", format=container_format) as container:
-        video_stream = container.add_stream("libx264", rate=rate)
-        video_stream.width, video_stream.height = frames.shape[2], frames.shape[1]
-        video_stream.pix_fmt = "yuv420p"
-        video_stream.options = {"crf": str(crf), "preset": "medium"}
-        audio_stream = None
-        if audio is not None:
-            audio_stream = container.add_stream("aac", rate=sample_rate, layout="mono")
+    def __init__(self, target, container_format: str | None, fps: float, audio: np.ndarray | None,
+                 sample_rate: int, crf: int) -> None:
+        import av
+
+        self.container = av.open(target, mode="w", format=container_format)
+        self.rate = Fraction(fps).limit_denominator(1001)
+        self.audio, self.sample_rate, self.crf = audio, sample_rate, crf
+        self.video_stream = self.audio_stream = None
+        self.frames = 0
+
+    def add(self, frames: np.ndarray) -> None:
+        import av
+
+        if self.video_stream is None:  # every stream exists before the first packet (the header is written then)
+            self.video_stream = self.container.add_stream("libx264", rate=self.rate)
+            self.video_stream.width, self.video_stream.height = frames.shape[2], frames.shape[1]
+            self.video_stream.pix_fmt = "yuv420p"
+            self.video_stream.options = {"crf": str(self.crf), "preset": "medium"}
+            if self.audio is not None:
+                self.audio_stream = self.container.add_stream("aac", rate=self.sample_rate, layout="mono")
+        elif frames.shape[1:3] != (self.video_stream.height, self.video_stream.width):
+            raise UserError(f"write_video frames: {frames.shape[1]}x{frames.shape[2]} after "
+                            f"{self.video_stream.height}x{self.video_stream.width} frames; expected one size")
         for image in frames:
-            container.mux(video_stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(video_stream.encode(None))
-        if audio_stream is not None:
-            samples = np.clip(np.asarray(audio, dtype=np.float32).reshape(1, -1), -1.0, 1.0)
+            self.container.mux(self.video_stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        self.frames += len(frames)
+
+    def finish(self) -> None:
+        import av
+
+        self.container.mux(self.video_stream.encode(None))
+        if self.audio_stream is not None:
+            samples = np.clip(np.asarray(self.audio, dtype=np.float32).reshape(1, -1), -1.0, 1.0)
             chunk = 1024 * 16
             for start in range(0, samples.shape[1], chunk):
                 piece = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + chunk]),
                                                    format="fltp", layout="mono")
-                piece.sample_rate = sample_rate
+                piece.sample_rate = self.sample_rate
                 piece.pts = start
-                piece.time_base = Fraction(1, sample_rate)
-                container.mux(audio_stream.encode(piece))
-            container.mux(audio_stream.encode(None))
+                piece.time_base = Fraction(1, self.sample_rate)
+                self.container.mux(self.audio_stream.encode(piece))
+            self.container.mux(self.audio_stream.encode(None))
+        self.container.close()
+
+
+def _mux(target, container_format: str | None, frames: np.ndarray, fps: float, audio: np.ndarray | None,
+         sample_rate: int, crf: int) -> None:
+    muxer = _Muxer(target, container_format, fps, audio, sample_rate, crf)
+    try:
+        muxer.add(frames)
+        muxer.finish()
+    finally:
+        muxer.container.close()
+
+
+class VideoWriter:
+    """`write_video` for streams: frames are encoded as they arrive, so memory stays bounded for any length.
+
+    The audio track (known up front, e.g. the driving audio of `lit-avatar generate`) is muxed at close.
+    Atomic like write_video: the file appears under its name only when the `with` block ends without error.
+
+        with VideoWriter("out.mp4", fps=25, audio=wave) as writer:
+            for frames in stream:
+                writer.write(frames)
+
+    Args: as `write_video`, without `frames`.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 25, audio: np.ndarray | None = None,
+                 sample_rate: int = 16000, crf: int = 18, pad_odd: bool = False) -> None:
+        _validate_write_args(fps, audio, sample_rate)
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise UserError(f"{self.path}: output folder {self.path.parent} does not exist")
+        self.fps, self.audio, self.sample_rate, self.crf, self.pad_odd = fps, audio, sample_rate, crf, pad_odd
+        self._stack = self._muxer = None
+
+    @property
+    def frames_written(self) -> int:
+        return self._muxer.frames if self._muxer is not None else 0
+
+    def __enter__(self) -> "VideoWriter":
+        from contextlib import ExitStack
+
+        self._stack = ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.path, suffix=self.path.suffix or ".mp4"))
+        self._muxer = _Muxer(tmp, None if self.path.suffix else "mp4", self.fps, self.audio, self.sample_rate, self.crf)
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append uint8 RGB frames [n, H, W, 3] (n may be 0)."""
+        if len(frames):
+            self._muxer.add(_check_frames(frames, self.pad_odd))
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        error = (exc_type, exc, tb)
+        try:
+            if exc_type is None:
+                if not self._muxer.frames:
+                    raise UserError(f"{self.path}: no frames were written")
+                self._muxer.finish()
+        except BaseException as err:
+            error = (type(err), err, err.__traceback__)
+            raise
+        finally:
+            self._muxer.container.close()
+            # atomic_path publishes the temp file only when no exception is passed on to it
+            self._stack.__exit__(*error)
+        return False
 
 
 def _validate_write_args(fps: float, audio: np.ndarray | None, sample_rate: int) -> None:

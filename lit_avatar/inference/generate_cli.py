@@ -1,9 +1,10 @@
 """`lit-avatar generate`: stream a talking-head video from an audio file and a reference image.
 
 The audio is fed to the AvatarStreamer in small chunks, as a live source would deliver it, so the
-printed time to first frame and frames/s are those of streaming, not of an offline batch. The mp4 (H.264
-+ AAC) and its JSON sidecar (fps, duration, per-block latency, mouth box when given) are written
-atomically: an error never leaves a partial file behind.
+printed time to first frame and frames/s are those of streaming, not of an offline batch. Frames are
+H.264-encoded as they come out (included in frames/s; memory stays bounded for any length) and the AAC
+audio is muxed at the end. The mp4 and its JSON sidecar (fps, duration, per-block latency, mouth box when
+given) are written atomically: an error never leaves a partial file behind.
 """
 from __future__ import annotations
 
@@ -164,7 +165,7 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from lit_avatar.data.media import read_audio, write_video
+    from lit_avatar.data.media import VideoWriter, read_audio
     from lit_avatar.inference.loading import load_generator
     from lit_avatar.inference.streamer import AvatarStreamer
 
@@ -191,14 +192,15 @@ def main(argv: list[str]) -> int:
         raise UserError(f"{args.audio}: {len(audio) / SAMPLE_RATE:.3f} s of audio is shorter than one block "
                         f"({streamer.samples_per_first_block / SAMPLE_RATE:.3f} s)")
     total_frames = math.ceil(len(audio) / 640)
-    frames = _stream(streamer, audio, total_frames, progress=not args.no_progress)
-    wall = time.perf_counter() - streamer.first_push_time
+    # frames are encoded as they stream out: memory stays bounded however long the audio is
+    with VideoWriter(out, fps=FPS, audio=audio, sample_rate=SAMPLE_RATE) as writer:
+        wall = _stream(streamer, audio, total_frames, writer, progress=not args.no_progress)
+    num_frames = writer.frames_written
     audio_seconds = len(audio) / SAMPLE_RATE
-    write_video(out, frames, fps=FPS, audio=audio, sample_rate=SAMPLE_RATE)
-    summary = latency_summary(list(streamer.latency), streamer.first_frame_seconds, wall, len(frames), audio_seconds)
+    summary = latency_summary(list(streamer.latency), streamer.first_frame_seconds, wall, num_frames, audio_seconds)
     sidecar = {
-        "video": out.name, "fps": FPS, "seconds": len(frames) / FPS, "audio_seconds": audio_seconds,
-        "frames": len(frames), "height": int(ref.shape[0]), "width": int(ref.shape[1]), "mouth_box": mouth_box,
+        "video": out.name, "fps": FPS, "seconds": num_frames / FPS, "audio_seconds": audio_seconds,
+        "frames": num_frames, "height": int(ref.shape[0]), "width": int(ref.shape[1]), "mouth_box": mouth_box,
         "checkpoint": str(args.ckpt), "kind": bundle.kind, "seed": args.seed, "device": str(device),
         "rollout": dataclasses.asdict(options), "latency": summary,
     }
@@ -207,23 +209,25 @@ def main(argv: list[str]) -> int:
     except BaseException:
         out.unlink(missing_ok=True)  # the pair is one output: never leave the video without its sidecar
         raise
-    print(f"wrote {out} ({len(frames)} frames, {len(frames) / FPS:.2f} s) and {out.with_suffix('.json').name}")
+    print(f"wrote {out} ({num_frames} frames, {num_frames / FPS:.2f} s) and {out.with_suffix('.json').name}")
     print(f"time to first frame {summary['time_to_first_frame_s']:.3f} s, {summary['frames_per_second']:.1f} frames/s, "
           f"real-time factor {summary['real_time_factor']:.3f} (processing time / audio duration; < 1 is faster "
           "than real time)")
     return 0
 
 
-def _stream(streamer, audio: np.ndarray, total_frames: int, progress: bool) -> np.ndarray:
-    """Feed the audio in live-sized chunks and collect every frame the streamer returns."""
+def _stream(streamer, audio: np.ndarray, total_frames: int, writer, progress: bool) -> float:
+    """Feed the audio in live-sized chunks, hand every frame the streamer returns to the writer, and return
+    the generation wall time (from the first push to the last frame, encoding included)."""
     from tqdm import tqdm
 
     chunk = int(CHUNK_SECONDS * SAMPLE_RATE)
-    parts = []
     with tqdm(total=total_frames, unit="frame", disable=not progress, desc="generate") as bar:
         for start in range(0, len(audio), chunk):
-            parts.append(streamer.push_audio(audio[start:start + chunk]))
-            bar.update(len(parts[-1]))
-        parts.append(streamer.flush())
-        bar.update(len(parts[-1]))
-    return np.concatenate(parts)
+            frames = streamer.push_audio(audio[start:start + chunk])
+            writer.write(frames)
+            bar.update(len(frames))
+        frames = streamer.flush()
+        writer.write(frames)
+        bar.update(len(frames))
+    return time.perf_counter() - streamer.first_push_time
