@@ -21,6 +21,24 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     return out.transpose(1, 2).flatten(2)
 
 
+def block_causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tokens: int,
+                      prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Block-causal attention without a mask: q/k/v [B,L,H,D] of L tokens in blocks of `block_tokens`.
+
+    Query block j attends to the prefix (the reference sink) and the keys of blocks 0..j. One unmasked
+    SDPA call per query block keeps the fused kernels and never materialises an [L, L] mask (at 21 latent
+    frames of 480x832 a dense one is ~1 GB per layer call, ~2 GB once made additive).
+    """
+    outs = []
+    for start in range(0, q.shape[1], block_tokens):
+        end = min(start + block_tokens, q.shape[1])
+        keys, values = k[:, :end], v[:, :end]
+        if prefix is not None:
+            keys, values = torch.cat([prefix[0], keys], dim=1), torch.cat([prefix[1], values], dim=1)
+        outs.append(sdpa(q[:, start:end], keys, values))
+    return torch.cat(outs, dim=1)
+
+
 class RMSNorm(nn.Module):
     """RMS norm computed in float32 (Wan's qk-norm across all heads)."""
 
@@ -52,18 +70,24 @@ class SelfAttention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-        mask: torch.Tensor | None = None,
+        block_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B,L,dim] -> (out [B,L,dim], k, v [B,L,H,hd]); k is returned after RoPE, ready to cache."""
+        """x [B,L,dim] -> (out [B,L,dim], k, v [B,L,H,hd]); k is returned after RoPE, ready to cache.
+
+        block_tokens: when set, block-causal over x's own tokens (see block_causal_sdpa); the prefix is
+        seen by every query either way.
+        """
         heads = self.num_heads
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (heads, -1)), *rope)
         k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, (heads, -1)), *rope)
         v = self.v(x).unflatten(-1, (heads, -1))
+        if block_tokens is not None and block_tokens < x.shape[1]:
+            return self.o(block_causal_sdpa(q, k, v, block_tokens, prefix)), k, v
         if prefix is not None:
             keys, values = torch.cat([prefix[0], k], dim=1), torch.cat([prefix[1], v], dim=1)
         else:
             keys, values = k, v
-        return self.o(sdpa(q, keys, values, mask)), k, v
+        return self.o(sdpa(q, keys, values)), k, v
 
 
 class CrossAttention(nn.Module):

@@ -53,24 +53,37 @@ class AvatarBlock(nn.Module):
             self.norm_audio = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True)
             self.audio_attn = FrameLocalCrossAttention(dim, cfg.num_heads, cfg.audio_dim, cfg.eps)
 
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's text K/V of the embedded text context [B,L,dim] (computed once per stream when
+        cached). A method of the block, not of its cross-attention, so that a sharded block can register
+        it as an FSDP forward method and have its parameters gathered for the call."""
+        return self.cross_attn.context_kv(context)
+
     def forward(
         self,
         x: torch.Tensor,
         e: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        text_kv: tuple[torch.Tensor, torch.Tensor],
+        text_kv: tuple[torch.Tensor, torch.Tensor] | torch.Tensor,
         audio: torch.Tensor | None = None,
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-        mask: torch.Tensor | None = None,
+        block_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B,F,N,dim], e [B,F,6,dim] (time projection per frame), audio [B,F,A,audio_dim] or None.
 
+        text_kv: this layer's cached text K/V, or the embedded text context [B,L,dim] whose K/V the block
+            computes itself (the full-sequence forward: inside the block's forward its parameters are
+            gathered when it is sharded).
+        block_tokens: block-causal self-attention over x in blocks of this many tokens (None: full).
+
         Returns the new x and this layer's self-attention keys/values of x (for the cache).
         """
+        if isinstance(text_kv, torch.Tensor):
+            text_kv = self.text_kv(text_kv)
         b, f, n, d = x.shape
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.unsqueeze(0) + e.float()).unsqueeze(3).unbind(2)
         h = (self.norm1(x) * (1 + scale) + shift).type_as(x)
-        attn, k, v = self.self_attn(h.flatten(1, 2), rope, prefix, mask)
+        attn, k, v = self.self_attn(h.flatten(1, 2), rope, prefix, block_tokens)
         x = (x.float() + attn.view(b, f, n, d) * gate).type_as(x)
         x = x + self.cross_attn(self.norm3(x.flatten(1, 2)).type_as(x), text_kv).view(b, f, n, d)
         if audio is not None:
@@ -211,19 +224,16 @@ class AvatarDiT(nn.Module):
         audio_tok = self.audio_tokens(audio)
         if audio_tok is not None and audio_tok.shape[1] != f:
             raise ValueError(f"audio gives {audio_tok.shape[1]} latent frames, video has {f}")
-        mask = None
-        if frames_per_block is not None:
-            mask = block_causal_mask(f, n, frames_per_block, prefix_tokens=n if ref is not None else 0, device=x.device)
+        block_tokens = frames_per_block * n if frames_per_block is not None else None
         ref_state = self._ref_init(ref, b, hh, ww) if ref is not None else None
         for block in self.blocks:
-            text_kv = block.cross_attn.context_kv(text_ctx)
             prefix = None
             if ref_state is not None:
                 ref_x, ref_e, ref_rope = ref_state
-                ref_x, rk, rv = self._run_block(block, ref_x, ref_e, ref_rope, text_kv)
+                ref_x, rk, rv = self._run_block(block, ref_x, ref_e, ref_rope, text_ctx)
                 ref_state = (ref_x, ref_e, ref_rope)
                 prefix = (rk, rv)
-            tokens, _, _ = self._run_block(block, tokens, e, rope, text_kv, audio_tok, prefix, mask)
+            tokens, _, _ = self._run_block(block, tokens, e, rope, text_ctx, audio_tok, prefix, block_tokens)
         return self.unpatchify(self.head(tokens, temb), height, width).float()
 
     def _ref_init(self, ref: torch.Tensor, batch: int, hh: int, ww: int):
@@ -245,7 +255,7 @@ class AvatarDiT(nn.Module):
         ref_state = self._ref_init(ref, batch, hh, ww) if ref is not None else None
         for i, block in enumerate(self.blocks):
             layer = cache.layers[i]
-            layer.text_kv = block.cross_attn.context_kv(text_ctx)
+            layer.text_kv = block.text_kv(text_ctx)
             if ref_state is not None:
                 ref_x, ref_e, ref_rope = ref_state
                 ref_x, layer.ref_k, layer.ref_v = block(ref_x, ref_e, ref_rope, layer.text_kv)
