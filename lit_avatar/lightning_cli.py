@@ -36,6 +36,11 @@ class AvatarCLI(LightningCLI):
         parser_kwargs = {**per_parser, **{name: dict(per_parser) for name in SUBCOMMANDS}}
         kwargs.setdefault("trainer_defaults", default_trainer_settings())
         args = list(sys.argv[1:] if args is None else args)
+        if args == sys.argv[1:]:
+            # the command line itself: LightningCLI reads it, and sys.argv stays whole, which is what
+            # Lightning's launcher re-runs for the other local ranks (devices > 1 without torchrun)
+            self._init(None, run, parser_kwargs, kwargs)
+            return
         saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when argv and args are both set
         try:
             self._init(args, run, parser_kwargs, kwargs)

@@ -78,8 +78,8 @@ class AvatarBlock(nn.Module):
 
         Returns the new x and this layer's self-attention keys/values of x (for the cache).
         """
-        if isinstance(text_kv, torch.Tensor):
-            text_kv = self.text_kv(text_kv)
+        if isinstance(text_kv, torch.Tensor):  # not self.text_kv: as an FSDP forward method it would reshard here
+            text_kv = self.cross_attn.context_kv(text_kv)
         b, f, n, d = x.shape
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.unsqueeze(0) + e.float()).unsqueeze(3).unbind(2)
         h = (self.norm1(x) * (1 + scale) + shift).type_as(x)
@@ -172,6 +172,10 @@ class AvatarDiT(nn.Module):
 
     def audio_tokens(self, audio: torch.Tensor | None, starts_at_zero: bool = True) -> torch.Tensor | None:
         """Windowed audio features [B,T,W,D] -> tokens [B,F,A,audio_dim] (None passes through)."""
+        return self._project_audio(audio, starts_at_zero)
+
+    def _project_audio(self, audio: torch.Tensor | None, starts_at_zero: bool = True) -> torch.Tensor | None:
+        # audio_tokens is an FSDP forward method when sharded; forward() calls this, which is not
         if audio is None or not self.config.audio:
             return None
         return self.audio_projector(audio.to(self.null_text.dtype), starts_at_zero=starts_at_zero)
@@ -221,7 +225,7 @@ class AvatarDiT(nn.Module):
         rope = self.rope(frame_positions, hh, ww)
         temb, e = self.time_embed(timestep, f)
         text_ctx = self.text_context(text, b)
-        audio_tok = self.audio_tokens(audio)
+        audio_tok = self._project_audio(audio)
         if audio_tok is not None and audio_tok.shape[1] != f:
             raise ValueError(f"audio gives {audio_tok.shape[1]} latent frames, video has {f}")
         block_tokens = frames_per_block * n if frames_per_block is not None else None

@@ -89,6 +89,12 @@ PRESETS: dict[str, DiTConfig] = {
         out_channels=12, audio_feature_dim=16, audio_tokens=2, audio_dim=32, audio_hidden_dim=32,
         temporal_factor=1,
     ),
+    # Tests of the 1.3B recipes: the micro backbone with the shapes of the tiny Wan VAE (16 latent channels,
+    # 4x temporal) and tiny wav2vec2 (2 layers x 16, layers "all") that tests/test_recipes_fsdp.py writes.
+    "micro-wan": DiTConfig(
+        dim=32, num_layers=2, num_heads=2, ffn_dim=64, freq_dim=32, text_dim=16, audio_feature_dim=32,
+        audio_tokens=2, audio_dim=32, audio_hidden_dim=32,
+    ),
     # CPU experiments on SynthTalk with PatchVAE(spatial_factor=2): the 1.6M prototype of DESIGN.md.
     "tiny": DiTConfig(
         dim=128, num_layers=4, num_heads=4, ffn_dim=384, freq_dim=64, text_dim=32, in_channels=12,

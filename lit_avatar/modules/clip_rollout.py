@@ -12,7 +12,7 @@ from torch import nn
 
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.inference.rollout import Rollout
-from lit_avatar.modules.distill_utils import ClipConditions
+from lit_avatar.modules.distill_utils import ClipConditions, generator_on
 
 
 def block_step_counts(options: RolloutOptions, num_blocks: int) -> list[int]:
@@ -31,7 +31,8 @@ def rollout_clip(model: nn.Module, options: RolloutOptions, conds: ClipCondition
         conds: audio features covering the t latent frames, reference latent, text.
         shape: latents to produce; t is rounded up to whole blocks and cropped back.
         exit_steps: per block, the step whose x0 carries the gradient (training); None: all steps.
-        generator: CPU generator of the starting noise (and of the rollout's own draws on CPU).
+        generator: CPU generator of the starting noise and (directly or as the seed of one on the model's
+            device) of the rollout's own draws.
         training: the rollout draws MCI context levels from [mci.min, mci.max].
 
     Returns:
@@ -42,9 +43,9 @@ def rollout_clip(model: nn.Module, options: RolloutOptions, conds: ClipCondition
     num_blocks = math.ceil(t / fpb)
     device = next(model.parameters()).device
     rollout = Rollout(model, options, training=training)
-    # The rollout's own draws (MCI level, renoising) use its generator on the model's device; a CPU
-    # generator is only valid there, so on accelerators they fall back to the global RNG.
-    rollout.begin(conds.ref, conds.text, b, (h, w), generator=generator if device.type == "cpu" else None)
+    # The rollout's own draws (MCI level, renoising) need a generator on the model's device: on an
+    # accelerator it is seeded from the given one, so they still derive from (seed, step, rank).
+    rollout.begin(conds.ref, conds.text, b, (h, w), generator=generator_on(device, generator))
     tokens = model.audio_tokens(conds.audio) if conds.audio is not None else None
     if tokens is not None and tokens.shape[1] < num_blocks * fpb:
         pad = tokens[:, -1:].expand(-1, num_blocks * fpb - tokens.shape[1], -1, -1)

@@ -3,6 +3,7 @@ randomness tied to the optimisation step, exit-step draws and weight loading bet
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -44,14 +45,25 @@ def clip_inputs(batch: dict, vae: nn.Module, audio_encoder: nn.Module | None) ->
     return x0, conds
 
 
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator determined by (seed, optimisation step, stream).
+def step_generator(seed: int, step: int, stream: int = 0, rank: int = 0) -> torch.Generator:
+    """A CPU generator determined by (seed, optimisation step, stream, rank), hashed so no two differ.
 
     Deriving every random draw of a step from its index makes a resumed run continue exactly like an
-    uninterrupted one, and with stream = 0 on every rank the draw is the same on all DDP ranks
-    (the exit step must be: ranks that exit at different steps would do different amounts of work).
+    uninterrupted one; `rank` gives each process its own draws (noise), while rank 0 for all gives a draw
+    that is the same on every rank (the exit step must be: ranks that exit at different steps would do
+    different amounts of work).
     """
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) * 7919 + int(stream))
+    key = hashlib.blake2b(f"{int(seed)}/{int(step)}/{int(stream)}/{int(rank)}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)
+
+
+def generator_on(device: torch.device, generator: torch.Generator | None) -> torch.Generator | None:
+    """`generator` itself when it lives on `device`'s type, else a generator on `device` seeded by one draw
+    of it: draws on an accelerator then still derive from (seed, step, stream), never the global RNG."""
+    if generator is None or generator.device.type == torch.device(device).type:
+        return generator
+    seed = int(torch.randint(2**62, (), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def draw_exit_steps(step_counts: list[int], same_for_all_blocks: bool, generator: torch.Generator) -> list[int]:

@@ -20,10 +20,12 @@ from lit_avatar.errors import UserError
 from lit_avatar.inference.loading import generator_record
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
-from lit_avatar.modules.distill_utils import ClipConditions, clip_inputs, load_stage_weights, video_size_of
+from lit_avatar.modules.distill_utils import (ClipConditions, clip_inputs, load_stage_weights, step_generator,
+                                              video_size_of)
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import build_adamw, linear_warmup
+from lit_avatar.modules.sharding import shard_networks
 
 
 def student_levels(options: RolloutOptions) -> torch.Tensor:
@@ -175,7 +177,7 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
             found = [self.cache.load(k) for k in keys]
             if all(f is not None for f in found):
                 return torch.stack(found, dim=1).to(self.device)
-        gen = torch.Generator().manual_seed(self.hparams.seed * 7919 + int(self.global_step))
+        gen = step_generator(self.hparams.seed, int(self.global_step), stream=1, rank=self._rank())
         noise = torch.randn(tuple(x_shape), generator=gen).to(self.device)
         traj = teacher_trajectory(self.teacher, self.guidance, conds, noise, self.rollout_options,
                                   self.hparams.teacher_substeps)
@@ -222,7 +224,7 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
     # ----- Lightning hooks -----
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.hparams.seed * 104729 + int(self.global_step))
+        gen = step_generator(self.hparams.seed, int(self.global_step), stream=0, rank=self._rank())
         loss = self.regression_loss(batch, gen)
         self._video_size = video_size_of(batch) or self._video_size
         b = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
@@ -242,6 +244,13 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         net = self.generator_ema if self.generator_ema is not None else self.generator
         b = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
         self.log("val/loss", self.regression_loss(batch, gen, net=net), prog_bar=True, batch_size=b)
+
+    def _rank(self) -> int:
+        return int(self.trainer.global_rank) if self._trainer is not None else 0
+
+    def configure_model(self) -> None:
+        """Under ModelParallelStrategy: FSDP2 units per block of the student, its EMA and the teacher."""
+        shard_networks(self, ("generator", "generator_ema", "teacher"))
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams

@@ -7,7 +7,7 @@ updates per generator update.
 
 Optimisation is manual. Every training step updates the critic once, through Lightning's optimizer
 wrapper, so `trainer.global_step` counts critic updates (one per batch); every `critic_steps`-th step
-first updates the generator (stepped directly, so the step count is not doubled). All random draws of a
+first updates the generator (stepped through the strategy's precision plugin, not counted as a step). All random draws of a
 step derive from (seed, global_step), so a resumed run continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
@@ -33,6 +33,11 @@ from lit_avatar.modules.dmd import DMDLoss
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map
 from lit_avatar.modules.optim import build_adamw
+from lit_avatar.modules.sharding import global_grad_norm, shard_networks
+
+
+def _no_closure() -> None:
+    """The generator's backward already ran (manual optimisation); the optimizer's closure has nothing to do."""
 
 
 class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
@@ -150,7 +155,7 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         if train:
             shared = step_generator(self.hparams.seed, step, stream=0)  # same on every rank
             exits = draw_exit_steps(block_step_counts(self.rollout_options, num_blocks), self.hparams.same_exit_step, shared)
-        noise_gen = step_generator(self.hparams.seed, step, stream=1 + self._rank())
+        noise_gen = step_generator(self.hparams.seed, step, stream=1, rank=self._rank())
         x, _ = rollout_clip(model or self.generator, self.rollout_options, conds, tuple(x_shape), exits, noise_gen,
                             training=train)
         self._last_exit_steps = exits
@@ -161,10 +166,16 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
             return None
         return box_weight_map(batch["mouth_box"], x.shape[-2], x.shape[-1], self.hparams.mouth_weight)
 
-    def _clip(self, params) -> torch.Tensor | None:
-        if not self.hparams.grad_clip:
-            return None
-        return torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.hparams.grad_clip)
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called by the precision plugin after unscaling, before either optimizer steps: log the global
+        gradient norm and clip by it through the plugin (DTensor-aware under FSDP2, same scale on every rank)."""
+        name = "generator" if optimizer is self.trainer.optimizers[0] else "critic"
+        norm = global_grad_norm(getattr(self, name).parameters())
+        if norm is None:
+            return
+        self.log(f"train/{name}_grad_norm", norm)
+        if self.hparams.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
 
     # ----- Lightning hooks -----
 
@@ -177,12 +188,13 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         rank = self._rank()
         if step % self.hparams.critic_steps == 0:
             x = self.generate(x0.shape, conds, step, train=True)
-            out = self.dmd(x, self.teacher, self.critic, conds, step_generator(self.hparams.seed, step, 100 + rank))
+            out = self.dmd(x, self.teacher, self.critic, conds, step_generator(self.hparams.seed, step, 100, rank))
             gen_opt.zero_grad(set_to_none=True)
             self.manual_backward(out.loss)
-            norm = self._clip(self.generator.parameters())
-            # The raw optimizer: stepping the Lightning wrapper would add a second global step per batch.
-            gen_opt.optimizer.step()
+            # Through the strategy and its precision plugin (gradient scaler; on_before_optimizer_step, which
+            # clips by the global norm) exactly as the Lightning wrapper's step does, minus the wrapper's
+            # step count: global_step stays one per batch (one critic update).
+            self.trainer.strategy.optimizer_step(gen_opt.optimizer, closure=_no_closure)
             self.generator_updates += 1
             if self.generator_ema is not None:
                 decay = ema_decay_at(self.generator_updates, self.hparams.ema_decay, self.hparams.ema_start_step)
@@ -190,22 +202,21 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
             self.log("train/generator_loss", out.loss.detach(), prog_bar=True, batch_size=b)
             self.log("train/dmd_grad_norm", out.grad.norm(), batch_size=b)
             self.log("train/dmd_sigma", out.sigma.mean(), batch_size=b)
-            if norm is not None:
-                self.log("train/generator_grad_norm", norm, batch_size=b)
             samples = x.detach()
         else:
             with torch.no_grad():
                 samples = self.generate(x0.shape, conds, step, train=True)
         loss = critic_flow_loss(self.critic, samples, conds, self.critic_sigmas,
-                                step_generator(self.hparams.seed, step, 200 + rank), self._spatial_weight(batch, x0))
+                                step_generator(self.hparams.seed, step, 200, rank), self._spatial_weight(batch, x0))
         critic_opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        norm = self._clip(self.critic.parameters())
         critic_opt.step()
         self.log("train/critic_loss", loss.detach(), prog_bar=True, batch_size=b)
-        if norm is not None:
-            self.log("train/critic_grad_norm", norm, batch_size=b)
         self.log("train/generator_updates", float(self.generator_updates), batch_size=b)
+
+    def configure_model(self) -> None:
+        """Under ModelParallelStrategy: FSDP2 units per block of generator, critic, teacher and EMA."""
+        shard_networks(self, ("generator", "generator_ema", "critic", "teacher"))
 
     def configure_optimizers(self):
         hp = self.hparams

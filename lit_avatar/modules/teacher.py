@@ -18,6 +18,7 @@ from lit_avatar.modules.conditions import audio_feats_of, drop_conditions, laten
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import build_adamw, linear_warmup
+from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 
 
 class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
@@ -186,17 +187,33 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "video" in batch:
             self._video_size = tuple(int(v) for v in batch["video"].shape[-2:])
-        loss = self.flow_loss(batch)
+        loss = self.flow_loss(batch, generator=self._step_generator(batch_idx))
         b = next(iter(v for v in batch.values() if torch.is_tensor(v))).shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         if self.trainer is not None and self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=b)
         return loss
 
+    def _step_generator(self, batch_idx: int) -> torch.Generator:
+        """Draws of a training batch from (seed, step, rank, micro-batch): ranks differ, a resumed run
+        repeats them, and accumulated micro-batches of one step differ."""
+        from lit_avatar.modules.distill_utils import step_generator
+
+        if self._trainer is None:
+            return step_generator(self.hparams.seed, 0)
+        accumulate = max(int(self.trainer.accumulate_grad_batches), 1)
+        return step_generator(self.hparams.seed, self.trainer.global_step, batch_idx % accumulate,
+                              rank=int(self.trainer.global_rank))
+
+    def configure_model(self) -> None:
+        """Under ModelParallelStrategy: FSDP2 units per block of the model and of its EMA copy."""
+        shard_networks(self, ("model", "ema_model"))
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.stack(grads).norm())
+        # the norm of the full gradient (reduced over shards), before the trainer's clipping
+        norm = global_grad_norm(self.model.parameters())
+        if norm is not None:
+            self.log("train/grad_norm", norm)
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
         step = self.trainer.global_step
