@@ -36,6 +36,8 @@ def _plain(value: Any) -> Any:
 
 def _class_path(obj: Any) -> str:
     cls = type(obj)
+    while cls.__module__.startswith("torch.distributed."):
+        cls = cls.__bases__[-1]  # fully_shard's generated FSDP<Name>(FSDPModule, Name): the network's own class
     return f"{cls.__module__}.{cls.__qualname__}"
 
 

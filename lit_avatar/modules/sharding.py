@@ -61,8 +61,10 @@ def shard_dit(model: nn.Module, mesh, mp_policy=None) -> None:
     for block in model.blocks:
         fully_shard(block, **kwargs)
         register_fsdp_forward_method(block, "text_kv")
-    # the root unit is used right after the last block's forward: keeping it gathered saves one all-gather
-    fully_shard(model, reshard_after_forward=False, **kwargs)
+    # explicitly resharded after every call (by default a root unit stays gathered after forward): one left
+    # gathered after a no-grad call (the rollout's cached forwards, a frozen teacher, sampling with the EMA)
+    # would show its unsharded, gradient-less tensors to parameters(), i.e. to the EMA update and the norms
+    fully_shard(model, reshard_after_forward=True, **kwargs)
     for name in DIT_FORWARD_METHODS:
         register_fsdp_forward_method(model, name)
 
