@@ -25,7 +25,7 @@ from lit_avatar.modules.distill_utils import (ClipConditions, clip_inputs, load_
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import build_adamw, linear_warmup
-from lit_avatar.modules.sharding import shard_networks
+from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 
 
 def student_levels(options: RolloutOptions) -> torch.Tensor:
@@ -247,6 +247,12 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
 
     def _rank(self) -> int:
         return int(self.trainer.global_rank) if self._trainer is not None else 0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # the norm of the full gradient (reduced over shards), before the trainer's clipping
+        norm = global_grad_norm(self.generator.parameters())
+        if norm is not None:
+            self.log("train/grad_norm", norm)
 
     def configure_model(self) -> None:
         """Under ModelParallelStrategy: FSDP2 units per block of the student, its EMA and the teacher."""
