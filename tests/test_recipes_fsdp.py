@@ -100,12 +100,13 @@ def _run(args: list[str], timeout: int = 300) -> None:
     assert proc.returncode == 0, f"{args[:3]} failed:\n{proc.stderr[-4000:]}"
 
 
-def _fit(stage: str, folder: Path, inputs: dict[str, str], max_steps: int, **kwargs) -> Path:
+def _fit(stage: str, folder: Path, inputs: dict[str, str], max_steps: int, ckpt_path: str | None = None,
+         **kwargs) -> Path:
     """Run the stage's recipe with the override file; returns the run folder (logs, probe, checkpoints)."""
     folder.mkdir(parents=True)
     over = folder / "overrides.yaml"
     over.write_text(yaml.safe_dump(_overrides(stage, inputs, folder / "logs", folder, **kwargs)))
-    extra = [f"--ckpt_path={kwargs.pop('ckpt_path')}"] if "ckpt_path" in kwargs else []
+    extra = [f"--ckpt_path={ckpt_path}"] if ckpt_path else []
     _run(["fit", "--config", str(RECIPES[stage]), "--config", str(over), f"--trainer.max_steps={max_steps}", *extra])
     return folder
 
@@ -197,7 +198,11 @@ def test_dmd_resumed_after_step_2_equals_uninterrupted(chain):
     for name, tensor in a["state_dict"].items():  # generator, EMA, critic, teacher
         torch.testing.assert_close(b["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
     for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
-        assert opt_a["state"].keys() == opt_b["state"].keys()
+        # parameters that never get a gradient (the generator's text path) have no AdamW state; on loading,
+        # torch.distributed.checkpoint initialises empty states for them (zero moments), nothing else
+        assert opt_a["state"].keys() <= opt_b["state"].keys()
+        for key in opt_b["state"].keys() - opt_a["state"].keys():
+            assert not opt_b["state"][key]["exp_avg"].any() and not opt_b["state"][key]["exp_avg_sq"].any()
         for key in opt_a["state"]:
             for field in ("exp_avg", "exp_avg_sq", "step"):
                 torch.testing.assert_close(opt_b["state"][key][field], opt_a["state"][key][field], rtol=0, atol=1e-6)
