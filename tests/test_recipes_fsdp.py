@@ -186,6 +186,7 @@ def test_dmd_recipe_trains_and_generates(chain):
     assert out.stat().st_size > 1000 and sidecar is not None
 
 
+@pytest.mark.slow
 def test_dmd_resumed_after_step_2_equals_uninterrupted(chain):
     inputs, weights = chain["resume_args"]
     mid = chain["dmd"] / "step2.ckpt"
