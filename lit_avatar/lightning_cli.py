@@ -47,6 +47,18 @@ class AvatarCLI(LightningCLI):
         finally:
             sys.argv = saved_argv
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with strategy/accelerator mismatches and distributed setup errors as one line."""
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except ValueError as err:
+            if isinstance(err, UserError) or "strateg" not in str(err):
+                raise
+            raise UserError(f"trainer.strategy: {str(err).splitlines()[0]} (the 1.3B recipes use "
+                            "lightning.pytorch.strategies.ModelParallelStrategy, FSDP2, on CPU and GPU)") from None
+        check_distributed_setup(trainer)
+        return trainer
+
     def _init(self, args: list[str] | None, run: bool, parser_kwargs: dict, kwargs: dict) -> None:
         super().__init__(
             model_class=None,
@@ -61,6 +73,35 @@ class AvatarCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+
+def check_distributed_setup(trainer: Trainer) -> None:
+    """Fail before any process is launched, in one line naming the key and the fix, where a distributed run
+    could only fail later in every process (mesh sizes that do not multiply to the world size) or hang
+    (several nodes without a rendezvous address)."""
+    import os
+
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    strategy = trainer.strategy
+    world = trainer.num_devices * trainer.num_nodes
+    if isinstance(strategy, ModelParallelStrategy):
+        dp, tp = strategy._data_parallel_size, strategy._tensor_parallel_size
+        dp = trainer.num_nodes if dp == "auto" else int(dp)
+        tp = trainer.num_devices if tp == "auto" else int(tp)
+        if dp * tp != world:
+            raise UserError(
+                f"trainer.strategy.init_args: data_parallel_size ({dp}) x tensor_parallel_size ({tp}) = {dp * tp} "
+                f"processes, but trainer.devices x trainer.num_nodes = {world}; set both to auto (shard within a "
+                f"node, replicate across nodes) or make their product {world}")
+    environment = getattr(strategy, "cluster_environment", None)
+    if trainer.num_nodes > 1 and environment is not None and not environment.creates_processes_externally:
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if name not in os.environ]
+        if missing:
+            raise UserError(
+                f"trainer.num_nodes={trainer.num_nodes}: environment variable {missing[0]} is not set; on every node "
+                "set MASTER_ADDR (node 0's address), MASTER_PORT and NODE_RANK (0..num_nodes-1), or launch with "
+                "torchrun / srun")
 
 
 def default_trainer_settings() -> dict[str, Any]:
