@@ -2,7 +2,8 @@
 process: forwards (full-sequence with the reference sink and text, block-causal, and the cached rollout path
 with its prefill) match; the gradient equals the unsharded one of the mean loss; the gradient norm is the
 norm of the gathered full gradient on every rank and clipping scales every rank's shard by the same factor;
-the EMA of sharded weights equals the EMA computed from gathered weights."""
+the EMA of sharded weights equals the EMA computed from gathered weights; under bf16-mixed the weights and
+gradients stay fp32 and the output is the fp32 one within bf16 error."""
 import json
 import os
 import socket
@@ -46,7 +47,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
 
     from lit_avatar.models.dit import AvatarDiT
     from lit_avatar.modules.ema import ema_update, make_ema_copy
-    from lit_avatar.modules.sharding import global_grad_norm, shard_dit
+    from lit_avatar.modules.sharding import global_grad_norm, mixed_precision_policy, shard_dit
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -105,6 +106,16 @@ def _worker(rank: int, port: int, folder: str) -> None:
     result["ema_diff"] = max(float((p.full_tensor() - ref_ema[n]).abs().max()) for n, p in ema.named_parameters())
     result["ema_moved"] = max(float((p.full_tensor() - reference.state_dict()[n]).abs().max())
                               for n, p in ema.named_parameters())
+
+    # bf16-mixed (the recipes' precision): bf16 gathers and compute, fp32 sharded weights and gradients
+    mixed = AvatarDiT(preset="micro")
+    mixed.load_state_dict(reference.state_dict())
+    shard_dit(mixed, init_device_mesh("cpu", (2,)), mixed_precision_policy("bf16-mixed"))
+    loss, out = _loss(mixed, inp)
+    loss.backward()
+    result["bf16_rel_error"] = float((out - ref_out).detach().abs().max() / ref_out.detach().abs().max())
+    result["bf16_dtypes"] = sorted({str(p.dtype) for p in mixed.parameters()} | {str(p.grad.dtype) for p in
+                                    mixed.parameters() if p.grad is not None})
     with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
     dist.destroy_process_group()
@@ -121,4 +132,5 @@ def test_sharded_dit_matches_unsharded_and_norms_are_global(tmp_path):
         assert abs(r["clip_scale"] - 0.25) < 1e-5  # every rank's shard scaled by max_norm / global norm
         assert abs(r["norm_after_clip"] - r["gathered_norm"] / 4) < 1e-5 * max(1.0, r["gathered_norm"])
         assert r["ema_diff"] < 1e-6 and r["ema_moved"] > 1e-3
+        assert r["bf16_rel_error"] < 0.1 and r["bf16_dtypes"] == ["torch.float32"]
     assert ranks[0]["gathered_norm"] == ranks[1]["gathered_norm"]
