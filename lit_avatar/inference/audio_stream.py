@@ -21,7 +21,7 @@ from torch import nn
 
 SAMPLES_PER_FRAME = 640  # 16 kHz audio, 25 fps video
 
-__all__ = ["BlockAudioFeatures", "SAMPLES_PER_FRAME"]
+__all__ = ["BlockAudioFeatures", "PrecomputedAudioFeatures", "SAMPLES_PER_FRAME", "edge_error_curve"]
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -127,3 +127,67 @@ class BlockAudioFeatures:
         self._offset += drop
         if self._buffer.size > 4 * max(self._length, 1 << 16):  # give back room a large push left behind
             self._buffer = self._buffer[: max(2 * self._length, 1 << 16)].copy()
+
+
+class PrecomputedAudioFeatures(BlockAudioFeatures):
+    """Features computed beforehand (e.g. over the whole file), served block by block with the same
+    interface; for offline generation and for measuring what the bounded window costs.
+
+    Args:
+        features: [T, W, D] windowed features of every video frame of the audio.
+        lookahead_frames: frames of audio after a block that must have arrived (keeps the stream's timing).
+    """
+
+    def __init__(self, features: torch.Tensor, lookahead_frames: int = 3) -> None:
+        super().__init__(None, context_frames=0, lookahead_frames=lookahead_frames)
+        self._features = features
+
+    def features(self, start: int, end: int) -> torch.Tensor:
+        if not self.ready(end):
+            raise RuntimeError(f"audio for frames up to {end + self.lookahead_frames} has not arrived")
+        feats = self._features[start:end]
+        if feats.shape[0] < end - start:  # past the end of the audio: repeat the last frame, like silence padding
+            pad = feats[-1:].expand(end - start - feats.shape[0], *feats.shape[1:])
+            feats = torch.cat([feats, pad])
+        return feats[None].float()
+
+
+@torch.no_grad()
+def edge_error_curve(encoder: nn.Module, audio: torch.Tensor, context_frames: int, lookahead_frames: int,
+                     block_frames: int) -> list[dict]:
+    """Relative error of block-windowed features against the whole clip's, by distance from the window edge.
+
+    Blocks of `block_frames` video frames are computed as the streamer computes them (BlockAudioFeatures
+    over [start - context, end + lookahead)); frame t of a block is `d` frames from the nearer edge of its
+    window (edges that coincide with the clip's own start or end are not window edges). Error of a frame:
+    ||f_window - f_whole|| / ||f_whole|| over its [W, D] features.
+
+    Args:
+        encoder: an AudioEncoder.
+        audio: [1, S] 16 kHz samples.
+        context_frames: video frames before a block that the window holds.
+        lookahead_frames: video frames after a block.
+        block_frames: video frames per block.
+
+    Returns:
+        [{"distance": d, "mean_rel_error": e, "max_rel_error": m, "frames": n}] sorted by d.
+    """
+    total = audio.shape[1] // SAMPLES_PER_FRAME
+    whole = encoder(audio[:, : total * SAMPLES_PER_FRAME], num_frames=total)[0].float()
+    stream = BlockAudioFeatures(encoder, context_frames=context_frames, lookahead_frames=lookahead_frames)
+    stream.push(audio[0, : total * SAMPLES_PER_FRAME].cpu().numpy())
+    errors: dict[int, list[float]] = {}
+    for start in range(0, total - block_frames - lookahead_frames + 1, block_frames):
+        end = start + block_frames
+        first, last = start - context_frames, end + lookahead_frames
+        feats = stream.features(start, end)[0]
+        for i, t in enumerate(range(start, end)):
+            distances = [t - first] if first > 0 else []
+            if last < total:
+                distances.append(last - 1 - t)
+            if not distances:
+                continue
+            err = (feats[i] - whole[t]).norm() / whole[t].norm().clamp_min(1e-12)
+            errors.setdefault(min(distances), []).append(float(err))
+    return [{"distance": d, "mean_rel_error": float(np.mean(v)), "max_rel_error": float(np.max(v)), "frames": len(v)}
+            for d, v in sorted(errors.items())]

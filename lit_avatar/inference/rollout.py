@@ -63,7 +63,9 @@ class Rollout:
         """Start a stream: a fresh cache holding the reference sink and the text K/V."""
         h, w = latent_hw
         p = self.model.config.patch_size
-        self.cache = self.model.new_cache(self.options.window, h, w)
+        # the scratch holds what one forward brings: a block, or the frames re-encoded at a URCR reset
+        scratch = max(self.options.frames_per_block, self.options.urcr.keep_frames if self.options.urcr.enabled else 0)
+        self.cache = self.model.new_cache(self.options.window, h, w, block_frames=scratch)
         self.model.prefill(self.cache, ref, text, batch, h // p[1], w // p[2])
         self.generator = generator
         self.records.clear()
@@ -100,9 +102,9 @@ class Rollout:
         if sigma > 0:
             latents = (1 - sigma) * latents + sigma * self._randn_like(latents)
         t = torch.full((latents.shape[0],), 1000.0 * sigma, device=latents.device)
-        pos = torch.tensor(positions, device=latents.device)
         self.max_position_seen = max(self.max_position_seen, max(positions))
-        self.model.forward_cached(latents, t, pos, self.cache, audio, write_frames=[f.index for f in frames])
+        # positions stay Python ints: no host-to-device copy, the RoPE table comes from the model's cache
+        self.model.forward_cached(latents, t, positions, self.cache, audio, write_frames=[f.index for f in frames])
 
     def _maybe_reset(self) -> bool:
         """URCR: re-index the cache from position 0 when the next block would pass the horizon."""
@@ -133,7 +135,6 @@ class Rollout:
         positions = list(range(self._next_position, self._next_position + fpb))
         self.max_position_seen = max(self.max_position_seen, positions[-1])
         device = self.model.null_text.device
-        pos = torch.tensor(positions, device=device)
         x = noise.to(device) if noise is not None else torch.randn(shape, generator=self.generator, device=device)
         sigmas = self.sigmas_for(self._block)
         steps = len(sigmas) - 1
@@ -143,7 +144,7 @@ class Rollout:
             s, s_next = float(sigmas[j]), float(sigmas[j + 1])
             t = torch.full((x.shape[0],), 1000.0 * s, device=x.device)
             with torch.set_grad_enabled(torch.is_grad_enabled() and j == last and exit_step is not None):
-                v = self.model.forward_cached(x, t, pos, self.cache, audio_tokens)
+                v = self.model.forward_cached(x, t, positions, self.cache, audio_tokens)
             x0 = x - s * v
             if j == last:
                 break

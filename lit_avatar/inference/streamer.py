@@ -78,12 +78,17 @@ class AvatarStreamer:
         device: where the networks run.
         context_seconds: audio before a block that the encoder sees.
         max_latency_records: keep only the newest this many latency records (None: all of them).
+        lookahead_frames: audio after a block (video frames) the encoder sees; more costs latency, fewer
+            changes wav2vec2's features near the window's edge (BENCHMARKS.md, streamed features).
+        audio_features: a feature source to use instead of encoding the pushed audio per block (e.g.
+            PrecomputedAudioFeatures of the whole file); the pushed audio then only keeps time.
     """
 
     def __init__(self, model: nn.Module, vae: nn.Module, audio_encoder: nn.Module | None, options: RolloutOptions,
                  ref_image: torch.Tensor | np.ndarray, text: torch.Tensor | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", context_seconds: float = 2.0,
-                 max_latency_records: int | None = None) -> None:
+                 max_latency_records: int | None = None, lookahead_frames: int = 3,
+                 audio_features: BlockAudioFeatures | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vae = vae.to(self.device).eval() if isinstance(vae, nn.Module) else vae
@@ -97,8 +102,12 @@ class AvatarStreamer:
         uses_audio = bool(model.config.audio) and audio_encoder is not None
         if audio_encoder is not None:
             audio_encoder.to(self.device).eval()
-        self.audio = BlockAudioFeatures(audio_encoder if uses_audio else None,
-                                        context_frames=int(round(context_seconds * 25)))
+        if audio_features is not None:
+            self.audio = audio_features
+        else:
+            self.audio = BlockAudioFeatures(audio_encoder if uses_audio else None,
+                                            context_frames=int(round(context_seconds * 25)),
+                                            lookahead_frames=lookahead_frames)
         ref = reference_tensor(ref_image).to(self.device)
         cell = vae.spatial_factor * model.config.patch_size[1]
         if ref.shape[-2] % cell or ref.shape[-1] % cell:
