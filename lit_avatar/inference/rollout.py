@@ -53,6 +53,7 @@ class Rollout:
         self.cache: KVCache | None = None
         self._history: deque[_HistoryFrame] = deque()
         self._schedules: dict[int, torch.Tensor] = {}
+        self._sigma_lists: dict[int, list[float]] = {}
         self._block = 0
         self._next_frame = 0
         self._next_position = 0
@@ -80,6 +81,12 @@ class Rollout:
             # Every list is a subset of one shifted schedule of max(steps) steps (PSB definition).
             self._schedules[n] = psb_step_lists([full, n], self.options.shift)[1]
         return self._schedules[n]
+
+    def _sigma_values(self, block: int) -> list[float]:
+        n = self.options.psb.steps_for(block)
+        if n not in self._sigma_lists:
+            self._sigma_lists[n] = [float(s) for s in self.sigmas_for(block)]
+        return self._sigma_lists[n]
 
     def _context_sigma(self) -> float:
         mci = self.options.mci
@@ -136,12 +143,12 @@ class Rollout:
         self.max_position_seen = max(self.max_position_seen, positions[-1])
         device = self.model.null_text.device
         x = noise.to(device) if noise is not None else torch.randn(shape, generator=self.generator, device=device)
-        sigmas = self.sigmas_for(self._block)
+        sigmas = self._sigma_values(self._block)  # Python floats: the step loop reads no tensor value
         steps = len(sigmas) - 1
         last = steps - 1 if exit_step is None else min(exit_step, steps - 1)
         x0 = x
         for j in range(last + 1):
-            s, s_next = float(sigmas[j]), float(sigmas[j + 1])
+            s, s_next = sigmas[j], sigmas[j + 1]
             t = torch.full((x.shape[0],), 1000.0 * s, device=x.device)
             with torch.set_grad_enabled(torch.is_grad_enabled() and j == last and exit_step is not None):
                 v = self.model.forward_cached(x, t, positions, self.cache, audio_tokens)
