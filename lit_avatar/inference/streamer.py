@@ -23,6 +23,7 @@ from lit_avatar.errors import UserError
 from lit_avatar.inference.audio_stream import SAMPLES_PER_FRAME, BlockAudioFeatures
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.inference.rollout import Rollout
+from lit_avatar.inference.stage_timer import StageTimer
 
 __all__ = ["AvatarStreamer", "block_span", "reference_tensor", "to_uint8_frames"]
 
@@ -121,6 +122,7 @@ class AvatarStreamer:
             self.rollout.begin(ref_latent, None if text is None else text.to(self.device), 1,
                                tuple(ref_latent.shape[-2:]), generator=generator)
         self.decoder = vae.stream_decoder()
+        self.timer = StageTimer(self.device)
         self.latency: deque[dict] = deque(maxlen=max_latency_records)
         self.blocks_done = 0
         self.frames_out = 0
@@ -144,12 +146,16 @@ class AvatarStreamer:
         """Generate, decode and return the next block's frames; record its latency."""
         start, count = self._next_span()
         begin, cpu_begin = time.perf_counter(), time.process_time()
+        self.timer.start()
         feats = self.audio.features(start, start + count)
         tokens = None
         if feats is not None:
             tokens = self.model.audio_tokens(feats.to(self.device), starts_at_zero=self.blocks_done == 0)
+        self.timer.mark("audio_s")
         latents = self.rollout.next_block(tokens, shape=self.latent_shape)
+        self.timer.mark("dit_s")
         video = self.decoder(latents.to(self._dtype()))
+        self.timer.mark("vae_s")
         frames = to_uint8_frames(video)  # the host copy also waits for the device
         seconds = time.perf_counter() - begin
         cpu_seconds = time.process_time() - cpu_begin  # this process's CPU time: blind to other processes' load
@@ -158,7 +164,7 @@ class AvatarStreamer:
         reset = bool(self.rollout.records[-1].reset)
         self.audio.drop_before(start + count)
         self.latency.append({"block": self.blocks_done, "seconds": seconds, "cpu_seconds": cpu_seconds,
-                             "reset": reset, "frames": count})
+                             "reset": reset, "frames": count, **self.timer.seconds()})
         self.blocks_done += 1
         return frames
 
