@@ -153,38 +153,39 @@ class PrecomputedAudioFeatures(BlockAudioFeatures):
 
 
 @torch.no_grad()
-def edge_error_curve(encoder: nn.Module, audio: torch.Tensor, context_frames: int, lookahead_frames: int,
-                     block_frames: int) -> list[dict]:
-    """Relative error of block-windowed features against the whole clip's, by distance from the window edge.
+def edge_error_curve(encoder: nn.Module, audio: torch.Tensor, window_frames: int, stride: int | None = None) -> list[dict]:
+    """Relative error of features computed over a bounded window against the whole clip's, by distance from
+    the window's nearer edge.
 
-    Blocks of `block_frames` video frames are computed as the streamer computes them (BlockAudioFeatures
-    over [start - context, end + lookahead)); frame t of a block is `d` frames from the nearer edge of its
-    window (edges that coincide with the clip's own start or end are not window edges). Error of a frame:
+    Windows of `window_frames` video frames slide over the clip (every `stride` frames); every frame of
+    every window is compared with the same frame of the whole-clip features, and frame t of window [a, b)
+    is min(t - a, b - 1 - t) frames from its nearer edge (an edge on the clip's own start or end is not a
+    window edge). The streamer uses frames `lookahead` from the window's right edge and `context` from its
+    left, so this curve says what a (context, lookahead) choice costs. Error of a frame:
     ||f_window - f_whole|| / ||f_whole|| over its [W, D] features.
 
     Args:
         encoder: an AudioEncoder.
         audio: [1, S] 16 kHz samples.
-        context_frames: video frames before a block that the window holds.
-        lookahead_frames: video frames after a block.
-        block_frames: video frames per block.
+        window_frames: video frames per window.
+        stride: frames between window starts (default window_frames // 4).
 
     Returns:
         [{"distance": d, "mean_rel_error": e, "max_rel_error": m, "frames": n}] sorted by d.
     """
     total = audio.shape[1] // SAMPLES_PER_FRAME
+    if window_frames >= total:
+        raise ValueError(f"window of {window_frames} frames: the clip must be longer ({total} frames)")
     whole = encoder(audio[:, : total * SAMPLES_PER_FRAME], num_frames=total)[0].float()
-    stream = BlockAudioFeatures(encoder, context_frames=context_frames, lookahead_frames=lookahead_frames)
-    stream.push(audio[0, : total * SAMPLES_PER_FRAME].cpu().numpy())
+    stride = stride or max(1, window_frames // 4)
     errors: dict[int, list[float]] = {}
-    for start in range(0, total - block_frames - lookahead_frames + 1, block_frames):
-        end = start + block_frames
-        first, last = start - context_frames, end + lookahead_frames
-        feats = stream.features(start, end)[0]
-        for i, t in enumerate(range(start, end)):
-            distances = [t - first] if first > 0 else []
-            if last < total:
-                distances.append(last - 1 - t)
+    for first in range(0, total - window_frames + 1, stride):
+        last = first + window_frames
+        window = audio[:, first * SAMPLES_PER_FRAME:last * SAMPLES_PER_FRAME]
+        feats = encoder(window, num_frames=window_frames)[0].float()
+        for i in range(window_frames):
+            t = first + i
+            distances = ([i] if first > 0 else []) + ([window_frames - 1 - i] if last < total else [])
             if not distances:
                 continue
             err = (feats[i] - whole[t]).norm() / whole[t].norm().clamp_min(1e-12)
