@@ -1,5 +1,6 @@
-"""Everything `bench/gpu.sh` measures, in one process: the 1.3B streaming path as a user runs it (eager and
-compiled), the fast-path checks, and one training step of each stage; one JSON, then the BENCHMARKS.md rows.
+"""Everything `bench/gpu.sh` measures, in one process: the 1.3B streaming path as a user runs it (eager bf16,
+with CUDA graphs, compiled with CUDA graphs), the fast-path checks, and one training step of each stage;
+one JSON, then the BENCHMARKS.md rows.
 
     python -m bench.gpu --out runs/gpu_bench/gpu_bench.json      # on the GPU (bench/gpu.sh runs this)
     python -m bench.gpu --dry-run --out /tmp/gpu_bench.json      # the same code at tiny scale, any device
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import json
 import os
@@ -35,10 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="tiny scale, few blocks, on whatever device is here")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--latent-frames", type=int, default=2000, help="eager stream length (memory must stay flat)")
-    p.add_argument("--compiled-latent-frames", type=int, default=150, help="compiled stream length")
-    p.add_argument("--stream-seconds", type=float, default=230.0, help="the eager stream stops after this (recorded)")
-    p.add_argument("--compiled-seconds", type=float, default=60.0, help="the compiled stream stops after this")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: checks,eager,compiled,train")
+    p.add_argument("--short-latent-frames", type=int, default=120,
+                   help="length of the --cuda-graphs and --compile --cuda-graphs streams")
+    p.add_argument("--stream-seconds", type=float, default=200.0, help="the eager stream stops after this (recorded)")
+    p.add_argument("--short-seconds", type=float, default=30.0, help="each short stream stops after this")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: checks,eager,graphs,compiled,train")
     p.add_argument("--rows", default=None, help="print the BENCHMARKS.md rows of this JSON and exit")
     return p
 
@@ -64,17 +67,20 @@ def environment(device: str) -> dict:
     return info
 
 
-def stream_args(scale: dict, device: str, latent_frames: int, seconds: float, compile_: bool, dry: bool) -> list[str]:
+def stream_args(scale: dict, device: str, latent_frames: int, seconds: float, flags: tuple[str, ...], dry: bool) -> list[str]:
+    """bench stream's arguments: the 1.3B path as a user runs it; flags: --compile, --cuda-graphs."""
+    # warm-up blocks: 3 PSB lists + a reset's positions (URCR 21 / blocks of 3: a reset every 6 blocks);
+    # compilation and graph capture happen there, not in the measured stream
+    warmup = "10" if flags else "4"
     argv = ["--preset", scale["preset"], "--height", scale["height"], "--width", scale["width"],
             "--scale", scale["scale"], "--vae", "wan", "--audio", "wav2vec2", "--device", device,
             "--latent-frames", str(latent_frames), "--psb-steps", "8,6,4", "--horizon", "21",
-            "--compare-blocks", "0", "--warmup-blocks", "8" if compile_ else "4", "--max-seconds", str(seconds),
-            "--quiet"]
+            "--compare-blocks", "0", "--warmup-blocks", warmup, "--max-seconds", str(seconds), "--quiet"]
     if dry:
         argv[argv.index("8,6,4")] = "2,1"
         argv[argv.index("--horizon") + 1] = "9"
         argv[argv.index("--warmup-blocks") + 1] = "2"
-    return argv + (["--compile"] if compile_ else [])
+    return argv + list(flags)
 
 
 def checks_section(scale: dict, device: str, dry: bool) -> dict:
@@ -85,7 +91,7 @@ def checks_section(scale: dict, device: str, dry: bool) -> dict:
     from bench.stream import build_parts, rollout_options
     from lit_avatar.inference.rollout import Rollout
 
-    args = stream_parser().parse_args(stream_args(scale, device, 30, 60, False, dry))
+    args = stream_parser().parse_args(stream_args(scale, device, 30, 60, (), dry))
     model, vae, _, labels = build_parts(args)
     options = rollout_options(args)
     c = model.config.in_channels
@@ -128,11 +134,12 @@ def checks_section(scale: dict, device: str, dry: bool) -> dict:
     return out
 
 
-def stream_section(scale: dict, device: str, latent_frames: int, seconds: float, compile_: bool, dry: bool) -> dict:
+def stream_section(scale: dict, device: str, latent_frames: int, seconds: float, flags: tuple[str, ...],
+                   dry: bool) -> dict:
     from bench.stream import main as stream_main
 
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_stream_{os.getpid()}_{int(compile_)}.json"
-    argv = stream_args(scale, device, latent_frames, seconds, compile_, dry) + ["--out", str(path)]
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_stream_{os.getpid()}_{len(flags)}.json"
+    argv = stream_args(scale, device, latent_frames, seconds, flags, dry) + ["--out", str(path)]
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # its JSON goes to the file; stdout keeps the rows
         stream_main(argv)
@@ -172,12 +179,13 @@ def rows(result: dict) -> str:
     name = env.get("device_name", env.get("device", "?"))
     lines = [f"GPU run {env.get('started_utc', '?')} UTC on {name}, torch {env.get('torch')}, CUDA {env.get('cuda')}, "
              f"diffusers {env.get('diffusers')}, transformers {env.get('transformers')}", "",
-             "| figure | eager (bf16) | --compile |", "|---|---|---|"]
-    eager, comp = result.get("eager", {}), result.get("compiled", {})
-    es, cs = eager.get("stream", {}), comp.get("stream", {})
+             f"DiT/VAE/wav2vec2 weights in {result.get('eager', {}).get('dtype', '?')}; "
+             f"TF32 {result.get('eager', {}).get('tf32', '?')}", "",
+             "| figure | eager | --cuda-graphs | --compile --cuda-graphs |", "|---|---|---|---|"]
+    runs = [result.get(name, {}) for name in ("eager", "graphs", "compiled")]
 
     def both(fn) -> str:
-        return f"| {fn[0]} | {fn[1](es, eager)} | {fn[1](cs, comp)} |"
+        return f"| {fn[0]} | " + " | ".join(fn[1](r.get("stream", {}), r) for r in runs) + " |"
 
     table = [
         ("latent frames streamed (stopped early?)", lambda s, r: f"{s.get('latent_frames', 'n/a')} ({s.get('stopped_early', 'n/a')})"),
@@ -204,7 +212,7 @@ def rows(result: dict) -> str:
         if "per_generator_update_at_critic_steps_5_s" in data:
             extra = f" (generator+critic {data['generator_and_critic_step_s']:.2f}, critic only {data['critic_only_step_s']:.2f}; per generator update at critic_steps 5: {data['per_generator_update_at_critic_steps_5_s']:.1f})"
         lines.append(f"| {stage} | {times} s{extra} | {_gb(data.get('peak_allocated_bytes'))} |")
-    for section in ("checks", "eager", "compiled", "train"):
+    for section in ("checks", "eager", "graphs", "compiled", "train"):
         if "error" in result.get(section, {}):
             lines.append(f"\n{section} FAILED: {result[section]['error']}")
     return "\n".join(lines)
@@ -219,7 +227,7 @@ def main(argv: list[str]) -> int:
     dry = args.dry_run
     scale = TINY if dry else FULL
     if dry:
-        args.latent_frames, args.compiled_latent_frames = 12, 6
+        args.latent_frames, args.short_latent_frames = 12, 6
         if device == "cpu":
             torch.set_num_threads(1)  # tiny ops: extra threads only spin on a shared CPU
     skip = {s for s in args.skip.split(",") if s}
@@ -230,10 +238,13 @@ def main(argv: list[str]) -> int:
     _write(out, result)
     sections = [
         ("checks", lambda: checks_section(scale, device, dry)),
-        ("eager", lambda: stream_section(scale, device, args.latent_frames, args.stream_seconds, False, dry)),
-        ("compiled", lambda: stream_section(scale, device, args.compiled_latent_frames, args.compiled_seconds,
-                                            True, dry)),
+        ("eager", lambda: stream_section(scale, device, args.latent_frames, args.stream_seconds, (), dry)),
+        ("graphs", lambda: stream_section(scale, device, args.short_latent_frames, args.short_seconds,
+                                          ("--cuda-graphs",), dry)),
         ("train", lambda: train_section(scale, device, dry)),
+        # last: inductor's first compilation of a 1.3B block is the least predictable cost of the run
+        ("compiled", lambda: stream_section(scale, device, args.short_latent_frames, args.short_seconds,
+                                            ("--compile", "--cuda-graphs"), dry)),
     ]
     if dry and device == "cpu":
         skip.add("compiled")  # inductor's first compile costs minutes on a small CPU; tests trace it with aot_eager
@@ -250,6 +261,7 @@ def main(argv: list[str]) -> int:
             result[name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:500] if str(err) else ''}",
                             "traceback": traceback.format_exc()[-4000:]}
         result[name]["section_wall_s"] = time.perf_counter() - start
+        gc.collect()  # the section's networks, caches and graphs go before the next one builds its own
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         _write(out, result)

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "reported apart, so the measured stream's first frame is a warm start")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block (as generate --compile)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="denoising forwards replayed from CUDA graphs "
+                        "(as generate --cuda-graphs; on a CPU the eager stand-in, for tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -130,7 +132,7 @@ def wan_vae(scale: str, device: torch.device, dtype: torch.dtype):
 
     with device:
         vae = AutoencoderKLWan(**(TINY_WAN_VAE if scale == "tiny" else {}))
-    return WanVAE.from_model(vae if dtype == torch.float32 else vae.to(dtype=dtype))
+    return WanVAE.from_model(vae if dtype == torch.float32 else vae.to(dtype=dtype)).to(device)
 
 
 def wav2vec2_encoder(scale: str, device: torch.device, dtype: torch.dtype):
@@ -202,6 +204,12 @@ def build_parts(args: argparse.Namespace):
     if args.compile:
         compile_blocks(model)
         labels["compile"] = "torch.compile per DiT block (inductor default mode, static shapes)"
+    if args.cuda_graphs:
+        from lit_avatar.inference.cuda_graphs import CUDAGraphDiT
+
+        model = CUDAGraphDiT(model)
+        labels["cuda_graphs"] = ("CUDA graphs for the steady-state denoising forwards" if device.type == "cuda"
+                                 else "CPU stand-in of the CUDA graph bookkeeping (eager replay)")
     return model, vae, encoder, labels
 
 
@@ -423,7 +431,7 @@ def main(argv: list[str]) -> int:
         "benchmark": "stream", "preset": args.preset, "height": args.height, "width": args.width,
         "device": args.device, "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else
         _cpu_name(), "dtype": str(resolve_dtype(args.dtype, args.device)).removeprefix("torch."), **fast,
-        "compile": bool(args.compile), "audio": args.audio, "vae": args.vae, "threads": torch.get_num_threads(), "psb_steps": args.psb_steps,
+        "compile": bool(args.compile), "cuda_graphs": bool(args.cuda_graphs), "audio": args.audio, "vae": args.vae, "threads": torch.get_num_threads(), "psb_steps": args.psb_steps,
         "frames_per_block": args.frames_per_block, "temporal_factor": vae.temporal_factor,
         "parameters": sum(p.numel() for p in model.parameters()), "stand_ins": labels,
         "load_average_start": os.getloadavg(), "command": "lit-avatar bench stream " + " ".join(argv),

@@ -133,6 +133,7 @@ def test_error_cases_leave_no_file(inputs, tmp_path):
     _expect_one_line_error(inputs, _args(inputs, tmp_path / "missing" / "video.mp4"), "does not exist")
     _expect_one_line_error(inputs, _args(inputs, out) + ["--psb-steps", "8,x"], "--psb-steps")
     _expect_one_line_error(inputs, _args(inputs, out) + ["--dtype", "int8"], "--dtype 'int8': expected one of auto")
+    _expect_one_line_error(inputs, _args(inputs, out) + ["--cuda-graphs"], "--cuda-graphs needs a CUDA device")
 
 
 def test_dispatcher_prints_one_line(inputs, tmp_path, capsys):

@@ -38,7 +38,7 @@ def test_gpu_sh_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "gpu_bench.json").read_text())
     assert result["dry_run"] is True
-    for section in ("checks", "eager", "train"):
+    for section in ("checks", "eager", "graphs", "train"):
         assert "error" not in result[section], result[section].get("traceback")
     stream = result["eager"]["stream"]
     assert result["eager"]["stand_ins"]["vae"].startswith("WanVAE: AutoencoderKLWan")
@@ -47,6 +47,7 @@ def test_gpu_sh_dry_run(tmp_path):
     assert all(stream["stages_s"][k]["p50"] > 0 for k in ("audio_s", "dit_s", "vae_s"))
     assert set(stream["latency_s"]["steady"]) == {"p50", "p90", "p99"}
     assert result["eager"]["warmup"]["blocks"] >= 2
+    assert result["graphs"]["cuda_graphs"] and result["graphs"]["stream"]["blocks"] >= 2
     stages = result["train"]["stages"]
     assert set(stages) == {"teacher", "ode_init", "self_forcing"}
     assert all(len(s["step_s"]) == 2 and min(s["step_s"]) > 0 for s in stages.values())

@@ -253,7 +253,8 @@ class AvatarDiT(nn.Module):
         key = (tuple(int(p) for p in positions), hh, ww, str(device))
         table = tables.get(key)
         if table is None:
-            table = self.rope(torch.tensor(key[0], device=device), hh, ww)
+            # positions go host -> device without a blocking copy (only on a table miss, a few per stream)
+            table = self.rope(torch.tensor(key[0]).to(device, non_blocking=True), hh, ww)
             tables[key] = table
             if len(tables) > ROPE_TABLES_KEPT:
                 tables.popitem(last=False)
