@@ -188,3 +188,17 @@ def test_graph_replay_plumbing_matches_the_plain_rollout():
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     # per stream 21 denoising forwards (3 + 9 x 2 steps); URCR cycles the positions, so 3 graphs serve them
     assert graphed.replays == 2 * 21 and graphed.captures == 2 * 3
+
+
+def test_rope_tables_made_in_inference_mode_serve_training():
+    """Validation samples under inference_mode, then training differentiates a cached forward at the same
+    positions: the cached RoPE table must be a normal tensor that autograd may save."""
+    model = _model()
+    rollout = Rollout(model, OPTIONS)
+    with torch.inference_mode():
+        rollout.begin(None, None, 1, (8, 8))
+        rollout.next_block(None, shape=(1, 12, 2, 8, 8))
+    rollout.begin(None, None, 1, (8, 8))
+    out = model.forward_cached(torch.randn(1, 12, 2, 8, 8), torch.full((1,), 500.0), [0, 1], rollout.cache)
+    out.square().mean().backward()
+    assert model.blocks[0].self_attn.q.weight.grad is not None

@@ -253,8 +253,10 @@ class AvatarDiT(nn.Module):
         key = (tuple(int(p) for p in positions), hh, ww, str(device))
         table = tables.get(key)
         if table is None:
-            # positions go host -> device without a blocking copy (only on a table miss, a few per stream)
-            table = self.rope(torch.tensor(key[0]).to(device, non_blocking=True), hh, ww)
+            # positions go host -> device without a blocking copy (only on a table miss, a few per stream);
+            # a normal tensor even inside inference_mode, so training may reuse it after validation sampling
+            with torch.inference_mode(False), torch.no_grad():
+                table = self.rope(torch.tensor(key[0]).to(device, non_blocking=True), hh, ww)
             tables[key] = table
             if len(tables) > ROPE_TABLES_KEPT:
                 tables.popitem(last=False)
