@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU benchmark of issue 12: the 1.3B streaming path as a user runs it (real Wan VAE and
-# wav2vec2-base architectures, random weights, 480x832, PSB 8,6,4, MCI, URCR; eager bf16 and --compile),
+# wav2vec2-base architectures, random weights, 480x832, PSB 8,6,4, MCI, URCR; eager bf16, CUDA graphs, compiled),
 # the fast-path checks, and one training step of each stage. One JSON, then the rows for BENCHMARKS.md.
 #
-#   bench/gpu.sh [--dry-run] [OUT_DIR]
+#   bench/gpu.sh [--dry-run] [OUT_DIR] [--bench.gpu-option=VALUE ...]
 #
 # OUT_DIR defaults to $OUT (the device tool's folder that comes back) or runs/gpu_bench. A fresh GPU machine
 # lacks diffusers: `make gpu-wheels` on a machine with network writes .whl/ (git-ignored locally), and the
@@ -15,10 +15,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=0
 out_dir=${OUT:-runs/gpu_bench}
+extra=()
 for arg in "$@"; do
   case $arg in
     --dry-run) dry=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --*) extra+=("$arg") ;;  # passed to bench.gpu, e.g. --skip=train or --latent-frames=600
     *) out_dir=$arg ;;
   esac
 done
@@ -39,10 +41,10 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 json=$out_dir/gpu_bench.json
 if [ $dry = 1 ]; then
-  exec $py -m bench.gpu --dry-run --out "$json"
+  exec $py -m bench.gpu --dry-run --out "$json" ${extra[@]+"${extra[@]}"}
 fi
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.draw --format=csv 2>/dev/null || true
-timeout 450 $py -m bench.gpu --out "$json"
+timeout 450 $py -m bench.gpu --out "$json" ${extra[@]+"${extra[@]}"}
 status=$?
 if [ $status -ne 0 ]; then
   echo "bench/gpu.sh: bench.gpu exited with $status (124: the 450 s cap); rows of what finished:" >&2

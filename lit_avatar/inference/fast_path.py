@@ -38,10 +38,11 @@ def configure_device(device: torch.device | str) -> dict:
     device = torch.device(device)
     if device.type != "cuda":
         return {"tf32": False}
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    # the one API every torch version keeps (newer ones refuse a mix of the legacy allow_tf32 flags and the
+    # fp32_precision settings); cuDNN convolutions already default to TF32
+    torch.set_float32_matmul_precision("high")
     torch.backends.cudnn.benchmark = True  # fixed block shapes: pick the fastest conv algorithm once
-    return {"tf32": True, "cudnn_benchmark": True}
+    return {"tf32": True, "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32), "cudnn_benchmark": True}
 
 
 def _has_parameters(module: object) -> bool:
