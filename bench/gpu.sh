@@ -19,7 +19,7 @@ extra=()
 for arg in "$@"; do
   case $arg in
     --dry-run) dry=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     --*) extra+=("$arg") ;;  # passed to bench.gpu, e.g. --skip=train or --latent-frames=600
     *) out_dir=$arg ;;
   esac
