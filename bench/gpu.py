@@ -187,16 +187,34 @@ def rows(result: dict) -> str:
     def both(fn) -> str:
         return f"| {fn[0]} | " + " | ".join(fn[1](r.get("stream", {}), r) for r in runs) + " |"
 
+    def steady(s: dict, q: str):
+        return s.get("latency_s", {}).get("steady", {}).get(q)
+
+    def stage(s: dict, k: str):
+        return s.get("stages_s", {}).get(k, {}).get("p50")
+
+    def memory(s: dict, k: str):
+        return s.get("gpu_memory_bytes", {}).get(k)
+
+    def growth(s: dict) -> str:
+        value = memory(s, "growth_after_first_reset")
+        return _fmt(100 * value, ".2f", "%") if value is not None else "n/a"
+
     table = [
-        ("latent frames streamed (stopped early?)", lambda s, r: f"{s.get('latent_frames', 'n/a')} ({s.get('stopped_early', 'n/a')})"),
+        ("latent frames streamed (stopped early?)",
+         lambda s, r: f"{s.get('latent_frames', 'n/a')} ({s.get('stopped_early', 'n/a')})"),
         ("frames/s end to end (audio + DiT + VAE), whole stream", lambda s, r: _fmt(s.get("frames_per_second"), ".1f")),
         ("frames/s at steady state (median block)", lambda s, r: _fmt(s.get("steady_frames_per_second"), ".1f")),
-        ("time to first frame, warm / cold (first stream of the process)", lambda s, r: f"{_fmt(s.get('time_to_first_frame_s'))} / {_fmt(r.get('warmup', {}).get('time_to_first_frame_s'))} s"),
-        ("steady block latency p50 / p90 / p99", lambda s, r: " / ".join(_fmt(s.get("latency_s", {}).get("steady", {}).get(q), ".3f") for q in ("p50", "p90", "p99")) + " s"),
+        ("time to first frame, warm / cold (first stream of the process)",
+         lambda s, r: f"{_fmt(s.get('time_to_first_frame_s'))} / {_fmt(r.get('warmup', {}).get('time_to_first_frame_s'))} s"),
+        ("steady block latency p50 / p90 / p99",
+         lambda s, r: " / ".join(_fmt(steady(s, q)) for q in ("p50", "p90", "p99")) + " s"),
         ("reset block latency (median)", lambda s, r: _fmt(s.get("latency_s", {}).get("reset_median"), ".3f", " s")),
-        ("split of a steady block p50: audio / DiT / VAE", lambda s, r: " / ".join(_fmt(s.get("stages_s", {}).get(k, {}).get("p50"), ".3f") for k in ("audio_s", "dit_s", "vae_s")) + " s"),
-        ("peak GPU memory allocated / reserved", lambda s, r: f"{_gb(s.get('gpu_memory_bytes', {}).get('peak_allocated'))} / {_gb(s.get('gpu_memory_bytes', {}).get('peak_reserved'))}"),
-        ("GPU memory growth after the first URCR reset", lambda s, r: _fmt(100 * s["gpu_memory_bytes"]["growth_after_first_reset"], ".2f", "%") if s.get("gpu_memory_bytes", {}).get("growth_after_first_reset") is not None else "n/a"),
+        ("split of a steady block p50: audio / DiT / VAE",
+         lambda s, r: " / ".join(_fmt(stage(s, k)) for k in ("audio_s", "dit_s", "vae_s")) + " s"),
+        ("peak GPU memory allocated / reserved",
+         lambda s, r: f"{_gb(memory(s, 'peak_allocated'))} / {_gb(memory(s, 'peak_reserved'))}"),
+        ("GPU memory growth after the first URCR reset", lambda s, r: growth(s)),
     ]
     lines += [both(row) for row in table]
     checks = result.get("checks", {})
@@ -210,7 +228,9 @@ def rows(result: dict) -> str:
         times = ", ".join(f"{t:.2f}" for t in data.get("step_s", []))
         extra = ""
         if "per_generator_update_at_critic_steps_5_s" in data:
-            extra = f" (generator+critic {data['generator_and_critic_step_s']:.2f}, critic only {data['critic_only_step_s']:.2f}; per generator update at critic_steps 5: {data['per_generator_update_at_critic_steps_5_s']:.1f})"
+            extra = (f" (generator+critic {data['generator_and_critic_step_s']:.2f}, critic only "
+                     f"{data['critic_only_step_s']:.2f}; per generator update at critic_steps 5: "
+                     f"{data['per_generator_update_at_critic_steps_5_s']:.1f})")
         lines.append(f"| {stage} | {times} s{extra} | {_gb(data.get('peak_allocated_bytes'))} |")
     for section in ("checks", "eager", "graphs", "compiled", "train"):
         if "error" in result.get(section, {}):

@@ -222,7 +222,8 @@ class KVCache:
         cache.k[:, cache.sink_start:cache.sink_start + k.shape[1]] = k
         cache.v[:, cache.sink_start:cache.sink_start + k.shape[1]] = v
 
-    def attention_window(self, layer: int, like: torch.Tensor, end: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, int, int]]:
+    def attention_window(self, layer: int, like: torch.Tensor,
+                         end: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, int, int]]:
         """Buffers and (write_start, write_end, read_end) for a forward of like.shape[1] new tokens that
         attends to the sink and the first `end` ring tokens (SelfAttention's kv_buffer/kv_window)."""
         frames = like.shape[1] // self.tokens_per_frame

@@ -246,7 +246,8 @@ class AvatarDiT(nn.Module):
         return KVCache(num_layers=self.config.num_layers, capacity=capacity, tokens_per_frame=n,
                        block_frames=block_frames)
 
-    def rope_table(self, positions: Sequence[int], hh: int, ww: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope_table(self, positions: Sequence[int], hh: int, ww: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE (cos, sin) of frames at `positions`, cached: URCR keeps positions bounded, so a stream
         cycles through a handful of tuples and never rebuilds a table in steady state."""
         tables = self.__dict__.setdefault("_rope_tables", OrderedDict())
