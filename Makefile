@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all demo ablations tensorboard bench clean
+.PHONY: venv test test-all demo ablations tensorboard bench gpu-wheels clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ tensorboard: venv
 
 bench: venv
 	$(PY) -m lit_avatar.cli bench stream
+
+# What bench/gpu.sh needs beyond the GPU image (torch, transformers, lightning are there; diffusers is not):
+# pure-Python wheels for its Python 3.12, fetched here, carried to the device in .whl/ (git-ignored).
+GPU_WHEELS ?= diffusers==0.42.1 importlib_metadata==10.2.0
+gpu-wheels: venv
+	rm -rf .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
+	ls -l .whl
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,6 +8,8 @@ from lit_avatar.errors import UserError
 # benchmark name -> (module, one-line description)
 BENCHMARKS = {
     "stream": ("bench.stream", "streaming latency, memory and KV cache vs recomputation (AvatarStreamer)"),
+    "train": ("bench.train_step", "one training step per stage (teacher, ODE init, Self-Forcing) with peak memory"),
+    "gpu": ("bench.gpu", "everything bench/gpu.sh measures, in one process (--dry-run: tiny, on any device)"),
     "build": ("bench.build_throughput", "data build throughput"),
 }
 

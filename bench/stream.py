@@ -12,9 +12,13 @@ Two measurements, both with random weights (speed does not depend on their value
    `steps` masked full forwards over [context | block] (model.forward with frames_per_block). Both are
    timed alternately in the same process so their ratio is not skewed by machine load.
 
-Only torch (and numpy) are needed: the GPU machines have no diffusers or PyAV. Non-tiny presets use
-stand-ins that are reported in the JSON: MelAudioEncoder instead of wav2vec2, and a PatchVAE (or no
-VAE at all with --vae none) instead of the Wan VAE.
+What a user runs: `--vae wan --audio wav2vec2` build the real Wan VAE (diffusers AutoencoderKLWan, Wan2.1
+config) and wav2vec2-base (transformers) architectures with random weights; the DiT runs with the
+inference settings of `lit-avatar generate` (bf16 on CUDA by default, TF32, optional --compile). Each
+streamed block's time is split into audio features, DiT (rollout) and VAE decode, with p50/p90/p99, and
+on CUDA the allocator's memory is sampled after every block (flat after the first URCR reset).
+Without those flags only torch (and numpy) are needed, and the stand-ins are reported in the JSON:
+MelAudioEncoder instead of wav2vec2, a PatchVAE (or no VAE with --vae none) instead of the Wan VAE.
 """
 from __future__ import annotations
 
@@ -46,12 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--horizon", type=int, default=21, help="URCR max_frames and the KV-vs-recompute horizon")
     parser.add_argument("--compare-blocks", type=int, default=10, help="blocks timed per method for KV vs recompute "
                         "(0 skips the comparison)")
-    parser.add_argument("--vae", choices=["patch", "none"], default="patch",
-                        help="patch: PatchVAE decode (stand-in unless tiny); none: DiT + rollout only")
+    parser.add_argument("--vae", choices=["patch", "wan", "none"], default="patch",
+                        help="wan: the Wan VAE architecture (diffusers, random weights); patch: PatchVAE decode "
+                        "(stand-in unless tiny); none: DiT + rollout only")
+    parser.add_argument("--audio", choices=["mel", "wav2vec2"], default="mel",
+                        help="wav2vec2: the wav2vec2 architecture (transformers, random weights); mel: log-mel")
+    parser.add_argument("--scale", choices=["full", "tiny"], default="full",
+                        help="configs of --vae wan / --audio wav2vec2: full (Wan2.1 VAE, wav2vec2-base) or tiny (CI)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=["auto", *sorted(_DTYPES)], default="auto",
+                        help="weights' dtype; auto: bfloat16 on CUDA, float32 on CPU (what generate uses)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop the measured stream after this many seconds (recorded as stopped_early)")
+    parser.add_argument("--warmup-blocks", type=int, default=0,
+                        help="blocks streamed first on a separate stream (kernels, autotuning, compilation) and "
+                        "reported apart, so the measured stream's first frame is a warm start")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block (dynamic shapes)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block (as generate --compile)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="denoising forwards replayed from CUDA graphs "
+                        "(as generate --cuda-graphs; on a CPU the eager stand-in, for tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -97,19 +114,62 @@ class NullVAE(torch.nn.Module):
         return decode
 
 
+# Small configs of the real architectures for --scale tiny (CI, the dry run of bench/gpu.sh).
+TINY_WAN_VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+                    temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+TINY_WAV2VEC2 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     conv_dim=(32,) * 7, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16)
+
+
+def wan_vae(scale: str, device: torch.device, dtype: torch.dtype):
+    """The real Wan VAE architecture with random weights: diffusers' AutoencoderKLWan defaults are the
+    Wan2.1 config (base_dim 96, z 16, dim_mult 1,2,4,4, 2 res blocks, 4x time, 8x space)."""
+    try:
+        from diffusers import AutoencoderKLWan
+    except ImportError:
+        raise UserError("--vae wan needs diffusers (GPU machines: `make gpu-wheels` here, carry .whl)") from None
+    from lit_avatar.models.vae import WanVAE
+
+    with device:
+        vae = AutoencoderKLWan(**(TINY_WAN_VAE if scale == "tiny" else {}))
+    return WanVAE.from_model(vae if dtype == torch.float32 else vae.to(dtype=dtype)).to(device)
+
+
+def wav2vec2_encoder(scale: str, device: torch.device, dtype: torch.dtype):
+    """The real wav2vec2 architecture with random weights: transformers' Wav2Vec2Config defaults are
+    wav2vec2-base (12 layers x 768, 7 conv layers, 128-tap positional conv); all layers stacked."""
+    from transformers import Wav2Vec2Config
+
+    from lit_avatar.models.audio import Wav2Vec2AudioEncoder
+
+    config = Wav2Vec2Config(**(TINY_WAV2VEC2 if scale == "tiny" else {}))
+    with device:
+        encoder = Wav2Vec2AudioEncoder.from_config(config, layers="all")
+    return encoder.to(dtype=dtype)
+
+
 def build_parts(args: argparse.Namespace):
-    """(model, vae, encoder, labels): random weights; stand-ins where the real parts need downloads."""
+    """(model, vae, encoder, labels): random weights; the real Wan VAE and wav2vec2 architectures with
+    --vae wan --audio wav2vec2, stand-ins otherwise (reported under `stand_ins`)."""
+    from lit_avatar.inference.fast_path import cast_for_inference, compile_blocks, resolve_dtype
     from lit_avatar.models.audio import MelAudioEncoder
     from lit_avatar.models.dit import AvatarDiT
     from lit_avatar.models.presets import get_preset
     from lit_avatar.models.vae import PatchVAE
 
+    device = torch.device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     base = get_preset(args.preset)
     tf = base.temporal_factor
     spatial = 2 if args.preset in ("tiny", "micro") else 8
     labels = {}
     overrides = {}
-    if args.vae == "patch":
+    if args.vae == "wan":
+        vae = wan_vae(args.scale, device, dtype)
+        labels["vae"] = f"WanVAE: AutoencoderKLWan {'tiny' if args.scale == 'tiny' else 'Wan2.1'} config, random weights, causal stream decode"
+        overrides.update(in_channels=vae.latent_channels, out_channels=vae.latent_channels,
+                         temporal_factor=vae.temporal_factor)
+    elif args.vae == "patch":
         vae = PatchVAE(spatial_factor=spatial, temporal_factor=tf)
         if vae.latent_channels != base.in_channels:
             overrides.update(in_channels=vae.latent_channels, out_channels=vae.latent_channels)
@@ -120,25 +180,37 @@ def build_parts(args: argparse.Namespace):
     else:
         vae = NullVAE(base.in_channels, tf, spatial)
         labels["vae"] = "none: DiT + rollout only, decode skipped"
-    n_mels = base.audio_feature_dim if base.audio_feature_dim <= 128 else 40
-    if n_mels != base.audio_feature_dim:
-        overrides["audio_feature_dim"] = n_mels
-        labels["audio"] = f"MelAudioEncoder stand-in ({n_mels} mels) for wav2vec2 ({base.audio_feature_dim} features)"
+    if args.audio == "wav2vec2":
+        encoder = wav2vec2_encoder(args.scale, device, dtype)
+        overrides["audio_feature_dim"] = encoder.feature_dim
+        labels["audio"] = (f"Wav2Vec2AudioEncoder: {'tiny' if args.scale == 'tiny' else 'wav2vec2-base'} config, "
+                           f"random weights, all layers ({encoder.feature_dim} features), per block over the window")
     else:
-        labels["audio"] = f"MelAudioEncoder ({n_mels} mels)"
+        n_mels = base.audio_feature_dim if base.audio_feature_dim <= 128 else 40
+        encoder = MelAudioEncoder(n_mels=n_mels, normalize=False)
+        if n_mels != base.audio_feature_dim:
+            overrides["audio_feature_dim"] = n_mels
+            labels["audio"] = f"MelAudioEncoder stand-in ({n_mels} mels) for wav2vec2 ({base.audio_feature_dim} features)"
+        else:
+            labels["audio"] = f"MelAudioEncoder ({n_mels} mels)"
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
     with device:  # build in place on the device (1.3B: no host copy)
         model = AvatarDiT(config=get_preset(args.preset, **overrides))
-    model = model.to(dtype=_DTYPES[args.dtype]).eval().requires_grad_(False)
+    cast_for_inference(dtype, model)
+    model = model.eval().requires_grad_(False)
     for block in model.blocks:  # the audio path's output projection starts at zero; give it work to do
         if hasattr(block, "audio_attn"):
             torch.nn.init.normal_(block.audio_attn.o.weight, std=0.02)
     if args.compile:
-        for block in model.blocks:
-            block.compile(dynamic=True)
-        labels["compile"] = "torch.compile per DiT block, dynamic shapes"
-    return model, vae, MelAudioEncoder(n_mels=n_mels, normalize=False), labels
+        compile_blocks(model)
+        labels["compile"] = "torch.compile per DiT block (inductor default mode, static shapes)"
+    if args.cuda_graphs:
+        from lit_avatar.inference.cuda_graphs import CUDAGraphDiT
+
+        model = CUDAGraphDiT(model)
+        labels["cuda_graphs"] = ("CUDA graphs for the steady-state denoising forwards" if device.type == "cuda"
+                                 else "CPU stand-in of the CUDA graph bookkeeping (eager replay)")
+    return model, vae, encoder, labels
 
 
 def rollout_options(args: argparse.Namespace, context_frames: int | None = None, urcr: bool = True):
@@ -153,59 +225,109 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None}
+    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 90, 99)}
+
+
+def _audio_chunk(rng: np.random.Generator, pushed: int, chunk: int) -> np.ndarray:
+    t = (pushed + np.arange(chunk)) / 16000
+    return (0.2 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 2.5 * t))
+            + 0.01 * rng.standard_normal(chunk)).astype(np.float32)
+
+
+def _gpu_allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def warmup_section(args: argparse.Namespace, model, vae, encoder) -> dict:
+    """A short stream of its own before the measured one: CUDA kernels load, cuDNN picks its algorithms,
+    torch.compile compiles; its first-frame time is the cold start a user sees once per process."""
+    from lit_avatar.inference.streamer import AvatarStreamer
+
+    ref = np.random.default_rng(args.seed + 7).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    streamer = AvatarStreamer(model, vae, encoder, rollout_options(args), ref, seed=args.seed + 7, device=args.device)
+    rng, pushed = np.random.default_rng(args.seed + 8), 0
+    while streamer.blocks_done < args.warmup_blocks:
+        streamer.push_audio(_audio_chunk(rng, pushed, 3200))
+        pushed += 3200
+    _sync(torch.device(args.device))
+    return {"blocks": streamer.blocks_done, "wall_s": time.perf_counter() - start,
+            "time_to_first_frame_s": streamer.first_frame_seconds,
+            "block_s": [r["seconds"] for r in streamer.latency]}
+
+
 def stream_section(args: argparse.Namespace, model, vae, encoder) -> dict:
-    """Stream `latent_frames` latent frames; per-block latency and RSS after every block."""
+    """Stream `latent_frames` latent frames; per-block latency, stage split, RSS and GPU memory per block."""
     from lit_avatar.inference.streamer import AvatarStreamer, block_span
 
+    device = torch.device(args.device)
     options = rollout_options(args)
     tf, fpb = vae.temporal_factor, args.frames_per_block
     blocks = math.ceil(args.latent_frames / fpb)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     ref = np.random.default_rng(args.seed).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
     streamer = AvatarStreamer(model, vae, encoder, options, ref, seed=args.seed, device=args.device)
     rng = np.random.default_rng(args.seed + 1)
     chunk = 3200  # 0.2 s, what a live source might deliver
-    rss, video_frames, pushed = [], 0, 0
+    rss, gpu, video_frames, pushed = [], [], 0, 0
     start = time.perf_counter()
     while streamer.blocks_done < blocks:
-        t = (pushed + np.arange(chunk)) / 16000
-        audio = (0.2 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 2.5 * t))
-                 + 0.01 * rng.standard_normal(chunk)).astype(np.float32)
+        audio = _audio_chunk(rng, pushed, chunk)
         pushed += chunk
         before = streamer.blocks_done
         frames = streamer.push_audio(audio)
         video_frames += len(frames)
-        rss.extend([rss_bytes()] * (streamer.blocks_done - before))  # RSS after the push that made each block
+        made = streamer.blocks_done - before
+        rss.extend([rss_bytes()] * made)  # RSS after the push that made each block
+        gpu.extend([_gpu_allocated(device)] * made)  # allocator's view: no device synchronisation
         if not args.quiet and streamer.blocks_done // 500 != before // 500:
             print(f"  block {streamer.blocks_done}/{blocks}", file=sys.stderr)
+        if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
+            break
     wall = time.perf_counter() - start
     records = list(streamer.latency)  # the last push may have made a block or two more than asked
     video_frames = sum(r["frames"] for r in records)
     seconds = [r["seconds"] for r in records]
     reset_idx = [i for i, r in enumerate(records) if r["reset"]]
     first_reset = reset_idx[0] if reset_idx else None
-    steady = [s for i, s in enumerate(seconds[len(options.psb.steps):]) if not records[i + len(options.psb.steps)]["reset"]]
+    warm = len(options.psb.steps)  # blocks before the steady state (PSB's longer step lists)
+    steady_idx = [i for i in range(warm, len(records)) if not records[i]["reset"]]
+    steady = [seconds[i] for i in steady_idx]
     mid = seconds[100:200]
     last = seconds[-100:]
     cpu = [r["cpu_seconds"] for r in records]
     rss_after_reset = rss[first_reset] if first_reset is not None else None
     rss_peak_sampled = max(rss) if rss else None
     frames_per_block = block_span(1, fpb, tf)[1]
+    stages = {name: _percentiles([records[i][name] for i in steady_idx if name in records[i]])
+              for name in ("audio_s", "dit_s", "vae_s")}
+    steady_total = sum(stages[n]["p50"] or 0.0 for n in stages)
     result = {
         "latent_frames": len(records) * fpb, "blocks": len(records), "video_frames": video_frames, "wall_s": wall,
+        "stopped_early": streamer.blocks_done < blocks,
         "frames_per_second": video_frames / wall,
         "steady_frames_per_second": frames_per_block / _median(steady) if steady else None,
         "time_to_first_frame_s": streamer.first_frame_seconds,
         "latency_s": {
             "first_block": seconds[0], "steady_median": _median(steady),
             "steady_p90": float(np.percentile(steady, 90)) if steady else None,
+            "steady": _percentiles(steady),
             "reset_median": _median([seconds[i] for i in reset_idx]), "reset_blocks": len(reset_idx),
             "blocks_100_200_median": _median(mid), "last_100_median": _median(last),
             "last_100_vs_100_200": (_median(last) / _median(mid)) if len(mid) == 100 else None,
             "max": max(seconds),
         },
+        # where a steady block's time goes (device time of each stage on CUDA, host time on a CPU)
+        "stages_s": stages,
+        "stage_share_of_median": {n: (stages[n]["p50"] / steady_total if steady_total and stages[n]["p50"] is not None
+                                      else None) for n in stages},
         # CPU time per block (all threads of this process): the same comparison without other processes' load
         "cpu_latency_s": {
-            "steady_median": _median([cpu[i] for i in range(len(options.psb.steps), len(cpu)) if not records[i]["reset"]]),
+            "steady_median": _median([cpu[i] for i in steady_idx]),
             "blocks_100_200_median": _median(cpu[100:200]), "last_100_median": _median(cpu[-100:]),
             "last_100_vs_100_200": (_median(cpu[-100:]) / _median(cpu[100:200])) if len(cpu) >= 200 else None,
         },
@@ -220,6 +342,16 @@ def stream_section(args: argparse.Namespace, model, vae, encoder) -> dict:
         },
         "bounded_state_end": streamer.memory_state(),
     }
+    if device.type == "cuda":
+        after = gpu[first_reset] if first_reset is not None else None
+        result["gpu_memory_bytes"] = {
+            "peak_allocated": torch.cuda.max_memory_allocated(device),
+            "peak_reserved": torch.cuda.max_memory_reserved(device),
+            "allocated_after_first_reset": after,
+            "allocated_max_after_first_reset": max(gpu[first_reset:]) if after else None,
+            "growth_after_first_reset": (max(gpu[first_reset:]) / after - 1.0) if after else None,
+            "allocated_end": gpu[-1],
+        }
     return result
 
 
@@ -291,16 +423,22 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--latent-frames {args.latent_frames}: expected at least one block ({args.frames_per_block})")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from lit_avatar.inference.fast_path import configure_device, resolve_dtype
+
+    fast = configure_device(args.device)
     model, vae, encoder, labels = build_parts(args)
     result = {
         "benchmark": "stream", "preset": args.preset, "height": args.height, "width": args.width,
         "device": args.device, "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else
-        _cpu_name(), "dtype": args.dtype, "threads": torch.get_num_threads(), "psb_steps": args.psb_steps,
+        _cpu_name(), "dtype": str(resolve_dtype(args.dtype, args.device)).removeprefix("torch."), **fast,
+        "compile": bool(args.compile), "cuda_graphs": bool(args.cuda_graphs), "audio": args.audio, "vae": args.vae, "threads": torch.get_num_threads(), "psb_steps": args.psb_steps,
         "frames_per_block": args.frames_per_block, "temporal_factor": vae.temporal_factor,
         "parameters": sum(p.numel() for p in model.parameters()), "stand_ins": labels,
         "load_average_start": os.getloadavg(), "command": "lit-avatar bench stream " + " ".join(argv),
     }
     # Streaming first: the process's peak RSS then belongs to streaming, not to the full-context baseline.
+    if args.warmup_blocks:
+        result["warmup"] = warmup_section(args, model, vae, encoder)
     result["stream"] = stream_section(args, model, vae, encoder)
     if args.compare_blocks:
         result["kv_vs_recompute"] = compare_section(args, model, vae)

@@ -93,10 +93,20 @@ def test_generate_writes_video_with_audio_of_matching_duration(inputs, capsys):
     assert sidecar["fps"] == 25 and sidecar["frames"] == frames
     assert sidecar["mouth_box"] == [0.3, 0.6, 0.7, 0.8]
     assert sidecar["rollout"]["psb"]["steps"] == [3, 2]
+    assert sidecar["dtype"] == "float32" and sidecar["compile"] is False  # --dtype auto on a CPU
     assert sidecar["latency"]["blocks"] >= frames // 2 and sidecar["latency"]["time_to_first_frame_s"] > 0
     printed = capsys.readouterr().out
     assert "time to first frame" in printed and "real-time factor" in printed
     assert sorted(os.listdir(inputs["out"])) == ["video.json", "video.mp4"]
+
+
+def test_generate_in_bfloat16(inputs):
+    """--dtype bfloat16 runs the whole path (DiT, audio encoder, decode) with bf16 weights."""
+    os.makedirs(inputs["out"])
+    out = inputs["out"] / "bf16.mp4"
+    assert main(_args(inputs, out) + ["--psb-steps", "2,1", "--dtype", "bfloat16", "--seconds", "0.5"]) == 0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["dtype"] == "bfloat16" and sidecar["frames"] >= 12
 
 
 def _expect_one_line_error(inputs, argv, match: str) -> None:
@@ -122,6 +132,8 @@ def test_error_cases_leave_no_file(inputs, tmp_path):
     _expect_one_line_error(inputs, _args({**inputs, "ckpt": teacher}, out), "expected an ode_init or student")
     _expect_one_line_error(inputs, _args(inputs, tmp_path / "missing" / "video.mp4"), "does not exist")
     _expect_one_line_error(inputs, _args(inputs, out) + ["--psb-steps", "8,x"], "--psb-steps")
+    _expect_one_line_error(inputs, _args(inputs, out) + ["--dtype", "int8"], "--dtype 'int8': expected one of auto")
+    _expect_one_line_error(inputs, _args(inputs, out) + ["--cuda-graphs"], "--cuda-graphs needs a CUDA device")
 
 
 def test_dispatcher_prints_one_line(inputs, tmp_path, capsys):

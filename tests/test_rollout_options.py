@@ -21,7 +21,7 @@ class RecordingModel(AvatarDiT):
         self.calls = []
 
     def forward_cached(self, x, timestep, frame_positions, cache, audio_tokens=None, write_frames=None):
-        self.calls.append((timestep.clone(), x.clone(), write_frames, frame_positions.tolist()))
+        self.calls.append((timestep.clone(), x.clone(), write_frames, [int(p) for p in frame_positions]))
         return super().forward_cached(x, timestep, frame_positions, cache, audio_tokens, write_frames)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 SAMPLES_PER_FRAME = 640  # 16 kHz audio, 25 fps video
 
-__all__ = ["BlockAudioFeatures", "SAMPLES_PER_FRAME"]
+__all__ = ["BlockAudioFeatures", "PrecomputedAudioFeatures", "SAMPLES_PER_FRAME", "edge_error_curve"]
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -127,3 +127,68 @@ class BlockAudioFeatures:
         self._offset += drop
         if self._buffer.size > 4 * max(self._length, 1 << 16):  # give back room a large push left behind
             self._buffer = self._buffer[: max(2 * self._length, 1 << 16)].copy()
+
+
+class PrecomputedAudioFeatures(BlockAudioFeatures):
+    """Features computed beforehand (e.g. over the whole file), served block by block with the same
+    interface; for offline generation and for measuring what the bounded window costs.
+
+    Args:
+        features: [T, W, D] windowed features of every video frame of the audio.
+        lookahead_frames: frames of audio after a block that must have arrived (keeps the stream's timing).
+    """
+
+    def __init__(self, features: torch.Tensor, lookahead_frames: int = 3) -> None:
+        super().__init__(None, context_frames=0, lookahead_frames=lookahead_frames)
+        self._features = features
+
+    def features(self, start: int, end: int) -> torch.Tensor:
+        if not self.ready(end):
+            raise RuntimeError(f"audio for frames up to {end + self.lookahead_frames} has not arrived")
+        feats = self._features[start:end]
+        if feats.shape[0] < end - start:  # past the end of the audio: repeat the last frame, like silence padding
+            pad = feats[-1:].expand(end - start - feats.shape[0], *feats.shape[1:])
+            feats = torch.cat([feats, pad])
+        return feats[None].float()
+
+
+@torch.no_grad()
+def edge_error_curve(encoder: nn.Module, audio: torch.Tensor, window_frames: int, stride: int | None = None) -> list[dict]:
+    """Relative error of features computed over a bounded window against the whole clip's, by distance from
+    the window's nearer edge.
+
+    Windows of `window_frames` video frames slide over the clip (every `stride` frames); every frame of
+    every window is compared with the same frame of the whole-clip features, and frame t of window [a, b)
+    is min(t - a, b - 1 - t) frames from its nearer edge (an edge on the clip's own start or end is not a
+    window edge). The streamer uses frames `lookahead` from the window's right edge and `context` from its
+    left, so this curve says what a (context, lookahead) choice costs. Error of a frame:
+    ||f_window - f_whole|| / ||f_whole|| over its [W, D] features.
+
+    Args:
+        encoder: an AudioEncoder.
+        audio: [1, S] 16 kHz samples.
+        window_frames: video frames per window.
+        stride: frames between window starts (default window_frames // 4).
+
+    Returns:
+        [{"distance": d, "mean_rel_error": e, "max_rel_error": m, "frames": n}] sorted by d.
+    """
+    total = audio.shape[1] // SAMPLES_PER_FRAME
+    if window_frames >= total:
+        raise ValueError(f"window of {window_frames} frames: the clip must be longer ({total} frames)")
+    whole = encoder(audio[:, : total * SAMPLES_PER_FRAME], num_frames=total)[0].float()
+    stride = stride or max(1, window_frames // 4)
+    errors: dict[int, list[float]] = {}
+    for first in range(0, total - window_frames + 1, stride):
+        last = first + window_frames
+        window = audio[:, first * SAMPLES_PER_FRAME:last * SAMPLES_PER_FRAME]
+        feats = encoder(window, num_frames=window_frames)[0].float()
+        for i in range(window_frames):
+            t = first + i
+            distances = ([i] if first > 0 else []) + ([window_frames - 1 - i] if last < total else [])
+            if not distances:
+                continue
+            err = (feats[i] - whole[t]).norm() / whole[t].norm().clamp_min(1e-12)
+            errors.setdefault(min(distances), []).append(float(err))
+    return [{"distance": d, "mean_rel_error": float(np.mean(v)), "max_rel_error": float(np.max(v)), "frames": len(v)}
+            for d, v in sorted(errors.items())]

@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-urcr", action="store_true", help="no cache reset: RoPE positions grow (baseline)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed; the same seed and inputs give the same video")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", default="auto", help="weights' dtype: auto (bfloat16 on CUDA, float32 on CPU), "
+                        "float32, bfloat16 or float16; TF32 is on for what stays float32 on CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (first blocks pay "
+                        "the compilation; worth it for long streams on a GPU)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="replay the steady-state denoising forwards "
+                        "from CUDA graphs (fixed block shapes; CUDA only)")
     parser.add_argument("--size", default=None, help="output HxW, e.g. 64x64 (default: the checkpoint's training size)")
     parser.add_argument("--mouth-box", default=None, help="x0,y0,x1,y1 in [0,1] of the mouth in the reference, "
                         "copied to the sidecar for lip-sync evaluation")
@@ -158,6 +164,9 @@ def main(argv: list[str]) -> int:
     if out.suffix.lower() not in (".mp4", ".mkv", ".mov"):
         raise UserError(f"--out {out}: expected a .mp4 (or .mkv/.mov) file name")
     device = _device(args.device)
+    from lit_avatar.inference.fast_path import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype, device)
     psb_steps = _int_list(args.psb_steps, "--psb-steps") if args.psb_steps else None
     mouth_box = _mouth_box(args.mouth_box)
     if args.seconds is not None and args.seconds <= 0:
@@ -173,6 +182,19 @@ def main(argv: list[str]) -> int:
     if args.seconds is not None:
         audio = audio[: int(round(args.seconds * SAMPLE_RATE))]
     bundle = load_generator(args.ckpt, device=device)
+    from lit_avatar.inference.fast_path import cast_for_inference, compile_blocks, configure_device
+
+    fast = configure_device(device)
+    cast_for_inference(dtype, bundle.model, bundle.vae, bundle.audio_encoder)
+    if args.compile:
+        compile_blocks(bundle.model)
+    model = bundle.model
+    if args.cuda_graphs:
+        if device.type != "cuda":
+            raise UserError(f"--cuda-graphs needs a CUDA device (got --device {args.device})")
+        from lit_avatar.inference.cuda_graphs import CUDAGraphDiT
+
+        model = CUDAGraphDiT(bundle.model)
     if bundle.kind == "teacher":
         raise UserError(f"{args.ckpt}: is a bidirectional teacher checkpoint; generate streams with a causal "
                         "model: expected an ode_init or student checkpoint")
@@ -186,7 +208,7 @@ def main(argv: list[str]) -> int:
     size = _size(args.size) if args.size else bundle.video_size
     cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
     ref = read_reference(args.ref, size, cell)
-    streamer = AvatarStreamer(bundle.model, bundle.vae, bundle.audio_encoder, options, ref, seed=args.seed,
+    streamer = AvatarStreamer(model, bundle.vae, bundle.audio_encoder, options, ref, seed=args.seed,
                               device=device)
     if len(audio) < streamer.samples_per_first_block:
         raise UserError(f"{args.audio}: {len(audio) / SAMPLE_RATE:.3f} s of audio is shorter than one block "
@@ -202,6 +224,8 @@ def main(argv: list[str]) -> int:
         "video": out.name, "fps": FPS, "seconds": num_frames / FPS, "audio_seconds": audio_seconds,
         "frames": num_frames, "height": int(ref.shape[0]), "width": int(ref.shape[1]), "mouth_box": mouth_box,
         "checkpoint": str(args.ckpt), "kind": bundle.kind, "seed": args.seed, "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."), "compile": bool(args.compile),
+        "cuda_graphs": bool(args.cuda_graphs), **fast,
         "rollout": dataclasses.asdict(options), "latency": summary,
     }
     try:

@@ -53,6 +53,7 @@ class Rollout:
         self.cache: KVCache | None = None
         self._history: deque[_HistoryFrame] = deque()
         self._schedules: dict[int, torch.Tensor] = {}
+        self._sigma_lists: dict[int, list[float]] = {}
         self._block = 0
         self._next_frame = 0
         self._next_position = 0
@@ -63,7 +64,9 @@ class Rollout:
         """Start a stream: a fresh cache holding the reference sink and the text K/V."""
         h, w = latent_hw
         p = self.model.config.patch_size
-        self.cache = self.model.new_cache(self.options.window, h, w)
+        # the scratch holds what one forward brings: a block, or the frames re-encoded at a URCR reset
+        scratch = max(self.options.frames_per_block, self.options.urcr.keep_frames if self.options.urcr.enabled else 0)
+        self.cache = self.model.new_cache(self.options.window, h, w, block_frames=scratch)
         self.model.prefill(self.cache, ref, text, batch, h // p[1], w // p[2])
         self.generator = generator
         self.records.clear()
@@ -78,6 +81,12 @@ class Rollout:
             # Every list is a subset of one shifted schedule of max(steps) steps (PSB definition).
             self._schedules[n] = psb_step_lists([full, n], self.options.shift)[1]
         return self._schedules[n]
+
+    def _sigma_values(self, block: int) -> list[float]:
+        n = self.options.psb.steps_for(block)
+        if n not in self._sigma_lists:
+            self._sigma_lists[n] = [float(s) for s in self.sigmas_for(block)]
+        return self._sigma_lists[n]
 
     def _context_sigma(self) -> float:
         mci = self.options.mci
@@ -100,9 +109,9 @@ class Rollout:
         if sigma > 0:
             latents = (1 - sigma) * latents + sigma * self._randn_like(latents)
         t = torch.full((latents.shape[0],), 1000.0 * sigma, device=latents.device)
-        pos = torch.tensor(positions, device=latents.device)
         self.max_position_seen = max(self.max_position_seen, max(positions))
-        self.model.forward_cached(latents, t, pos, self.cache, audio, write_frames=[f.index for f in frames])
+        # positions stay Python ints: no host-to-device copy, the RoPE table comes from the model's cache
+        self.model.forward_cached(latents, t, positions, self.cache, audio, write_frames=[f.index for f in frames])
 
     def _maybe_reset(self) -> bool:
         """URCR: re-index the cache from position 0 when the next block would pass the horizon."""
@@ -133,17 +142,16 @@ class Rollout:
         positions = list(range(self._next_position, self._next_position + fpb))
         self.max_position_seen = max(self.max_position_seen, positions[-1])
         device = self.model.null_text.device
-        pos = torch.tensor(positions, device=device)
         x = noise.to(device) if noise is not None else torch.randn(shape, generator=self.generator, device=device)
-        sigmas = self.sigmas_for(self._block)
+        sigmas = self._sigma_values(self._block)  # Python floats: the step loop reads no tensor value
         steps = len(sigmas) - 1
         last = steps - 1 if exit_step is None else min(exit_step, steps - 1)
         x0 = x
         for j in range(last + 1):
-            s, s_next = float(sigmas[j]), float(sigmas[j + 1])
+            s, s_next = sigmas[j], sigmas[j + 1]
             t = torch.full((x.shape[0],), 1000.0 * s, device=x.device)
             with torch.set_grad_enabled(torch.is_grad_enabled() and j == last and exit_step is not None):
-                v = self.model.forward_cached(x, t, pos, self.cache, audio_tokens)
+                v = self.model.forward_cached(x, t, positions, self.cache, audio_tokens)
             x0 = x - s * v
             if j == last:
                 break

@@ -23,6 +23,7 @@ from lit_avatar.errors import UserError
 from lit_avatar.inference.audio_stream import SAMPLES_PER_FRAME, BlockAudioFeatures
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.inference.rollout import Rollout
+from lit_avatar.inference.stage_timer import StageTimer
 
 __all__ = ["AvatarStreamer", "block_span", "reference_tensor", "to_uint8_frames"]
 
@@ -78,12 +79,17 @@ class AvatarStreamer:
         device: where the networks run.
         context_seconds: audio before a block that the encoder sees.
         max_latency_records: keep only the newest this many latency records (None: all of them).
+        lookahead_frames: audio after a block (video frames) the encoder sees; more costs latency, fewer
+            changes wav2vec2's features near the window's edge (BENCHMARKS.md, streamed features).
+        audio_features: a feature source to use instead of encoding the pushed audio per block (e.g.
+            PrecomputedAudioFeatures of the whole file); the pushed audio then only keeps time.
     """
 
     def __init__(self, model: nn.Module, vae: nn.Module, audio_encoder: nn.Module | None, options: RolloutOptions,
                  ref_image: torch.Tensor | np.ndarray, text: torch.Tensor | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", context_seconds: float = 2.0,
-                 max_latency_records: int | None = None) -> None:
+                 max_latency_records: int | None = None, lookahead_frames: int = 3,
+                 audio_features: BlockAudioFeatures | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vae = vae.to(self.device).eval() if isinstance(vae, nn.Module) else vae
@@ -97,8 +103,12 @@ class AvatarStreamer:
         uses_audio = bool(model.config.audio) and audio_encoder is not None
         if audio_encoder is not None:
             audio_encoder.to(self.device).eval()
-        self.audio = BlockAudioFeatures(audio_encoder if uses_audio else None,
-                                        context_frames=int(round(context_seconds * 25)))
+        if audio_features is not None:
+            self.audio = audio_features
+        else:
+            self.audio = BlockAudioFeatures(audio_encoder if uses_audio else None,
+                                            context_frames=int(round(context_seconds * 25)),
+                                            lookahead_frames=lookahead_frames)
         ref = reference_tensor(ref_image).to(self.device)
         cell = vae.spatial_factor * model.config.patch_size[1]
         if ref.shape[-2] % cell or ref.shape[-1] % cell:
@@ -112,6 +122,7 @@ class AvatarStreamer:
             self.rollout.begin(ref_latent, None if text is None else text.to(self.device), 1,
                                tuple(ref_latent.shape[-2:]), generator=generator)
         self.decoder = vae.stream_decoder()
+        self.timer = StageTimer(self.device)
         self.latency: deque[dict] = deque(maxlen=max_latency_records)
         self.blocks_done = 0
         self.frames_out = 0
@@ -135,12 +146,16 @@ class AvatarStreamer:
         """Generate, decode and return the next block's frames; record its latency."""
         start, count = self._next_span()
         begin, cpu_begin = time.perf_counter(), time.process_time()
+        self.timer.start()
         feats = self.audio.features(start, start + count)
         tokens = None
         if feats is not None:
             tokens = self.model.audio_tokens(feats.to(self.device), starts_at_zero=self.blocks_done == 0)
+        self.timer.mark("audio_s")
         latents = self.rollout.next_block(tokens, shape=self.latent_shape)
+        self.timer.mark("dit_s")
         video = self.decoder(latents.to(self._dtype()))
+        self.timer.mark("vae_s")
         frames = to_uint8_frames(video)  # the host copy also waits for the device
         seconds = time.perf_counter() - begin
         cpu_seconds = time.process_time() - cpu_begin  # this process's CPU time: blind to other processes' load
@@ -149,7 +164,7 @@ class AvatarStreamer:
         reset = bool(self.rollout.records[-1].reset)
         self.audio.drop_before(start + count)
         self.latency.append({"block": self.blocks_done, "seconds": seconds, "cpu_seconds": cpu_seconds,
-                             "reset": reset, "frames": count})
+                             "reset": reset, "frames": count, **self.timer.seconds()})
         self.blocks_done += 1
         return frames
 

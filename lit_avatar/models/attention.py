@@ -2,7 +2,7 @@
 
 Self-attention takes an optional *prefix* of keys/values (the reference sink, and in causal
 inference the cached context frames) in front of its own, so one code path serves the
-bidirectional teacher, block-causal training (with a mask) and KV-cached streaming.
+bidirectional teacher, block-causal training (one SDPA call per query block) and KV-cached streaming.
 """
 from __future__ import annotations
 
@@ -71,11 +71,16 @@ class SelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
         block_tokens: int | None = None,
+        kv_buffer: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_window: tuple[int, int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B,L,dim] -> (out [B,L,dim], k, v [B,L,H,hd]); k is returned after RoPE, ready to cache.
 
         block_tokens: when set, block-causal over x's own tokens (see block_causal_sdpa); the prefix is
         seen by every query either way.
+        With kv_buffer (a KV cache's per-layer buffers, see KVCache.attention_window), this call's keys and
+        values are written into buffer[:, write_start:write_end] and attention reads the contiguous
+        buffer[:, write_start:read_end]: the cached context is never copied (no concatenation per layer).
         """
         heads = self.num_heads
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (heads, -1)), *rope)
@@ -83,7 +88,12 @@ class SelfAttention(nn.Module):
         v = self.v(x).unflatten(-1, (heads, -1))
         if block_tokens is not None and block_tokens < x.shape[1]:
             return self.o(block_causal_sdpa(q, k, v, block_tokens, prefix)), k, v
-        if prefix is not None:
+        if kv_buffer is not None:
+            write_start, write_end, read_end = kv_window
+            kv_buffer[0][:, write_start:write_end] = k
+            kv_buffer[1][:, write_start:write_end] = v
+            keys, values = kv_buffer[0][:, write_start:read_end], kv_buffer[1][:, write_start:read_end]
+        elif prefix is not None:
             keys, values = torch.cat([prefix[0], k], dim=1), torch.cat([prefix[1], v], dim=1)
         else:
             keys, values = k, v
@@ -132,37 +142,54 @@ class FrameLocalCrossAttention(CrossAttention):
 
 @dataclass
 class LayerCache:
-    """Keys (after RoPE) and values of one layer: the reference sink and a ring of context frames.
+    """Keys (after RoPE) and values of one layer, in one buffer per tensor laid out as
 
-    The ring holds `capacity` frames of `tokens_per_frame` tokens. Attention does not depend on
-    key order (positions are already rotated into the keys), so frames are written into free
-    slots and the oldest frame is overwritten when the ring is full.
+        [ scratch: block_frames*N | sink: the reference's tokens | ring: capacity*N ]
+
+    so that attention of a block reads one contiguous slice: its own keys written at the end of the
+    scratch, then the sink, then the filled part of the ring (filled slots are always a prefix of it).
+    Attention does not depend on key order (positions are already rotated into the keys), so frames are
+    written into free ring slots and the oldest frame is overwritten when the ring is full.
     """
 
-    ref_k: torch.Tensor | None = None
-    ref_v: torch.Tensor | None = None
-    k: torch.Tensor | None = None  # [B, capacity*N, H, hd]
+    k: torch.Tensor | None = None  # [B, (block_frames + capacity)*N + sink, H, hd]
     v: torch.Tensor | None = None
+    sink_start: int = 0  # where the sink begins (= the scratch's size)
+    sink_tokens: int = 0
     text_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def ref_k(self) -> torch.Tensor | None:
+        return None if not self.sink_tokens else self.k[:, self.sink_start:self.sink_start + self.sink_tokens]
+
+    @property
+    def ref_v(self) -> torch.Tensor | None:
+        return None if not self.sink_tokens else self.v[:, self.sink_start:self.sink_start + self.sink_tokens]
 
 
 @dataclass
 class KVCache:
     """Per-layer caches plus the bookkeeping shared by all layers.
 
+    Bookkeeping is plain Python (slots, positions), so a forward needs no value from the device: no host
+    synchronisation in the block loop.
+
     Args:
         num_layers: transformer blocks.
         capacity: context frames kept (the attention window, not counting the block being denoised).
         tokens_per_frame: tokens of one latent frame.
+        block_frames: frames one forward may bring (the scratch in front of the sink); grows on demand.
     """
 
     num_layers: int
     capacity: int
     tokens_per_frame: int
+    block_frames: int = 0
     layers: list[LayerCache] = field(default_factory=list)
     slot_frames: list[int] = field(default_factory=list)  # which absolute frame index sits in each slot (-1: empty)
     slot_positions: list[int] = field(default_factory=list)  # the RoPE time position each slot was written at
     write_count: int = 0
+    sink_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -174,26 +201,66 @@ class KVCache:
     def num_frames(self) -> int:
         return sum(f >= 0 for f in self.slot_frames)
 
+    @property
+    def _scratch(self) -> int:
+        return self.block_frames * self.tokens_per_frame
+
+    @property
+    def _ring_start(self) -> int:
+        return self._scratch + self.sink_tokens
+
     def context_end(self) -> int:
         """Tokens of the ring in use; filled slots are always a prefix of the ring or all of it."""
         filled = [i for i, f in enumerate(self.slot_frames) if f >= 0]
         return (max(filled) + 1) * self.tokens_per_frame if filled else 0
 
-    def context(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The prefix keys/values: reference sink, then the first `end` ring tokens (see context_end)."""
+    def _allocate(self, layer: int, like: torch.Tensor) -> None:
+        """(Re)allocate one layer's buffers for the current sizes, keeping the sink and the ring."""
         cache = self.layers[layer]
-        parts_k, parts_v = [], []
-        if cache.ref_k is not None:
-            parts_k.append(cache.ref_k)
-            parts_v.append(cache.ref_v)
-        if cache.k is not None and end:
-            parts_k.append(cache.k[:, :end])
-            parts_v.append(cache.v[:, :end])
-        if not parts_k:
+        total = self._scratch + self.sink_tokens + self.capacity * self.tokens_per_frame
+        shape = (like.shape[0], total, like.shape[2], like.shape[3])
+        k, v = like.new_zeros(shape), like.new_zeros(shape)
+        if cache.k is not None:  # move the sink and the ring behind the (larger) scratch
+            keep = cache.k.shape[1] - cache.sink_start
+            k[:, self._scratch:self._scratch + keep] = cache.k[:, cache.sink_start:]
+            v[:, self._scratch:self._scratch + keep] = cache.v[:, cache.sink_start:]
+        cache.k, cache.v = k, v
+        cache.sink_start, cache.sink_tokens = self._scratch, self.sink_tokens
+
+    def _ensure(self, layer: int, like: torch.Tensor, frames: int) -> None:
+        if frames > self.block_frames:
+            self.block_frames = frames
+        cache = self.layers[layer]
+        if cache.k is None or cache.sink_start != self._scratch or cache.k.dtype != like.dtype:
+            self._allocate(layer, like)
+
+    def set_sink(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the reference sink's keys/values [B, N_ref, H, hd] (once per stream, before any frame)."""
+        if self.sink_tokens not in (0, k.shape[1]):
+            raise ValueError(f"sink of {k.shape[1]} tokens; this cache holds {self.sink_tokens}")
+        self.sink_tokens = k.shape[1]
+        self._ensure(layer, k, self.block_frames)
+        cache = self.layers[layer]
+        cache.k[:, cache.sink_start:cache.sink_start + k.shape[1]] = k
+        cache.v[:, cache.sink_start:cache.sink_start + k.shape[1]] = v
+
+    def attention_window(self, layer: int, like: torch.Tensor,
+                         end: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, int, int]]:
+        """Buffers and (write_start, write_end, read_end) for a forward of like.shape[1] new tokens that
+        attends to the sink and the first `end` ring tokens (SelfAttention's kv_buffer/kv_window)."""
+        frames = like.shape[1] // self.tokens_per_frame
+        self._ensure(layer, like, frames)
+        cache = self.layers[layer]
+        return (cache.k, cache.v), (self._scratch - like.shape[1], self._scratch, self._ring_start + end)
+
+    def context(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The prefix keys/values: reference sink, then the first `end` ring tokens; a view, no copy."""
+        cache = self.layers[layer]
+        if cache.k is None or (not self.sink_tokens and not end):
             return None
-        if len(parts_k) == 1:
-            return parts_k[0], parts_v[0]
-        return torch.cat(parts_k, dim=1), torch.cat(parts_v, dim=1)
+        start = cache.sink_start
+        stop = start + self.sink_tokens + end
+        return cache.k[:, start:stop], cache.v[:, start:stop]
 
     def reserve_slots(self, frame_indices: list[int], positions: list[int]) -> list[int]:
         """Pick ring slots for new frames (free first, else the oldest) and record them."""
@@ -212,16 +279,20 @@ class KVCache:
         return chosen
 
     def write(self, layer: int, slots: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store k/v [B, len(slots)*N, H, hd] of consecutive frames into the given slots."""
+        """Store k/v [B, len(slots)*N, H, hd] of consecutive frames into the given slots (runs of
+        consecutive slots in one copy)."""
+        self._ensure(layer, k, self.block_frames)
         cache = self.layers[layer]
-        n = self.tokens_per_frame
-        if cache.k is None:
-            shape = (k.shape[0], self.capacity * n, k.shape[2], k.shape[3])
-            cache.k = k.new_zeros(shape)
-            cache.v = v.new_zeros(shape)
-        for i, slot in enumerate(slots):
-            cache.k[:, slot * n:(slot + 1) * n] = k[:, i * n:(i + 1) * n]
-            cache.v[:, slot * n:(slot + 1) * n] = v[:, i * n:(i + 1) * n]
+        n, base = self.tokens_per_frame, self._ring_start
+        i = 0
+        while i < len(slots):
+            j = i + 1
+            while j < len(slots) and slots[j] == slots[j - 1] + 1:
+                j += 1
+            dst = slice(base + slots[i] * n, base + (slots[j - 1] + 1) * n)
+            cache.k[:, dst] = k[:, i * n:j * n]
+            cache.v[:, dst] = v[:, i * n:j * n]
+            i = j
 
     def clear_frames(self) -> None:
         """Forget every context frame; keep the reference sink and the text K/V (URCR reset)."""

@@ -8,6 +8,8 @@ to itself (so its keys can be computed once and cached) while every video token 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,6 +19,8 @@ from torch.utils.checkpoint import checkpoint
 from lit_avatar.models.attention import CrossAttention, FrameLocalCrossAttention, KVCache, SelfAttention
 from lit_avatar.models.presets import DiTConfig, get_preset
 from lit_avatar.models.rope import RotaryEmbedding3D
+
+ROPE_TABLES_KEPT = 64  # distinct position tuples whose RoPE tables stay cached (URCR cycles through a few)
 
 
 def sinusoidal_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
@@ -68,6 +72,8 @@ class AvatarBlock(nn.Module):
         audio: torch.Tensor | None = None,
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
         block_tokens: int | None = None,
+        kv_buffer: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_window: tuple[int, int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B,F,N,dim], e [B,F,6,dim] (time projection per frame), audio [B,F,A,audio_dim] or None.
 
@@ -75,6 +81,7 @@ class AvatarBlock(nn.Module):
             computes itself (the full-sequence forward: inside the block's forward its parameters are
             gathered when it is sharded).
         block_tokens: block-causal self-attention over x in blocks of this many tokens (None: full).
+        kv_buffer and kv_window: the KV-cached path (SelfAttention.forward).
 
         Returns the new x and this layer's self-attention keys/values of x (for the cache).
         """
@@ -83,7 +90,7 @@ class AvatarBlock(nn.Module):
         b, f, n, d = x.shape
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.unsqueeze(0) + e.float()).unsqueeze(3).unbind(2)
         h = (self.norm1(x) * (1 + scale) + shift).type_as(x)
-        attn, k, v = self.self_attn(h.flatten(1, 2), rope, prefix, block_tokens)
+        attn, k, v = self.self_attn(h.flatten(1, 2), rope, prefix, block_tokens, kv_buffer, kv_window)
         x = (x.float() + attn.view(b, f, n, d) * gate).type_as(x)
         x = x + self.cross_attn(self.norm3(x.flatten(1, 2)).type_as(x), text_kv).view(b, f, n, d)
         if audio is not None:
@@ -248,9 +255,29 @@ class AvatarDiT(nn.Module):
 
     # ----- KV-cached incremental forward: causal streaming -----
 
-    def new_cache(self, capacity: int, latent_height: int, latent_width: int) -> KVCache:
+    def new_cache(self, capacity: int, latent_height: int, latent_width: int, block_frames: int = 0) -> KVCache:
         n = (latent_height // self.config.patch_size[1]) * (latent_width // self.config.patch_size[2])
-        return KVCache(num_layers=self.config.num_layers, capacity=capacity, tokens_per_frame=n)
+        return KVCache(num_layers=self.config.num_layers, capacity=capacity, tokens_per_frame=n,
+                       block_frames=block_frames)
+
+    def rope_table(self, positions: Sequence[int], hh: int, ww: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE (cos, sin) of frames at `positions`, cached: URCR keeps positions bounded, so a stream
+        cycles through a handful of tuples and never rebuilds a table in steady state."""
+        tables = self.__dict__.setdefault("_rope_tables", OrderedDict())
+        key = (tuple(int(p) for p in positions), hh, ww, str(device))
+        table = tables.get(key)
+        if table is None:
+            # positions go host -> device without a blocking copy (only on a table miss, a few per stream);
+            # a normal tensor even inside inference_mode, so training may reuse it after validation sampling
+            with torch.inference_mode(False), torch.no_grad():
+                table = self.rope(torch.tensor(key[0]).to(device, non_blocking=True), hh, ww)
+            tables[key] = table
+            if len(tables) > ROPE_TABLES_KEPT:
+                tables.popitem(last=False)
+        else:
+            tables.move_to_end(key)
+        return table
 
     @torch.no_grad()
     def prefill(self, cache: KVCache, ref: torch.Tensor | None, text: torch.Tensor | None, batch: int, hh: int, ww: int) -> None:
@@ -262,39 +289,54 @@ class AvatarDiT(nn.Module):
             layer.text_kv = block.text_kv(text_ctx)
             if ref_state is not None:
                 ref_x, ref_e, ref_rope = ref_state
-                ref_x, layer.ref_k, layer.ref_v = block(ref_x, ref_e, ref_rope, layer.text_kv)
+                ref_x, ref_k, ref_v = block(ref_x, ref_e, ref_rope, layer.text_kv)
+                cache.set_sink(i, ref_k, ref_v)
                 ref_state = (ref_x, ref_e, ref_rope)
 
     def forward_cached(
         self,
         x: torch.Tensor,
         timestep: torch.Tensor,
-        frame_positions: torch.Tensor,
+        frame_positions: torch.Tensor | Sequence[int],
         cache: KVCache,
         audio_tokens: torch.Tensor | None = None,
         write_frames: list[int] | None = None,
     ) -> torch.Tensor:
         """Velocity for one block given the cached context.
 
+        Without gradient, each layer writes its keys/values into the cache's scratch and attends over
+        one contiguous slice of the cache (no per-layer concatenation, no mask: fused SDPA kernels);
+        with gradient (the exit step of Self-Forcing training) it attends over [cache view | own k/v]
+        instead, so the cache buffers never enter the autograd graph.
+
         Args:
             x: the block's latents [B,C,F,H,W].
             timestep: [B] or [B,F].
-            frame_positions: RoPE time index of each of the F frames.
+            frame_positions: RoPE time index of each of the F frames; Python ints avoid any host-device
+                round trip (a tensor is read with .tolist()).
             cache: filled by prefill() and earlier writes.
             audio_tokens: the block's projected audio tokens [B,F,A,audio_dim] (see audio_tokens()).
             write_frames: absolute frame indices; when given, this forward's keys/values are stored.
         """
         b, _, f, height, width = x.shape
+        if isinstance(frame_positions, torch.Tensor):
+            frame_positions = frame_positions.tolist()
         tokens = self.embed_frames(x)
         hh, ww = height // self.config.patch_size[1], width // self.config.patch_size[2]
-        rope = self.rope(frame_positions, hh, ww)
+        rope = self.rope_table(frame_positions, hh, ww, tokens.device)
         temb, e = self.time_embed(timestep, f)
         # The context is fixed before this forward reserves slots: a block never sees its own write.
         end = cache.context_end()
-        slots = cache.reserve_slots(write_frames, frame_positions.tolist()) if write_frames is not None else None
+        slots = cache.reserve_slots(write_frames, list(frame_positions)) if write_frames is not None else None
+        fused = not torch.is_grad_enabled()
+        heads_like = tokens.flatten(1, 2).unflatten(-1, (self.config.num_heads, -1))  # a view: k's shape and dtype
         for i, block in enumerate(self.blocks):
-            prefix = cache.context(i, end)
-            tokens, k, v = block(tokens, e, rope, cache.layers[i].text_kv, audio_tokens, prefix)
+            text_kv = cache.layers[i].text_kv
+            if fused:
+                kv_buffer, kv_window = cache.attention_window(i, heads_like, end)
+                tokens, k, v = block(tokens, e, rope, text_kv, audio_tokens, kv_buffer=kv_buffer, kv_window=kv_window)
+            else:
+                tokens, k, v = block(tokens, e, rope, text_kv, audio_tokens, cache.context(i, end))
             if slots is not None:
                 cache.write(i, slots, k, v)
         return self.unpatchify(self.head(tokens, temb), height, width).float()
