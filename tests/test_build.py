@@ -238,7 +238,8 @@ def test_user_errors_are_one_line(tmp_path, raw, capsys):
 
     cases = [
         (["--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--no-face"], "--src"),
-        (["--src", str(raw["src"]), "--out", str(tmp_path / "o")], "--face-detector"),
+        (["--src", str(raw["src"]), "--out", str(tmp_path / "o"), "--no-face", "--face-detector", str(raw["detector"])],
+         "--face-detector"),
         (["--src", str(raw["src"]), "--out", str(tmp_path / "o"), "--no-face", "--size", "33"], "--size"),
         (["--src", str(raw["src"]), "--out", str(tmp_path / "o"), "--face-detector", str(raw["src"] / "notes.txt")],
          "--face-detector"),
