@@ -79,6 +79,9 @@ def crop_syncnet_python(frames: np.ndarray, boxes: np.ndarray, size: int = 224, 
     frames = np.asarray(frames, dtype=np.uint8)
     t = len(frames)
     boxes = np.broadcast_to(np.asarray(boxes, dtype=np.float64), (t, 4))
+    # syncnet_python drops tracks under 100 frames; a shorter video gets the longest odd window it holds
+    # (a 13-frame window zero-padded over a few frames would shrink the box to nothing)
+    median_kernel = min(median_kernel, t if t % 2 else t - 1) if t else median_kernel
     s = medfilt(np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2, kernel_size=median_kernel)
     ys = medfilt((boxes[:, 1] + boxes[:, 3]) / 2, kernel_size=median_kernel)
     xs = medfilt((boxes[:, 0] + boxes[:, 2]) / 2, kernel_size=median_kernel)
