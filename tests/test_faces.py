@@ -57,7 +57,7 @@ def test_nms_adds_one_to_widths_and_heights_as_insightface():
 
 
 def test_haar_fallback_finds_the_face_in_a_real_photograph():
-    skimage_data = pytest.importorskip("skimage.data")  # a dev dependency: the photograph ships with it
+    from skimage import data as skimage_data  # a dev dependency: the photograph ships with it
     image = skimage_data.astronaut()  # 512x512 RGB portrait; the face spans about x 175-272, y 65-165
     detector = load_face_detector(None)
     assert isinstance(detector, HaarFaceDetector) and detector.name == "opencv_haar"
