@@ -36,7 +36,7 @@ from lit_avatar.modules.losses import box_weight_map
 from lit_avatar.modules.optim import build_adamw
 
 
-FRESH_SAMPLE_STREAMS = 300  # random streams of the critic's fresh rollout (DMD uses 100+, the critic 200+)
+FRESH_SAMPLE_STEP = 10**12  # draws of the critic's fresh rollout: those of a step number training never reaches
 
 
 class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
@@ -156,16 +156,15 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         return int(self.trainer.global_rank) if self._trainer is not None else 0
 
     def generate(self, x_shape: tuple[int, ...], conds: ClipConditions, step: int, train: bool,
-                 model: nn.Module | None = None, stream_base: int = 0) -> torch.Tensor:
-        """Roll the generator out over a clip of latent shape `x_shape`; with `train`, with exit steps.
-        `stream_base` selects another set of draws (noise, exits) of the same step."""
+                 model: nn.Module | None = None) -> torch.Tensor:
+        """Roll the generator out over a clip of latent shape `x_shape`; with `train`, with exit steps."""
         fpb = self.rollout_options.frames_per_block
         num_blocks = -(-x_shape[2] // fpb)
         exits = None
         if train:
-            shared = step_generator(self.hparams.seed, step, stream=stream_base)  # same on every rank
+            shared = step_generator(self.hparams.seed, step, stream=0)  # same on every rank
             exits = draw_exit_steps(block_step_counts(self.rollout_options, num_blocks), self.hparams.same_exit_step, shared)
-        noise_gen = step_generator(self.hparams.seed, step, stream=stream_base + 1 + self._rank())
+        noise_gen = step_generator(self.hparams.seed, step, stream=1 + self._rank())
         x, _ = rollout_clip(model or self.generator, self.rollout_options, conds, tuple(x_shape), exits, noise_gen,
                             training=train)
         self._last_exit_steps = exits
@@ -211,7 +210,7 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
                 samples = x.detach()
             else:
                 with torch.no_grad():
-                    samples = self.generate(x0.shape, conds, step, train=True, stream_base=FRESH_SAMPLE_STREAMS)
+                    samples = self.generate(x0.shape, conds, FRESH_SAMPLE_STEP + step, train=True)
         else:
             with torch.no_grad():
                 samples = self.generate(x0.shape, conds, step, train=True)
