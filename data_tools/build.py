@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=512, help="side of the square output frames (even)")
     parser.add_argument("--clip-seconds", type=float, default=5.0, help="clip length; the tail is dropped")
     parser.add_argument("--face-detector", default=None, help="local ONNX face detector: SCRFD (insightface "
-                        "det_*.onnx) or a model with one [N,5] (x0,y0,x1,y1,score) output; see data_tools/faces.py")
+                        "det_*.onnx) or a model with one [N,5] (x0,y0,x1,y1,score) output; see data_tools/faces.py. "
+                        "Default: OpenCV's bundled Haar cascade, LOWER QUALITY (frontal faces only, looser boxes, "
+                        "more misses): give an SCRFD file for real data sets")
     parser.add_argument("--no-face", action="store_true", help="centre crops, no face detection")
     parser.add_argument("--face-threshold", type=float, default=0.5, help="detector score threshold")
     parser.add_argument("--face-margin", type=float, default=0.4,
@@ -108,12 +110,13 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
     if args.no_face:
         _check(args.face_detector is None, "--face-detector and --no-face: expected one of them, not both")
     else:
-        _check(args.face_detector is not None,
-               "--face-detector: required (a local ONNX file) unless --no-face is given")
-        _check(Path(args.face_detector).is_file(), f"--face-detector {args.face_detector}: file not found")
-        from data_tools.faces import OnnxFaceDetector
+        from data_tools.faces import load_face_detector
 
-        OnnxFaceDetector(args.face_detector)  # a file that is not a usable model fails here, once
+        if args.face_detector is not None:
+            _check(Path(args.face_detector).is_file(), f"--face-detector {args.face_detector}: file not found")
+        else:
+            print("no --face-detector: using OpenCV's Haar cascade (lower quality than SCRFD)", file=sys.stderr)
+        load_face_detector(args.face_detector)  # a file that is not a usable model fails here, once
     from data_tools.precompute import check_spec
 
     if args.precompute_latents:
@@ -139,12 +142,12 @@ _worker_state: dict[str, Any] = {}
 
 def _init_worker(options: BuildOptions) -> None:
     """Load the detector and precompute models once per process (spawn-safe: called in the child)."""
-    from data_tools.faces import OnnxFaceDetector
+    from data_tools.faces import load_face_detector
     from data_tools.precompute import Precomputer
 
     _worker_state.clear()
     clip = options.clip
-    _worker_state["detector"] = None if clip.no_face else OnnxFaceDetector(
+    _worker_state["detector"] = None if clip.no_face else load_face_detector(
         clip.face_detector, score_threshold=clip.face_threshold)
     _worker_state["precompute"] = None
     if options.precompute_latents or options.precompute_audio:

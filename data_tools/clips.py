@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from data_tools.decode import iter_clips, preflight
-from data_tools.faces import Crop, OnnxFaceDetector, centre_crop, largest_face, stable_crop
+from data_tools.faces import Crop, FaceDetector, centre_crop, largest_face, stable_crop
 from data_tools.filters import REASONS, Rejected, clip_audio, rms_db
 from data_tools.sources import Source
 
@@ -92,7 +92,7 @@ class SourceReport:
                 "reason": self.reason, "detail": self.detail, "rejected_clips": self.rejected_clips}
 
 
-def _detect(frames: list, detector: OnnxFaceDetector, count: int) -> list[np.ndarray | None]:
+def _detect(frames: list, detector: FaceDetector, count: int) -> list[np.ndarray | None]:
     """The largest face on `count` evenly spaced frames, in source pixels."""
     picks = np.unique(np.linspace(0, len(frames) - 1, max(1, count)).round().astype(int))
     found = []
@@ -106,7 +106,7 @@ def _detect(frames: list, detector: OnnxFaceDetector, count: int) -> list[np.nda
     return found
 
 
-def choose_crop(frames: list, options: ClipOptions, detector: OnnxFaceDetector | None) -> Crop:
+def choose_crop(frames: list, options: ClipOptions, detector: FaceDetector | None) -> Crop:
     """The clip's crop, or Rejected(no_face | face_too_small).
 
     Args:
@@ -182,7 +182,7 @@ def _middle(clip: _Clip, options: ClipOptions) -> tuple[np.ndarray, float]:
 
 
 def process_source(source: Source, report: SourceReport, options: ClipOptions,
-                   detector: OnnxFaceDetector | None) -> Iterator[dict[str, Any]]:
+                   detector: FaceDetector | None) -> Iterator[dict[str, Any]]:
     """Yield the schema samples of one source in clip order; rejections go into `report`.
 
     Args:

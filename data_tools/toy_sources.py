@@ -130,3 +130,71 @@ def write_toy_detector(path: str | Path, input_hw: tuple[int, int] = (64, 64)) -
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return Path(path)
+
+
+# The toy SCRFD's face: a square of TOY_FACE_CELLS x TOY_FACE_CELLS stride-32 cells; its five landmarks as
+# fractions of the square (eyes, nose, mouth corners).
+TOY_FACE_CELLS = 3
+TOY_LANDMARKS = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [0.65, 0.8]], np.float32)
+
+
+def write_toy_scrfd(path: str | Path, input_hw: tuple[int, int] = (256, 256)) -> Path:
+    """An ONNX model in insightface's SCRFD layout (9 outputs: scores, boxes, landmarks at strides 8, 16,
+    32; 2 anchors per cell) that finds red-dominant squares: the score of a stride-32 anchor is the mean of
+    (R - B) of the network input over the 3x3 cells around it, so only a reddish square of 3x3 cells
+    aligned to the grid reaches 0.5, at its centre cell, whose box and landmarks then cover it exactly.
+    A bluish square scores high only when the channels are swapped: the model tells RGB from BGR input.
+
+    Args:
+        path: output .onnx file.
+        input_hw: the model's fixed input size (multiples of 32).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    h, w = input_hw
+    side = 32 * TOY_FACE_CELLS
+    consts = {"c0": np.array([0], np.int64), "c1": np.array([1], np.int64), "c2": np.array([2], np.int64),
+              "c3": np.array([3], np.int64), "ax1": np.array([1], np.int64),
+              "shape32": np.array([-1, 1], np.int64)}
+    nodes = [helper.make_node("Slice", ["image", "c0", "c1", "ax1"], ["red"]),
+             helper.make_node("Slice", ["image", "c2", "c3", "ax1"], ["blue"]),
+             helper.make_node("Sub", ["red", "blue"], ["diff"]),
+             helper.make_node("AveragePool", ["diff"], ["pooled"], kernel_shape=[side, side], strides=[32, 32],
+                              pads=[32, 32, 32, 32], count_include_pad=0),
+             helper.make_node("Reshape", ["pooled", "shape32"], ["cell_scores"]),
+             helper.make_node("Concat", ["cell_scores", "cell_scores"], ["pair"], axis=1),  # 2 anchors per cell
+             helper.make_node("Reshape", ["pair", "shape32"], ["score_32"])]
+    outputs = {}
+    for stride in (8, 16):
+        n = (h // stride) * (w // stride) * 2
+        consts[f"score_{stride}"] = np.zeros((n, 1), np.float32)
+    # the centre cell's anchor sits on the cell's top-left corner: the square starts one cell before it
+    # and ends two cells after it
+    n32 = (h // 32) * (w // 32) * 2
+    for stride in (8, 16, 32):
+        n = (h // stride) * (w // stride) * 2
+        box = np.zeros((n, 4), np.float32)
+        kps = np.zeros((n, 10), np.float32)
+        if stride == 32:
+            box[:] = [1, 1, TOY_FACE_CELLS - 1, TOY_FACE_CELLS - 1]
+            kps[:] = ((TOY_LANDMARKS * side - 32) / 32).reshape(-1)
+        consts[f"bbox_{stride}"], consts[f"kps_{stride}"] = box, kps
+    order = ["score_8", "score_16", "score_32", "bbox_8", "bbox_16", "bbox_32", "kps_8", "kps_16", "kps_32"]
+    for name in order:
+        if name != "score_32":
+            nodes.append(helper.make_node("Identity", [f"{name}_c"], [name]))
+    shapes = {name: list(consts[name].shape) for name in order if name != "score_32"}
+    shapes["score_32"] = [n32, 1]
+    initializers = [numpy_helper.from_array(v, k if k not in order else f"{k}_c") for k, v in consts.items()]
+    graph = helper.make_graph(
+        nodes, "toy_scrfd",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, h, w])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shapes[name]) for name in order],
+        initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return Path(path)

@@ -15,7 +15,10 @@ def _eval_parser() -> argparse.ArgumentParser:
         prog="lit-avatar eval",
         description="Score generated videos against real ones (matched by file name) and write results.json. "
         f"Weights are read from --weights-dir ({layout}; optional face detector {DETECTOR}); a metric whose "
-        "file is missing is skipped with a message. A sidecar X.json beside X.mp4 may give "
+        f"file is missing is skipped with a message. Without {DETECTOR}, faces come from OpenCV's bundled Haar "
+        "cascade: LOWER QUALITY (frontal faces only, looser boxes, no landmarks). The results JSON names each "
+        "metric's protocol and its clip/frame counts, and per video the frames without a face. "
+        "A sidecar X.json beside X.mp4 may give "
         '{"mouth_box": [x0,y0,x1,y1], "face_box": [...]} normalised to [0,1].',
     )
     p.add_argument("--gen", required=True, help="folder of generated videos (X.mp4)")
@@ -32,6 +35,12 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device for the networks (cpu, cuda, ...)")
     p.add_argument("--drift-dir", help="where drift PNGs go (default: OUT's folder/<out stem>_drift)")
     p.add_argument("--tensorboard-dir", help="TensorBoard log dir for drift scalars (default: DRIFT_DIR/tensorboard)")
+    p.add_argument("--sync-protocol", choices=("syncnet_python", "per_frame"), default="syncnet_python",
+                   help="SyncNet face crops: syncnet_python's crop_video (13-frame median filter of the box track, "
+                   "int() edges; the published protocol, default) or per_frame (each frame's box, rounded)")
+    p.add_argument("--fvd-protocol", choices=("stylegan-v", "all-clips"), default="stylegan-v",
+                   help="FVD clips: stylegan-v (one 16-frame clip per video, whole frame resized to 224; default) "
+                   "or all-clips (every 16-frame clip, short side 224 + centre crop)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -50,6 +59,7 @@ def main_eval(argv: list[str]) -> int:
         metrics=parse_metrics(args.metrics), weights_dir=args.weights_dir, fps=args.fps, window=args.window,
         fid_frame_stride=args.fid_frame_stride, batch_size=args.batch_size, device=args.device,
         drift_dir=args.drift_dir, tensorboard_dir=args.tensorboard_dir,
+        sync_protocol=args.sync_protocol, fvd_protocol=args.fvd_protocol,
         command="lit-avatar eval " + shlex.join(argv), progress=not args.no_progress,
     )
     results = run_eval(opts)

@@ -44,6 +44,8 @@ class EvalOptions:
     device: str = "cpu"
     drift_dir: str | None = None
     tensorboard_dir: str | None = None
+    sync_protocol: str = "syncnet_python"
+    fvd_protocol: str = "stylegan-v"
     command: str = ""
     progress: bool = True
     notes: list[str] = field(default_factory=list)
@@ -104,51 +106,56 @@ def _load_scorers(opts: EvalOptions, has_real: bool) -> tuple[dict, object | Non
         elif metric == "fvd":
             from eval.fvd import load_i3d
 
-            out[metric] = S.FVDScorer(load_i3d(path), max(opts.batch_size // 4, 1), opts.device)
+            out[metric] = S.FVDScorer(load_i3d(path), max(opts.batch_size // 4, 1), opts.device, opts.fvd_protocol)
         elif metric == "sync":
             from eval.syncnet import load_syncnet
 
-            out[metric] = S.SyncScorer(load_syncnet(path), device=opts.device)
+            out[metric] = S.SyncScorer(load_syncnet(path), device=opts.device, protocol=opts.sync_protocol)
         elif metric == "csim":
             from eval.csim import ArcFace
 
             out[metric] = S.CSIMScorer(ArcFace(path))
     detector = None
-    if ("sync" in out or "csim" in out) and opts.weights_dir is not None:
-        det_path = Path(opts.weights_dir) / DETECTOR
-        if det_path.is_file():
-            from eval.faces import OnnxFaceDetector
+    if "sync" in out or "csim" in out:
+        from data_tools.faces import load_face_detector
 
-            detector = OnnxFaceDetector(det_path)
+        det_path = Path(opts.weights_dir) / DETECTOR if opts.weights_dir is not None else None
+        if det_path is None or not det_path.is_file():
+            _say(opts, f"face detector: {DETECTOR} not under --weights-dir; using OpenCV's Haar cascade "
+                       "(lower quality) where a video has no face_box sidecar")
+            det_path = None
+        detector = load_face_detector(str(det_path) if det_path else None)
     return out, detector
 
 
-def face_geometry(frames: np.ndarray, sidecar: dict, detector) -> tuple[np.ndarray, np.ndarray, str]:
-    """Face boxes [T,4] and 5-point landmarks [T,5,2] in pixels, and where they came from.
+@dataclass
+class FaceGeometry:
+    """Face boxes [T,4] and 5-point landmarks [T,5,2] in pixels of one video, where they came from, and
+    how many frames had no face (filled from the nearest detections; NaN when no frame had one)."""
 
-    Order: the sidecar's face_box (normalised), then the detector (per frame; a miss reuses the last hit),
-    then the whole frame (noted in the results, since scores on uncropped frames are not comparable).
-    """
+    boxes: np.ndarray
+    landmarks: np.ndarray
+    source: str
+    frames_without_face: int = 0
+
+    @property
+    def usable(self) -> bool:
+        return bool(np.isfinite(self.boxes).all())
+
+
+def face_geometry(frames: np.ndarray, sidecar: dict, detector) -> FaceGeometry:
+    """The sidecar's face_box (normalised) when there is one, else the detector's track (eval.faces)."""
     from eval.csim import landmarks_from_box
+    from eval.faces import face_track
 
     t, h, w, _ = frames.shape
     if "face_box" in sidecar:
         box = np.asarray(sidecar["face_box"], np.float64) * np.array([w, h, w, h])
-        return np.repeat(box[None], t, 0), np.repeat(landmarks_from_box(box)[None], t, 0), "sidecar"
-    if detector is not None:
-        boxes, lms, last = np.zeros((t, 4)), np.zeros((t, 5, 2)), None
-        for i, f in enumerate(frames):
-            try:
-                b, k = detector.detect(f)
-                last = (b, k if k is not None else landmarks_from_box(b))
-            except ValueError:
-                pass
-            if last is None:
-                last = (np.array([0, 0, w, h], np.float64), landmarks_from_box((0, 0, w, h)))
-            boxes[i], lms[i] = last
-        return boxes, lms, "detector"
-    box = np.array([0, 0, w, h], np.float64)
-    return np.repeat(box[None], t, 0), np.repeat(landmarks_from_box(box)[None], t, 0), "whole_frame"
+        return FaceGeometry(np.repeat(box[None], t, 0), np.repeat(landmarks_from_box(box)[None], t, 0), "sidecar")
+    boxes, marks, found = face_track(frames, detector)
+    if marks is None:
+        marks = np.stack([landmarks_from_box(b) for b in boxes]) if found.any() else np.full((t, 5, 2), np.nan)
+    return FaceGeometry(boxes, marks, f"detector:{detector.name}", int(t - found.sum()))
 
 
 def run_eval(opts: EvalOptions) -> dict:
@@ -193,6 +200,7 @@ def run_eval(opts: EvalOptions) -> dict:
         "notes": list(opts.notes),
         "unmatched": {"gen_only": matching.gen_only, "real_only": matching.real_only},
         "aggregate": aggregate,
+        "protocols": {metric: scorer.protocol_info() for metric, scorer in scorers.items()},
         "videos": videos,
     }
     write_json_atomic(out_path, results)
@@ -237,16 +245,19 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
                 row.update(scorers[metric].video(frames, real_frames))
         if drift_on and "fid" in scorers:
             curves["fid"] = scorers["fid"].drift(opts.fps, opts.window)
-    boxes = lms = None
+    faces = None
     if "sync" in scorers or "csim" in scorers:
-        boxes, lms, source = face_geometry(frames, sidecar, detector)
-        row["face_source"] = source
-    if "sync" in scorers and audio is not None:
-        row.update(scorers["sync"].video(frames, audio, boxes, opts.fps))
+        faces = face_geometry(frames, sidecar, detector)
+        row["face_source"] = faces.source
+        row["frames_without_face"] = faces.frames_without_face
+        if not faces.usable:
+            _say(opts, f"{name}: no face found in any of {len(frames)} frames: sync and csim skipped")
+    if "sync" in scorers and audio is not None and faces.usable:
+        row.update(scorers["sync"].video(frames, audio, faces.boxes, opts.fps))
         curve = scorers["sync"].drift(len(frames), opts.fps, opts.window) if drift_on else None
         if curve is not None:
             curves["sync_c"] = curve
-    if "csim" in scorers:
+    if "csim" in scorers and faces.usable:
         reference = load_reference(name, opts.refs)
         ref_from = "refs"
         if reference is None:
@@ -257,9 +268,12 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
         # the reference's own sidecar if it has one, else the generated video's (same identity and framing)
         own = {"refs": Path(opts.refs or ".") / f"{name}.json", "real_frame0": matching.real.get(name, gen_path)}
         ref_sidecar = read_sidecar(Path(own[ref_from]).with_suffix(".mp4")) if ref_from in own else {}
-        _, ref_lms, _ = face_geometry(reference[None], ref_sidecar or sidecar, detector)
-        row.update(scorers["csim"].video(frames, lms, reference, ref_lms[0]))
-        row["csim_reference"] = ref_from
+        ref_faces = face_geometry(reference[None], ref_sidecar or sidecar, detector)
+        if ref_faces.usable:
+            row.update(scorers["csim"].video(frames, faces.landmarks, reference, ref_faces.landmarks[0]))
+            row["csim_reference"] = ref_from
+        else:
+            _say(opts, f"{name}: no face found in the CSIM reference ({ref_from}): csim skipped")
         if drift_on:
             curves["csim"] = scorers["csim"].drift(opts.fps, opts.window)
     if "synthsync" in scorers:

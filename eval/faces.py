@@ -1,18 +1,18 @@
-"""Face boxes and landmarks for the face metrics (SyncNet crops, ArcFace alignment).
+"""Face tracks and crops for the face metrics (SyncNet crops, ArcFace alignment).
 
-Either boxes are given (SynthTalk stores them; a sidecar can carry them) or an SCRFD-style ONNX detector
-(insightface's det_10g.onnx) finds them. The detector wrapper is small on purpose: decode + NMS only.
+Detection itself lives in ONE module shared with `data_tools build` (data_tools/faces.py: SCRFD from a
+local ONNX file fed RGB as insightface does, or OpenCV's Haar cascade as the lower-quality fallback).
+Here: the per-frame track built from its detections, and the SyncNet crop in two protocols.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lit_avatar.errors import UserError
+SYNC_PROTOCOLS = ("syncnet_python", "per_frame")
 
 
 def crop_square(frames: np.ndarray, boxes: np.ndarray, size: int = 224, crop_scale: float = 0.4,
@@ -21,7 +21,8 @@ def crop_square(frames: np.ndarray, boxes: np.ndarray, size: int = 224, crop_sca
 
     The square has half-side bs*(1+crop_scale) with bs = max(box w, box h)/2; it is centred on the box
     horizontally and shifted down by bs*crop_scale so that the mouth sits well inside (as syncnet_python
-    crops its face tracks). Outside the frame is filled with `pad_value`.
+    crops its face tracks). Outside the frame is filled with `pad_value`. Protocol "per_frame": the box of
+    each frame as given, edges rounded, bilinear resize in float.
 
     Args:
         frames: [T, H, W, 3] uint8 or float (any range; kept as is).
@@ -55,109 +56,94 @@ def crop_square(frames: np.ndarray, boxes: np.ndarray, size: int = 224, crop_sca
     return out
 
 
+def crop_syncnet_python(frames: np.ndarray, boxes: np.ndarray, size: int = 224, crop_scale: float = 0.4,
+                        pad_value: int = 110, median_kernel: int = 13) -> np.ndarray:
+    """syncnet_python's `run_pipeline.crop_video`: the box track's half-size and centre smoothed by a
+    13-frame median filter (scipy.signal.medfilt, zero-padded at the ends as there), the frame padded by
+    int(bs*(1+2*crop_scale)) with 110, edges truncated with int(), cv2.resize of the uint8 crop.
+
+    Args:
+        frames: [T, H, W, 3] uint8.
+        boxes: [T, 4] or [4] face boxes (x0, y0, x1, y1) in pixels.
+        size: output side.
+        crop_scale: relative margin (syncnet_python's --crop_scale 0.4).
+        pad_value: fill outside the frame.
+        median_kernel: length of the median filter of the track.
+
+    Returns:
+        float32 [T, size, size, 3] in 0..255, channels in the frames' order.
+    """
+    import cv2
+    from scipy.signal import medfilt
+
+    frames = np.asarray(frames, dtype=np.uint8)
+    t = len(frames)
+    boxes = np.broadcast_to(np.asarray(boxes, dtype=np.float64), (t, 4))
+    # syncnet_python drops tracks under 100 frames; a shorter video gets the longest odd window it holds
+    # (a 13-frame window zero-padded over a few frames would shrink the box to nothing)
+    median_kernel = min(median_kernel, t if t % 2 else t - 1) if t else median_kernel
+    s = medfilt(np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2, kernel_size=median_kernel)
+    ys = medfilt((boxes[:, 1] + boxes[:, 3]) / 2, kernel_size=median_kernel)
+    xs = medfilt((boxes[:, 0] + boxes[:, 2]) / 2, kernel_size=median_kernel)
+    out = np.empty((t, size, size, 3), np.float32)
+    cs = crop_scale
+    for i in range(t):
+        bs = s[i]
+        bsi = int(bs * (1 + 2 * cs))
+        padded = np.pad(frames[i], ((bsi, bsi), (bsi, bsi), (0, 0)), "constant", constant_values=(pad_value, pad_value))
+        my, mx = ys[i] + bsi, xs[i] + bsi
+        face = padded[int(my - bs):int(my + bs * (1 + 2 * cs)), int(mx - bs * (1 + cs)):int(mx + bs * (1 + cs))]
+        if face.size == 0:  # a zero-size box (the median of a track with many misses at its ends)
+            face = np.full((1, 1, 3), pad_value, np.uint8)
+        out[i] = cv2.resize(face, (size, size))
+    return out
+
+
+def syncnet_crops(frames: np.ndarray, boxes: np.ndarray, protocol: str = "syncnet_python") -> np.ndarray:
+    """224x224 crops for SyncNet in `protocol` ("syncnet_python" or "per_frame"), channels as the frames'."""
+    if protocol == "syncnet_python":
+        return crop_syncnet_python(frames, boxes)
+    if protocol == "per_frame":
+        return crop_square(np.asarray(frames, dtype=np.float32), boxes)
+    raise ValueError(f"unknown SyncNet crop protocol {protocol!r}; expected one of {SYNC_PROTOCOLS}")
+
+
 def normalised_to_pixels(box: Sequence[float], width: int, height: int) -> np.ndarray:
     """(x0, y0, x1, y1) in [0, 1] -> pixels."""
     b = np.asarray(box, dtype=np.float64)
     return b * np.array([width, height, width, height], dtype=np.float64)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.4) -> list[int]:
-    """Greedy non-maximum suppression; returns kept indices by decreasing score."""
-    order = np.argsort(-scores)
-    keep: list[int] = []
-    area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        xx0 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        yy0 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        xx1 = np.minimum(boxes[i, 2], boxes[rest, 2])
-        yy1 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = (xx1 - xx0).clip(0) * (yy1 - yy0).clip(0)
-        iou = inter / (area[i] + area[rest] - inter + 1e-12)
-        order = rest[iou <= iou_threshold]
-    return keep
+def face_track(frames: np.ndarray, detector) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The top-scoring face of every frame, with frames without a face filled in.
 
-
-def decode_scrfd(outputs: Sequence[np.ndarray], input_size: int, strides=(8, 16, 32), num_anchors: int = 2,
-                 threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Decode SCRFD head outputs into boxes, scores and 5-point landmarks (input-image pixels).
-
-    SCRFD orders its outputs as scores per stride, then box distances per stride, then (if present)
-    landmark offsets per stride; distances are in units of the stride from each anchor centre.
+    A miss takes the box linearly interpolated between the nearest detections before and after it (as
+    syncnet_python interpolates its face tracks), held constant past the first and last detection.
 
     Args:
-        outputs: the ONNX outputs (batch dimension optional).
-        input_size: the square network input side.
-        strides: feature strides.
-        num_anchors: anchors per location.
-        threshold: score threshold.
+        frames: RGB uint8 [T, H, W, 3].
+        detector: data_tools.faces detector (`detect_with_landmarks`).
 
     Returns:
-        boxes [K, 4], scores [K], landmarks [K, 5, 2] or None; sorted by score after NMS.
+        boxes [T, 4], landmarks [T, 5, 2] or None (detector without landmarks), found [T] bool. With no
+        face in any frame, boxes and landmarks are NaN.
     """
-    n = len(strides)
-    outs = [np.asarray(o).reshape(-1, np.asarray(o).shape[-1]) for o in outputs]
-    has_kps = len(outs) >= 3 * n
-    all_boxes, all_scores, all_kps = [], [], []
-    for k, stride in enumerate(strides):
-        side = input_size // stride
-        yy, xx = np.mgrid[0:side, 0:side]
-        centres = np.stack([xx, yy], -1).reshape(-1, 2).astype(np.float64) * stride
-        centres = np.repeat(centres, num_anchors, axis=0)
-        scores = outs[k].reshape(-1)
-        dist = outs[n + k].reshape(-1, 4) * stride
-        sel = scores >= threshold
-        c = centres[sel]
-        all_scores.append(scores[sel])
-        all_boxes.append(np.concatenate([c - dist[sel, :2], c + dist[sel, 2:]], 1))
-        if has_kps:
-            kps = outs[2 * n + k].reshape(-1, 5, 2) * stride
-            all_kps.append(c[:, None, :] + kps[sel])
-    boxes = np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4))
-    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
-    kps = np.concatenate(all_kps) if has_kps else None
-    keep = nms(boxes, scores)
-    return boxes[keep], scores[keep], (kps[keep] if kps is not None else None)
-
-
-class OnnxFaceDetector:
-    """SCRFD-style face detector from a local ONNX file (e.g. buffalo_l/det_10g.onnx), CPU onnxruntime.
-
-    Args:
-        path: the ONNX file.
-        input_size: square input side the frame is letterboxed into.
-        threshold: detection score threshold.
-    """
-
-    def __init__(self, path: str | os.PathLike, input_size: int = 640, threshold: float = 0.5):
-        import onnxruntime as ort
-
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: face detector ONNX file not found")
-        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_size = input_size
-        self.threshold = threshold
-
-    def detect(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Largest-score face in an RGB uint8 frame [H, W, 3]: (box [4], landmarks [5, 2] or None), pixels.
-
-        Raises UserError-free ValueError when no face is found (callers decide what that means).
-        """
-        h, w = frame.shape[:2]
-        scale = self.input_size / max(h, w)
-        nh, nw = int(round(h * scale)), int(round(w * scale))
-        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
-        canvas = torch.zeros(1, 3, self.input_size, self.input_size)
-        canvas[:, :, :nh, :nw] = x
-        # insightface feeds BGR normalised by (x - 127.5) / 128
-        blob = ((canvas.flip(1) - 127.5) / 128.0).numpy().astype(np.float32)
-        outputs = self.session.run(None, {self.input_name: blob})
-        boxes, _, kps = decode_scrfd(outputs, self.input_size, threshold=self.threshold)
-        if not len(boxes):
-            raise ValueError("no face found")
-        return boxes[0] / scale, (kps[0] / scale if kps is not None else None)
+    t = len(frames)
+    boxes = np.full((t, 4), np.nan)
+    marks = np.full((t, 5, 2), np.nan)
+    has_marks = False
+    found = np.zeros(t, bool)
+    for i, frame in enumerate(frames):
+        b, k = detector.detect_with_landmarks(frame)
+        if len(b):
+            found[i] = True
+            boxes[i] = b[0, :4]
+            if k is not None:
+                marks[i], has_marks = k[0], True
+    if found.any() and not found.all():
+        idx, hit = np.arange(t), np.flatnonzero(found)
+        boxes = np.stack([np.interp(idx, hit, boxes[hit, j]) for j in range(4)], axis=1)
+        if has_marks:
+            flat = marks.reshape(t, 10)
+            marks = np.stack([np.interp(idx, hit, flat[hit, j]) for j in range(10)], axis=1).reshape(t, 5, 2)
+    return boxes, (marks if has_marks else None), found

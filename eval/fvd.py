@@ -1,8 +1,14 @@
 """FVD: Frechet distance of I3D (Kinetics-400) features of 16-frame clips.
 
 The detector is StyleGAN-V's TorchScript I3D (i3d_torchscript.pt) loaded from a local path. Clips are
-preprocessed here (short side to 224, centre crop, [-1, 1]) and the detector is told not to rescale or
-resize again, so the same numbers come out whichever way frames were read.
+preprocessed here ([-1, 1], 224x224) and the detector is told not to rescale or resize again, so the same
+numbers come out whichever way frames were read.
+
+FVD has no single protocol in this field (REFERENCE.md "Evaluation protocols"); two are offered:
+- "stylegan-v" (default): as StyleGAN-V's compute_fvd, ONE 16-frame clip per video (its first frames;
+  videos shorter than a clip are left out) and the whole frame resized to 224x224, no crop.
+- "all-clips": every non-overlapping 16-frame clip of every video, short side resized to 224 and a
+  centre crop: more clips per video, a different number.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ WEIGHTS_NAME = "i3d_torchscript.pt"
 CLIP_LEN = 16
 SIZE = 224
 FEATURE_DIM = 400
+FVD_PROTOCOLS = ("stylegan-v", "all-clips")
 
 
 def load_i3d(path: str | os.PathLike) -> torch.jit.ScriptModule:
@@ -49,6 +56,24 @@ def preprocess_clip(frames: np.ndarray | Tensor) -> Tensor:
     top, left = (nh - SIZE) // 2, (nw - SIZE) // 2
     x = x[:, :, top: top + SIZE, left: left + SIZE]
     return (x.clamp(0, 1) * 2 - 1).permute(1, 0, 2, 3).contiguous()
+
+
+def preprocess_clip_whole_frame(frames: np.ndarray | Tensor) -> Tensor:
+    """Frames [T, H, W, 3] (uint8, or float in [0, 1]) -> [3, T, 224, 224] in [-1, 1]: the whole frame
+    resized to 224x224 (bilinear, align_corners=False), aspect not kept, as StyleGAN-V's I3D resizes."""
+    x = torch.as_tensor(np.asarray(frames))
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    x = F.interpolate(x.permute(0, 3, 1, 2), size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return (x.clamp(0, 1) * 2 - 1).permute(1, 0, 2, 3).contiguous()
+
+
+def protocol_clips(frames: np.ndarray, protocol: str) -> list[Tensor]:
+    """The preprocessed clips a video contributes under `protocol` (see the module docstring)."""
+    if protocol == "stylegan-v":
+        return [preprocess_clip_whole_frame(frames[:CLIP_LEN])] if len(frames) >= CLIP_LEN else []
+    if protocol == "all-clips":
+        return [preprocess_clip(c) for c in iter_clips(frames)]
+    raise ValueError(f"unknown FVD protocol {protocol!r}; expected one of {FVD_PROTOCOLS}")
 
 
 def clip_starts(num_frames: int, clip_len: int = CLIP_LEN, stride: int | None = None) -> list[int]:

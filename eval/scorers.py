@@ -102,48 +102,71 @@ class FIDScorer:
     def aggregate(self) -> dict:
         return {"fid": self.pool.distance()}
 
+    def protocol_info(self) -> dict:
+        return {"protocol": "pytorch-fid" if self.stride == 1 else f"pytorch-fid every {self.stride}th frame",
+                "gen_frames": int(self.pool.sums[False][2]), "real_frames": int(self.pool.sums[True][2])}
+
 
 class FVDScorer:
-    """FVD over all 16-frame clips (and per video when a video has 2+ clips)."""
+    """FVD over the clips `protocol` takes from each video (eval.fvd: "stylegan-v", one clip per video, by
+    default); per video too when a video gives 2+ clips.
 
-    def __init__(self, detector: torch.nn.Module, batch_size: int = 4, device: str = "cpu"):
-        from eval.fvd import FEATURE_DIM, I3DFeatures
+    Args:
+        detector: the I3D TorchScript module.
+        batch_size: clips per forward.
+        device: torch device for the network.
+        protocol: which clips and how they are resized (eval.fvd.FVD_PROTOCOLS).
+    """
 
+    def __init__(self, detector: torch.nn.Module, batch_size: int = 4, device: str = "cpu",
+                 protocol: str = "stylegan-v"):
+        from eval.fvd import FEATURE_DIM, FVD_PROTOCOLS, I3DFeatures
+
+        if protocol not in FVD_PROTOCOLS:
+            raise ValueError(f"unknown FVD protocol {protocol!r}; expected one of {FVD_PROTOCOLS}")
         self.extractor = I3DFeatures(detector.to(device))
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.protocol = batch_size, device, protocol
         self.pool = FeaturePool(FEATURE_DIM)
+        self.clips = {"gen": 0, "real": 0}
 
     def features(self, frames: np.ndarray) -> np.ndarray:
-        from eval.fvd import iter_clips, preprocess_clip
+        from eval.fvd import FEATURE_DIM, protocol_clips
 
-        out, batch = [], []
-        for clip in iter_clips(frames):
-            batch.append(preprocess_clip(clip))
-            if len(batch) == self.batch_size:
-                out.append(self.extractor(torch.stack(batch).to(self.device)).double().cpu().numpy())
-                batch = []
-        if batch:
-            out.append(self.extractor(torch.stack(batch).to(self.device)).double().cpu().numpy())
-        return np.concatenate(out)
+        clips = protocol_clips(frames, self.protocol)
+        out = [self.extractor(torch.stack(clips[s: s + self.batch_size]).to(self.device)).double().cpu().numpy()
+               for s in range(0, len(clips), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM))
 
     def video(self, gen: np.ndarray, real: np.ndarray) -> dict:
         g, r = self.features(gen), self.features(real)
         self.pool.add(g, real=False)
         self.pool.add(r, real=True)
+        self.clips["gen"] += len(g)
+        self.clips["real"] += len(r)
         fvd = frechet_distance_features(g, r) if len(g) >= 2 and len(r) >= 2 else float("nan")
         return {"fvd": _nan_to_none(fvd), "fvd_clips": int(len(g))}
 
     def aggregate(self) -> dict:
         return {"fvd": self.pool.distance()}
 
+    def protocol_info(self) -> dict:
+        return {"protocol": self.protocol, "clip_frames": 16, "gen_clips": self.clips["gen"],
+                "real_clips": self.clips["real"]}
+
 
 class SyncScorer:
     """SyncNet Sync-C / Sync-D / AV offset per video; aggregates are means over videos."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int = 20, device: str = "cpu"):
+    def __init__(self, model: torch.nn.Module, batch_size: int = 20, device: str = "cpu",
+                 protocol: str = "syncnet_python"):
+        from eval.faces import SYNC_PROTOCOLS
+
+        if protocol not in SYNC_PROTOCOLS:
+            raise ValueError(f"unknown SyncNet crop protocol {protocol!r}; expected one of {SYNC_PROTOCOLS}")
         self.model = model.to(device)
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device, self.protocol = batch_size, device, protocol
         self.rows: list[dict] = []
+        self.windows = 0
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @torch.no_grad()
@@ -151,7 +174,7 @@ class SyncScorer:
         from eval.syncnet import (audio_windows, lip_windows, mfcc_features, num_windows, rgb_to_syncnet_crops,
                                   sync_scores)
 
-        crops = rgb_to_syncnet_crops(frames, boxes_px)
+        crops = rgb_to_syncnet_crops(frames, boxes_px, self.protocol)
         n = num_windows(len(crops), len(audio), fps)
         if n == 0:
             self.last = None
@@ -164,6 +187,7 @@ class SyncScorer:
             as_.append(self.model.forward_aud(aud[s: s + c].to(self.device)).cpu())
         v, a = torch.cat(vs), torch.cat(as_)
         self.last = (v, a)
+        self.windows += n
         out = sync_scores(v, a)
         row = {"sync_c": out["sync_c"], "sync_d": out["sync_d"], "av_offset": out["offset"]}
         self.rows.append(row)
@@ -188,12 +212,18 @@ class SyncScorer:
             return {"sync_c": None, "sync_d": None}
         return {k: float(np.mean([r[k] for r in self.rows])) for k in ("sync_c", "sync_d")}
 
+    def protocol_info(self) -> dict:
+        crop = ("syncnet_python crop_video: 13-frame median filter of the box track, int() edges"
+                if self.protocol == "syncnet_python" else "per-frame boxes, rounded edges")
+        return {"protocol": self.protocol, "crop": crop, "videos": len(self.rows), "windows": self.windows}
+
 
 class CSIMScorer:
     """ArcFace cosine similarity of each frame to the reference; per video mean; aggregate mean of means."""
 
     def __init__(self, arcface):
         self.arcface = arcface
+        self.frames = 0
         self.means: list[float] = []
         self.last: np.ndarray | None = None
 
@@ -203,6 +233,7 @@ class CSIMScorer:
 
         sims = csim(self.arcface, reference, ref_landmarks, frames, landmarks)
         self.last = sims
+        self.frames += len(sims)
         self.means.append(float(sims.mean()))
         return {"csim": float(sims.mean())}
 
@@ -212,12 +243,16 @@ class CSIMScorer:
     def aggregate(self) -> dict:
         return {"csim": float(np.mean(self.means)) if self.means else None}
 
+    def protocol_info(self) -> dict:
+        return {"protocol": "arcface-5point-mean", "videos": len(self.means), "frames": self.frames}
+
 
 class SynthSyncScorer:
     """SynthSync correlation per video; aggregate means."""
 
     def __init__(self, max_lag: int = 5):
         self.max_lag = max_lag
+        self.frames = 0
         self.rows: list[dict] = []
         self.last: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -228,6 +263,7 @@ class SynthSyncScorer:
         env = audio_envelope(audio, len(opening), fps=fps)
         out = synthsync_from_series(opening, env, self.max_lag)
         self.last = (opening, env)
+        self.frames += len(opening)
         row = {"synthsync_r": out["r"], "synthsync_best_r": out["best_r"], "synthsync_best_lag": out["best_lag"]}
         self.rows.append(row)
         return row
@@ -243,3 +279,6 @@ class SynthSyncScorer:
         if not self.rows:
             return {"synthsync_r": None, "synthsync_best_r": None}
         return {k: float(np.mean([r[k] for r in self.rows])) for k in ("synthsync_r", "synthsync_best_r")}
+
+    def protocol_info(self) -> dict:
+        return {"protocol": "synthsync", "videos": len(self.rows), "frames": self.frames}

@@ -166,8 +166,9 @@ def embed(model: SyncNet, crops: np.ndarray, audio: np.ndarray, fps: float = 25.
     return torch.cat(vids), torch.cat(auds)
 
 
-def rgb_to_syncnet_crops(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """RGB uint8 frames + face boxes (pixels, [T,4] or [4]) -> 224x224 BGR float 0-255 crops."""
-    from eval.faces import crop_square
+def rgb_to_syncnet_crops(frames: np.ndarray, boxes: np.ndarray, protocol: str = "syncnet_python") -> np.ndarray:
+    """RGB uint8 frames + face boxes (pixels, [T,4] or [4]) -> 224x224 BGR float 0-255 crops, cut as
+    `protocol` says (eval.faces.syncnet_crops: syncnet_python's crop_video by default)."""
+    from eval.faces import syncnet_crops
 
-    return crop_square(np.asarray(frames, dtype=np.float32), boxes)[..., ::-1].copy()
+    return syncnet_crops(frames, boxes, protocol)[..., ::-1].copy()

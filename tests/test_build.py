@@ -116,7 +116,8 @@ def test_scrfd_decoding_and_nms():
     index = (2 * 4 + 3) * 2 + 1
     outputs[0][index] = 0.9
     boxes[0][index] = [1, 2, 3, 4]
-    found = decode_scrfd(outputs + boxes, hw, 0.5)
+    found, marks = decode_scrfd(outputs + boxes, hw, 0.5)
+    assert marks is None  # 6 outputs: no landmark maps
     cx, cy = 3 * 8, 2 * 8
     assert np.allclose(found, [[cx - 8, cy - 16, cx + 24, cy + 32, 0.9]])
     kept = nms(np.array([[0, 0, 10, 10, 0.9], [1, 1, 10, 10, 0.8], [20, 20, 30, 30, 0.7]], np.float32), 0.4)
@@ -238,7 +239,8 @@ def test_user_errors_are_one_line(tmp_path, raw, capsys):
 
     cases = [
         (["--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--no-face"], "--src"),
-        (["--src", str(raw["src"]), "--out", str(tmp_path / "o")], "--face-detector"),
+        (["--src", str(raw["src"]), "--out", str(tmp_path / "o"), "--no-face", "--face-detector", str(raw["detector"])],
+         "--face-detector"),
         (["--src", str(raw["src"]), "--out", str(tmp_path / "o"), "--no-face", "--size", "33"], "--size"),
         (["--src", str(raw["src"]), "--out", str(tmp_path / "o"), "--face-detector", str(raw["src"] / "notes.txt")],
          "--face-detector"),

@@ -5,16 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from eval.cli import main_eval, main_table
+from eval.fid import FIDInceptionV3
+from eval.syncnet import SyncNet
+from lit_avatar.data import media
 from lit_avatar.errors import UserError
-
-media = pytest.importorskip("lit_avatar.data.media", reason="lit_avatar.data.media (video I/O) not available yet")
-
-from eval.cli import main_eval, main_table  # noqa: E402
-from eval.fid import FIDInceptionV3  # noqa: E402
-from eval.syncnet import SyncNet  # noqa: E402
-from test_eval_csim import _tiny_arcface  # noqa: E402
-from test_eval_fvd import TinyI3D  # noqa: E402
-from test_eval_synthsync import BOX, _audio_for, _draw, _signal  # noqa: E402
+from test_eval_csim import _tiny_arcface
+from test_eval_fvd import TinyI3D
+from test_eval_synthsync import BOX, _audio_for, _draw, _signal
 
 T = 16
 
@@ -60,8 +58,11 @@ def test_eval_end_to_end(workspace, capsys):
     for name in ("a", "b"):
         row = res["videos"][name]
         assert row["frames"] == T
-        for key in ("fid", "fvd", "sync_c", "sync_d", "av_offset", "csim", "synthsync_r", "synthsync_best_lag"):
-            assert key in row, (name, key)
+        for key in ("sync_c", "sync_d", "csim", "synthsync_r", "synthsync_best_r"):
+            assert np.isfinite(row[key]), (name, key)
+        assert -15 <= row["av_offset"] <= 15 and abs(row["synthsync_best_lag"]) <= 5
+        assert row["sync_d"] > 0 and row["sync_c"] >= 0 and -1 <= row["csim"] <= 1
+        assert row["face_source"] == "sidecar" and row["frames_without_face"] == 0
         assert row["fid"] is None  # stride 16: one frame per video, no per-video covariance (keeps the test fast)
         assert row["drift"]["fid"]["values"] == [None] * len(row["drift"]["fid"]["times"])
         assert row["fvd"] is None  # one 16-frame clip per video: no per-video covariance
@@ -69,14 +70,52 @@ def test_eval_end_to_end(workspace, capsys):
         assert set(row["drift"]) == {"fid", "sync_c", "csim", "synthsync_r"}
         assert (workspace / "out" / "results_drift" / f"{name}.png").is_file()
     # the generated-only video still gets the metrics that need no real video
-    assert "sync_c" in res["videos"]["only_gen"] and "fid" not in res["videos"]["only_gen"]
+    assert np.isfinite(res["videos"]["only_gen"]["sync_c"]) and "fid" not in res["videos"]["only_gen"]
     agg = res["aggregate"]
     assert agg["num_videos"] == 3
     for key in ("fid", "fvd", "sync_c", "sync_d", "csim", "synthsync_r", "drift_csim_slope_per_min"):
         assert isinstance(agg[key], float), key
     assert agg["fid"] > 0 and agg["fvd"] > 0
+    # each number with the protocol and the counts behind it
+    protocols = res["protocols"]
+    assert protocols["fid"] == {"protocol": "pytorch-fid every 16th frame", "gen_frames": 2, "real_frames": 2}
+    assert protocols["fvd"] == {"protocol": "stylegan-v", "clip_frames": 16, "gen_clips": 2, "real_clips": 2}
+    assert protocols["sync"]["protocol"] == "syncnet_python" and protocols["sync"]["windows"] == 11 + 11 + 3
+    assert protocols["csim"]["frames"] == protocols["synthsync"]["frames"] == T + T + 8
     np.testing.assert_allclose(agg["csim"], np.mean([res["videos"][n]["csim"] for n in ("a", "b", "only_gen")]))
     assert list((workspace / "out" / "results_drift" / "tensorboard").iterdir())
+
+
+def test_results_report_protocols_and_frames_without_a_face(workspace, tmp_path, capsys):
+    """No face_box sidecar: faces come from the detector under --weights-dir (a test-made SCRFD that sees
+    colour); frames where it finds nothing are counted per video, a video with no face at all is not scored
+    on whole frames; each metric's protocol and counts are written."""
+    from data_tools.toy_sources import write_toy_scrfd
+
+    weights = tmp_path / "weights"
+    (weights / "models" / "buffalo_l").mkdir(parents=True)
+    (weights / "syncnet_v2.model").symlink_to(workspace / "weights" / "syncnet_v2.model")
+    write_toy_scrfd(weights / "models" / "buffalo_l" / "det_10g.onnx", (256, 256))
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    sig = _signal(T, seed=3)
+    frames = np.full((T, 256, 256, 3), 128, np.uint8)
+    frames[:, 32:128, 64:160] = (240, 120, 60)  # a red-dominant square on the toy detector's grid
+    frames[5:9] = 128  # four frames without a face
+    media.write_video(gen / "face.mp4", frames, fps=25, audio=_audio_for(sig))
+    media.write_video(gen / "noface.mp4", np.full((T, 256, 256, 3), 128, np.uint8), fps=25, audio=_audio_for(sig))
+    out = tmp_path / "results.json"
+    assert main_eval(["--gen", str(gen), "--metrics", "sync,synthsync", "--weights-dir", str(weights),
+                      "--out", str(out), "--no-progress"]) == 0
+    res = json.loads(out.read_text())
+    face, noface = res["videos"]["face"], res["videos"]["noface"]
+    assert face["face_source"] == "detector:scrfd" and face["frames_without_face"] == 4
+    assert np.isfinite(face["sync_c"]) and np.isfinite(face["sync_d"])
+    assert noface["frames_without_face"] == T and "sync_c" not in noface
+    assert "noface: no face found in any of 16 frames" in capsys.readouterr().err
+    assert res["protocols"]["sync"] == {"protocol": "syncnet_python", "videos": 1, "windows": T - 5,
+                                        "crop": res["protocols"]["sync"]["crop"]}
+    assert "median filter" in res["protocols"]["sync"]["crop"]
 
 
 def test_missing_weights_are_skipped_with_file_named(workspace, capsys):
@@ -87,7 +126,7 @@ def test_missing_weights_are_skipped_with_file_named(workspace, capsys):
     err = capsys.readouterr().err
     assert "skipping fvd: needs --real DIR" in err
     res = json.loads(out.read_text())
-    assert res["computed"] == ["synthsync"] and "synthsync_r" in res["aggregate"]
+    assert res["computed"] == ["synthsync"] and np.isfinite(res["aggregate"]["synthsync_r"])
     main_eval(["--gen", str(workspace / "gen"), "--real", str(workspace / "real"), "--metrics", "sync",
                "--weights-dir", str(workspace / "nowhere"), "--out", str(out), "--no-progress"])
     assert "skipping sync: weight file" in capsys.readouterr().err and "syncnet_v2.model not found" in open(out).read()

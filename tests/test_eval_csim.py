@@ -6,7 +6,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from eval.csim import (ARCFACE_TEMPLATE, ArcFace, align_face, csim, landmarks_from_box, similarity_transform,
                        warp_affine)
-from eval.faces import crop_square, decode_scrfd
+from data_tools.faces import decode_scrfd, nms
+from eval.faces import crop_square
 from lit_avatar.errors import UserError
 
 
@@ -99,15 +100,16 @@ def test_decode_scrfd_planted_face():
     scores[1][idx - 1] = 0.8  # its twin anchor, same box: suppressed by NMS
     boxes[1][idx] = boxes[1][idx - 1] = [1.0, 0.5, 1.5, 2.0]  # distances in strides: l, t, r, b
     kps[1][idx] = np.arange(10) * 0.1
-    out_boxes, out_scores, out_kps = decode_scrfd(scores + boxes + kps, size)
-    np.testing.assert_allclose(out_boxes, [[16.0, 8.0, 56.0, 48.0]])
-    np.testing.assert_allclose(out_scores, [0.9], rtol=1e-6)
-    np.testing.assert_allclose(out_kps[0], np.array([32.0, 16.0]) + (np.arange(10) * 1.6).reshape(5, 2), rtol=1e-5)
+    found, marks = decode_scrfd(scores + boxes + kps, (size, size), 0.5)
+    keep = nms(found, 0.4)
+    np.testing.assert_allclose(found[keep, :4], [[16.0, 8.0, 56.0, 48.0]])
+    np.testing.assert_allclose(found[keep, 4], [0.9], rtol=1e-6)
+    np.testing.assert_allclose(marks[keep][0], np.array([32.0, 16.0]) + (np.arange(10) * 1.6).reshape(5, 2), rtol=1e-5)
 
 
 def test_onnx_detector_letterbox_and_decode(tmp_path):
     """A constant-output ONNX 'SCRFD' at 64 px: the planted box comes back in frame pixels."""
-    from eval.faces import OnnxFaceDetector
+    from data_tools.faces import OnnxFaceDetector
 
     size, strides, na = 64, (8, 16, 32), 2
     outs = {}
@@ -128,7 +130,7 @@ def test_onnx_detector_letterbox_and_decode(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "det_10g.onnx"))
-    det = OnnxFaceDetector(tmp_path / "det_10g.onnx", input_size=size)
-    box, kps = det.detect(np.zeros((96, 128, 3), np.uint8))  # letterbox scale 64/128 = 0.5
-    np.testing.assert_allclose(box, [32.0, 16.0, 112.0, 96.0], rtol=1e-6)
-    np.testing.assert_allclose(kps, np.tile([[64.0 + 16.0, 32.0 + 32.0]], (5, 1)), rtol=1e-6)
+    det = OnnxFaceDetector(str(tmp_path / "det_10g.onnx"))
+    boxes, kps = det.detect_with_landmarks(np.zeros((96, 128, 3), np.uint8))  # letterbox scale 64/128 = 0.5
+    np.testing.assert_allclose(boxes[0, :4], [32.0, 16.0, 112.0, 96.0], rtol=1e-6)
+    np.testing.assert_allclose(kps[0], np.tile([[64.0 + 16.0, 32.0 + 32.0]], (5, 1)), rtol=1e-6)

@@ -108,12 +108,31 @@ def test_planted_offset_and_exact_definitions(planted):
     assert out["sync_c"] > 1.0
 
 
-def test_embed_end_to_end_shapes():
+def test_embed_end_to_end_matches_the_towers_window_by_window():
+    """embed = each 5-frame lip window and its MFCC window through the towers, whatever the batching; the
+    scores are the mean-distance definitions computed by hand over the 31 offsets."""
     torch.manual_seed(0)
-    model = SyncNet()
-    crops = np.random.default_rng(0).uniform(0, 255, (7, 224, 224, 3)).astype(np.float32)
-    audio = np.random.default_rng(1).standard_normal(7 * 640).astype(np.float32) * 0.1
-    v, a = embed(model, crops, audio)
-    assert v.shape == (2, 1024) and a.shape == (2, 1024)
+    model = SyncNet().eval()
+    crops = np.random.default_rng(0).uniform(0, 255, (8, 224, 224, 3)).astype(np.float32)
+    audio = np.random.default_rng(1).standard_normal(8 * 640).astype(np.float32) * 0.1
+    v, a = embed(model, crops, audio, batch_size=2)
+    n = num_windows(len(crops), len(audio))
+    assert n == 3 and v.shape == (n, 1024) and a.shape == (n, 1024)
+    mfcc = audio_windows(mfcc_features(audio), n)
+    with torch.no_grad():
+        for i in range(n):
+            torch.testing.assert_close(v[i], model.forward_lip(lip_windows(crops, i, 1))[0])
+            torch.testing.assert_close(a[i], model.forward_aud(mfcc[i: i + 1])[0])
+    v1, a1 = embed(model, crops, audio, batch_size=1)
+    torch.testing.assert_close(v1, v)
+    torch.testing.assert_close(a1, a)
+    # the lip tower sees frame order: reversing the frames changes the windows' embeddings
+    assert not torch.allclose(embed(model, crops[::-1].copy(), audio)[0], v)
     out = sync_scores(v, a)
-    assert -15 <= out["offset"] <= 15 and out["sync_c"] >= 0
+    padded = torch.cat([torch.zeros(15, 1024), a.double(), torch.zeros(15, 1024)])
+    mdist = torch.stack([torch.stack([(v[i].double() - padded[i + k]).norm() for i in range(n)]).mean()
+                         for k in range(31)])
+    np.testing.assert_allclose(out["mdist"], mdist.numpy(), rtol=1e-6)
+    assert out["sync_d"] == pytest.approx(float(mdist.min()))
+    assert out["sync_c"] == pytest.approx(float(mdist.median() - mdist.min()))
+    assert out["offset"] == 15 - int(mdist.argmin())

@@ -21,8 +21,10 @@ class Recorder(nn.Module):
         self.calls = []
 
     def forward(self, x, timestep, audio=None, ref=None, text=None, frames_per_block=None):
-        self.calls.append({"t": timestep.detach().clone(), "fpb": frames_per_block, "audio": audio})
-        return self.conv(x)
+        out = self.conv(x)
+        self.calls.append({"t": timestep.detach().clone(), "fpb": frames_per_block, "audio": audio,
+                           "x": x.detach().clone(), "v": out.detach().clone()})
+        return out
 
 
 def batch(b=2, frames=4, size=16, seed=0):
@@ -76,13 +78,12 @@ def test_regression_is_block_causal_with_per_block_student_levels_and_caches(tmp
     t = call["t"] / 1000
     assert torch.equal(t[:, 0], t[:, 1]) and torch.equal(t[:, 2], t[:, 3])  # one level per block
     levels = student_levels(OPTS)
-    block0 = set(levels[[0, 1, 2, 3]].tolist())  # block 0: 4 steps, every level but the clean one
-    block1 = set(levels[[0, 2]].tolist())  # block 1: 2 steps of the same schedule
-    assert set(t[:, 0].tolist()) <= block0 and set(t[:, 2].tolist()) <= block1
+    block1 = set(levels[[0, 2]].tolist())  # block 1: 2 steps of the same schedule (+ its clean end)
     seen = set()
     for seed in range(20):
         module.regression_loss(b, torch.Generator().manual_seed(seed))
-        seen |= set((student.calls[-1]["t"][:, 2] / 1000).tolist())
+        t1 = student.calls[-1]["t"][:, 2] / 1000
+        seen |= set(t1[t1 > OPTS.mci.max + 1e-6].tolist())  # levels above the MCI range: trajectory states
     assert seen == block1
     # the trajectory cache: one file per sample, and no teacher call once cached
     assert len(list(tmp_path.glob("*.pt"))) == 2
@@ -117,3 +118,68 @@ def test_fit_two_steps_with_a_micro_dit_and_record(tmp_path):
     assert model is not None
     torch.testing.assert_close(dict(model.named_parameters())["head.head.weight"],
                                module.generator_ema.head.head.weight)
+
+
+def _context_draws(mci_enabled, seeds=range(16)):
+    """(level, input, velocity, loss, clean end) of the student's call for several level draws."""
+    from dataclasses import replace
+
+    from lit_avatar.inference.options import MCIOptions
+    opts = replace(OPTS, mci=MCIOptions(enabled=mci_enabled, min=0.05, max=0.2))
+    student = Recorder()
+    module = ODEInitModule(student, Recorder(), rollout=opts, vae=PatchVAE(2), audio_encoder=MelAudioEncoder(),
+                           teacher_substeps=1, mouth_weight=1.0)
+    b = batch()
+    clean = module.trajectories(b, tuple(module.vae.encode(b["video"]).shape), _conds(module, b))[-1]
+    out = []
+    for seed in seeds:
+        loss = module.regression_loss(b, torch.Generator().manual_seed(seed))
+        call = student.calls[-1]
+        out.append((call["t"] / 1000, call["x"], call["v"], loss.detach(), clean))
+    return out
+
+
+def _conds(module, b):
+    from lit_avatar.modules.distill_utils import clip_inputs
+
+    return clip_inputs(b, module.vae, module.audio_encoder)[1]
+
+
+def _expected_loss(level, x, v, clean, context):
+    pred = x - level[:, None, :, None, None] * v
+    err = (pred - clean).pow(2)
+    keep = (~context)[:, None, :, None, None].float().expand_as(err)
+    return (err * keep).sum() / keep.sum().clamp_min(1e-8)
+
+
+def test_ode_init_draws_the_clean_level_as_context_and_leaves_it_out_of_the_loss():
+    """CausVid: a block may sit at its trajectory's clean end; later blocks attend to it, the loss skips it."""
+    levels = student_levels(OPTS)
+    clean_draws = 0
+    for level, x, v, loss, clean in _context_draws(mci_enabled=False):
+        context = level == 0
+        clean_draws += int(context.any())
+        for i in range(level.shape[0]):
+            torch.testing.assert_close(x[i][:, context[i]], clean[i][:, context[i]])  # the clean end itself
+        assert set(level.flatten().tolist()) <= set(levels.tolist())
+        torch.testing.assert_close(loss, _expected_loss(level, x, v, clean, context))
+    assert clean_draws > 0  # over 16 draws the clean level comes up (block 1 has 3 levels)
+
+
+def test_ode_init_context_sits_at_the_mci_level_when_mci_is_on():
+    """With MCI the inference cache holds the clean output corrupted to s_m: the draw trains that input."""
+    trajectory_levels = set(student_levels(OPTS).tolist())
+    seen_context = 0
+    for level, x, v, loss, clean in _context_draws(mci_enabled=True):
+        context = torch.tensor([[lv not in trajectory_levels for lv in row] for row in level.tolist()])
+        for i in range(level.shape[0]):
+            s = level[i][context[i]]
+            if not len(s):
+                continue
+            seen_context += 1
+            assert ((s >= 0.05 - 1e-6) & (s <= 0.2 + 1e-6)).all()
+            # the input is (1 - s) clean + s noise: it stays near the clean end, never on a trajectory state
+            err = (x[i][:, context[i]] - clean[i][:, context[i]]).pow(2).mean()
+            assert 0 < err < 0.2 ** 2 * 4
+        torch.testing.assert_close(loss, _expected_loss(level, x, v, clean, context))
+    assert seen_context > 0

@@ -92,7 +92,7 @@ def test_training_steps_update_generator_every_critic_steps_and_save_a_student_r
     metrics = trainer.callback_metrics
     for key in ("train/generator_loss", "train/critic_loss", "train/dmd_grad_norm", "val/synthsync_r",
                 "val/synthsync_r_shuffled", "val/boundary_flicker_ratio"):
-        assert key in metrics, key
+        assert key in metrics and torch.isfinite(metrics[key]), key
     assert module.teacher.training is False and module.generator_ema.training is False
     trainer.save_checkpoint(tmp_path / "sf.ckpt")
     ckpt = torch.load(tmp_path / "sf.ckpt", weights_only=True)
@@ -125,3 +125,83 @@ def test_stage_weights_chain_teacher_to_student(tmp_path):
     with pytest.raises(UserError, match="missing.ckpt"):
         SelfForcingModule(micro_dit(6), micro_dit(7), rollout=OPTS, vae=PatchVAE(2),
                           teacher_weights=str(tmp_path / "missing.ckpt"))
+
+
+def _fit(module, steps, callbacks=()):
+    import lightning.pytorch as pl
+
+    loader = torch.utils.data.DataLoader([batch(seed=i) for i in range(steps)], batch_size=None)
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=list(callbacks))
+    trainer.fit(module, loader)
+    return trainer
+
+
+def test_ema_start_counts_iterations_like_self_forcing():
+    """ema_start_step=2 with a generator update every iteration: copies after iterations 0 and 1, then averages
+    once, at iteration 2 (counting generator updates instead would average after the 2nd update already)."""
+    import lightning.pytorch as pl
+
+    after = []
+
+    class Snapshot(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            after.append([p.detach().clone() for p in pl_module.generator.parameters()])
+
+    module = make_module(critic_steps=1, generator_lr=1e-2, ema_decay=0.5, ema_start_step=2)
+    _fit(module, 3, [Snapshot()])
+    assert module.generator_updates == 3
+    for ema, w1, w2 in zip(module.generator_ema.parameters(), after[1], after[2]):
+        torch.testing.assert_close(ema, 0.5 * w1 + 0.5 * w2)
+
+
+def _critic_inputs(module, steps=1):
+    """Run `steps` training steps; return the generator's rollouts (output, its weights then) and the critic's
+    training samples."""
+    import lit_avatar.modules.self_forcing as sf
+
+    rollouts, critic_samples = [], []
+    generate, flow_loss = module.generate, sf.critic_flow_loss
+
+    def spy_generate(*args, **kwargs):
+        weights = [p.detach().clone() for p in module.generator.parameters()]
+        out = generate(*args, **kwargs)
+        rollouts.append((out.detach().clone(), weights))
+        return out
+
+    def spy_loss(critic, samples, *args, **kwargs):
+        critic_samples.append(samples.detach().clone())
+        return flow_loss(critic, samples, *args, **kwargs)
+
+    module.generate = spy_generate
+    sf.critic_flow_loss = spy_loss
+    try:
+        _fit(module, steps)
+    finally:
+        sf.critic_flow_loss = flow_loss
+    return rollouts, critic_samples
+
+
+def test_critic_trains_on_a_fresh_rollout_of_the_updated_generator_by_default():
+    module = make_module(critic_steps=2, generator_lr=1e-2)
+    assert module.hparams.critic_sample == "fresh"
+    rollouts, critic_samples = _critic_inputs(module)
+    (x_gen, w_before), (x_fresh, w_after) = rollouts  # the generator's rollout, then the critic's
+    assert any(not torch.equal(a, b) for a, b in zip(w_before, w_after))  # rolled out after the update
+    assert all(torch.equal(a, b.detach()) for a, b in zip(w_after, module.generator.parameters()))
+    assert torch.equal(critic_samples[0], x_fresh) and not torch.allclose(x_fresh, x_gen, atol=1e-3)
+
+
+def test_critic_reuse_option_trains_on_the_generator_pre_update_sample():
+    module = make_module(critic_steps=2, generator_lr=1e-2, critic_sample="reuse")
+    rollouts, critic_samples = _critic_inputs(module)
+    assert len(rollouts) == 1 and torch.equal(critic_samples[0], rollouts[0][0])
+
+
+def test_critic_sample_rejects_unknown_values():
+    import pytest
+
+    from lit_avatar.errors import UserError
+
+    with pytest.raises(UserError, match="model.critic_sample"):
+        make_module(critic_sample="stale")

@@ -143,5 +143,19 @@ def test_bench_stream_reports_the_must_show_figures(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == result
     stream = result["stream"]
     assert stream["blocks"] == 10 and stream["video_frames"] == 30
-    assert stream["latency_s"]["reset_blocks"] >= 3 and stream["rss_bytes"]["after_first_reset"] > 0
-    assert result["kv_vs_recompute"]["speedup"] > 0 and result["kv_vs_recompute"]["context_frames"] == 3
+    # URCR at horizon 6 with 3-frame blocks: blocks 0 and 1 fill positions 0..5, every later block resets
+    assert stream["latency_s"]["reset_blocks"] == 10 - 2
+    state = stream["bounded_state_end"]
+    assert state["cache_frames"] == 3 and state["history_frames"] == 3 and state["latency_records"] == 10
+    assert stream["frames_per_second"] == pytest.approx(stream["video_frames"] / stream["wall_s"])
+    assert stream["time_to_first_frame_s"] <= stream["wall_s"]
+    latency = stream["latency_s"]
+    assert latency["first_block"] <= latency["max"] and latency["reset_median"] <= latency["max"]
+    rss = stream["rss_bytes"]
+    assert rss["after_first_reset"] <= rss["peak_sampled"]
+    assert rss["peak_over_after_first_reset"] == pytest.approx(rss["peak_sampled"] / rss["after_first_reset"])
+    assert rss["end_over_after_first_reset"] < 1.2  # memory stays flat across resets
+    compare = result["kv_vs_recompute"]
+    assert compare["context_frames"] == 3 and compare["horizon_latent_frames"] == 6
+    assert compare["cached_forwards_per_block"] == compare["steps_per_block"] + 1 == 2
+    assert compare["speedup"] == pytest.approx(compare["recompute_block_s"] / compare["kv_cached_block_s"])

@@ -24,7 +24,7 @@ def ema_decay_at(step: int, decay: float, start_step: int = 0) -> float:
     """Decay to use after optimizer step `step`: 0 (a plain copy) before `start_step`.
 
     Starting late keeps the average from being dominated by the random initial weights (Self-Forcing
-    starts its EMA at step 200).
+    starts its EMA at iteration 200, critic updates included).
     """
     return 0.0 if step < start_step else decay
 

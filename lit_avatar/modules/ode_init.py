@@ -187,8 +187,12 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         return traj
 
     def draw_levels(self, b: int, num_frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per sample and block, an index into the shared levels that the block's PSB list visits
-        (never the final clean level): [B, t] per-frame indices."""
+        """Per sample and block, an index into the shared levels that the block's PSB list visits,
+        its clean end included (CausVid draws t = 0 too): [B, t] per-frame indices.
+
+        A block drawn clean stands for context the student wrote earlier: later blocks attend to it, as
+        they do at inference, but it is left out of the loss (`regression_loss`).
+        """
         from lit_avatar.diffusion import subset_indices
 
         opts = self.rollout_options
@@ -196,13 +200,29 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         num_blocks = -(-num_frames // fpb)
         idx = torch.empty(b, num_blocks, dtype=torch.long)
         for i in range(num_blocks):
-            visited = torch.tensor(subset_indices(full, opts.psb.steps_for(i))[:-1])
+            visited = torch.tensor(subset_indices(full, opts.psb.steps_for(i)))  # ends with the clean level
             idx[:, i] = visited[torch.randint(len(visited), (b,), generator=generator)]
         return idx.repeat_interleave(fpb, dim=1)[:, :num_frames]
 
+    def context_inputs(self, clean: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks drawn at the clean level as the cache sees them at inference: with MCI, the clean end
+        corrupted to a level s_m drawn per block from [mci.min, mci.max] (as self-forcing trains); without
+        MCI, clean at s = 0. Returns (inputs [B,C,t,h,w], per-frame levels [B, t])."""
+        opts = self.rollout_options
+        b, _, t = clean.shape[:3]
+        if not opts.mci.enabled:
+            return clean, torch.zeros(b, t, device=clean.device)
+        num_blocks = -(-t // opts.frames_per_block)
+        s_m = opts.mci.min + (opts.mci.max - opts.mci.min) * torch.rand(b, num_blocks, generator=generator)
+        s_m = s_m.repeat_interleave(opts.frames_per_block, dim=1)[:, :t].to(clean.device)
+        noise = torch.randn(tuple(clean.shape), generator=generator).to(clean)
+        s = s_m[:, None, :, None, None]
+        return (1 - s) * clean + s * noise, s_m
+
     def regression_loss(self, batch: dict, generator: torch.Generator | None = None,
                         net: nn.Module | None = None) -> torch.Tensor:
-        """MSE between the student's x0 (block-causal, per-frame levels) and the trajectory's clean end."""
+        """MSE between the student's x0 (block-causal, per-frame levels) and the trajectory's clean end,
+        over the frames not drawn at the clean (context) level."""
         net = self.generator if net is None else net
         x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
         traj = self.trajectories(batch, tuple(x0.shape), conds)
@@ -214,12 +234,16 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         xs = states[torch.arange(b, device=self.device)[:, None], frames[None, :], idx]  # [B, t, C, h, w]
         xs = xs.permute(0, 2, 1, 3, 4)
         sigma = levels[idx]  # [B, t]
+        is_context = idx == len(levels) - 1
+        ctx_x, ctx_sigma = self.context_inputs(traj[-1], generator)
+        xs = torch.where(is_context[:, None, :, None, None], ctx_x, xs)
+        sigma = torch.where(is_context, ctx_sigma, sigma)
         v = net(xs, to_timestep(sigma), frames_per_block=self.rollout_options.frames_per_block, **conds.as_kwargs())
         pred = x0_from_velocity(xs, v, sigma)
         weight = None
         if self.hparams.mouth_weight != 1.0 and "mouth_box" in batch:
             weight = box_weight_map(batch["mouth_box"], h, w, self.hparams.mouth_weight)
-        return weighted_mse(pred, traj[-1], weight)
+        return weighted_mse(pred, traj[-1], weight, frame_mask=~is_context)
 
     # ----- Lightning hooks -----
 

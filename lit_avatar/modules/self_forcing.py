@@ -3,7 +3,8 @@
 The generator rolls out through the shared rollout exactly as at inference (PSB, MCI, URCR); one exit step
 per block carries the gradient. The DMD loss compares the frozen teacher (real score, CFG) with the critic
 (fake score), which is trained by flow matching on detached generator samples, `critic_steps` critic
-updates per generator update.
+updates per generator update. On a generator step the critic then trains on a fresh no-grad rollout of the
+updated generator (Self-Forcing); `critic_sample="reuse"` trains it on the generator's own pre-update sample.
 
 Optimisation is manual. Every training step updates the critic once, through Lightning's optimizer
 wrapper, so `trainer.global_step` counts critic updates (one per batch); every `critic_steps`-th step
@@ -13,7 +14,7 @@ step derive from (seed, global_step), so a resumed run continues exactly as an u
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -40,6 +41,9 @@ def _no_closure() -> None:
     """The generator's backward already ran (manual optimisation); the optimizer's closure has nothing to do."""
 
 
+FRESH_SAMPLE_STEP = 10**12  # draws of the critic's fresh rollout: those of a step number training never reaches
+
+
 class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
     """Self-Forcing with DMD.
 
@@ -59,6 +63,11 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         weight_decay: AdamW decoupled weight decay on weight matrices.
         grad_clip: gradient norm clip of both networks (10); 0 disables.
         critic_steps: critic updates per generator update (5).
+        critic_sample: what the critic trains on after a generator update: "fresh" (Self-Forcing) rolls the
+            updated generator out again with new noise and exit steps, without gradient; "reuse" takes the
+            generator's pre-update sample of the same noise, saving one rollout per generator update, but
+            the critic then fits samples of a generator that no longer exists and that DMD has just scored.
+            (Self-Forcing's fresh rollout is also on the next batch; here it reuses this batch's conditions.)
         guidance_scale: CFG g of the real score, pred = cond + g (cond - uncond).
         uncond_drops_ref: the unconditional teacher pass also zeroes the reference.
         dmd_shift: shift of the uniform draw of the scoring level (5).
@@ -67,7 +76,9 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         same_exit_step: one exit draw shared by all blocks of a rollout, or one per block.
         mouth_weight: weight inside the mouth box in the critic's flow loss (1 = off).
         ema_decay: generator EMA decay; None disables the EMA.
-        ema_start_step: generator update from which the EMA averages.
+        ema_start_step: iteration (critic update, `trainer.global_step`) from which the generator EMA
+            averages; before it the EMA copies the generator. Self-Forcing counts iterations: 200 of 3,000
+            with 5 critic updates per generator update averages 560 of the 600 generator updates.
         val_max_samples: validation clips generated per batch for SynthSync and the logged samples.
         val_sample_batches: validation batches whose samples are logged as images/mp4.
         seed: seed of every random draw (combined with the step).
@@ -92,6 +103,7 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         weight_decay: float = 0.01,
         grad_clip: float = 10.0,
         critic_steps: int = 5,
+        critic_sample: Literal["fresh", "reuse"] = "fresh",
         guidance_scale: float = 3.0,
         uncond_drops_ref: bool = False,
         dmd_shift: float = 5.0,
@@ -108,6 +120,8 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         super().__init__()
         if critic_steps < 1:
             raise UserError(f"model.critic_steps: expected >= 1, got {critic_steps}")
+        if critic_sample not in ("fresh", "reuse"):
+            raise UserError(f"model.critic_sample: expected 'fresh' or 'reuse', got {critic_sample!r}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise UserError(f"model.ema_decay: expected in [0, 1) or None, got {ema_decay}")
         if vae is None:
@@ -200,12 +214,16 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
             self.trainer.strategy.optimizer_step(gen_opt.optimizer, closure=_no_closure)
             self.generator_updates += 1
             if self.generator_ema is not None:
-                decay = ema_decay_at(self.generator_updates, self.hparams.ema_decay, self.hparams.ema_start_step)
+                decay = ema_decay_at(step, self.hparams.ema_decay, self.hparams.ema_start_step)  # iterations
                 ema_update(self.generator_ema, self.generator, decay)
             self.log("train/generator_loss", out.loss.detach(), prog_bar=True, batch_size=b)
             self.log("train/dmd_grad_norm", out.grad.norm(), batch_size=b)
             self.log("train/dmd_sigma", out.sigma.mean(), batch_size=b)
-            samples = x.detach()
+            if self.hparams.critic_sample == "reuse":
+                samples = x.detach()
+            else:
+                with torch.no_grad():
+                    samples = self.generate(x0.shape, conds, FRESH_SAMPLE_STEP + step, train=True)
         else:
             with torch.no_grad():
                 samples = self.generate(x0.shape, conds, step, train=True)

@@ -239,8 +239,9 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
             checkpoint["lit_avatar"] = generator_record(
                 "teacher", self.sampling_model, self.vae, self.audio_encoder, None, prefix, self._video_size
             )
-        except TypeError:
-            pass  # a network the record cannot describe (test stand-ins): the checkpoint still resumes
+        except TypeError as err:  # fail here, not later in `generate` with a checkpoint that has no record
+            raise TypeError(f"teacher checkpoint: cannot write the generator record that `lit-avatar generate` "
+                            f"and the distillation stages read ({err})") from err
 
     def configure_optimizers(self) -> dict:
         optimizer = build_adamw(self.model, self.hparams.lr, self.hparams.betas, self.hparams.weight_decay)
