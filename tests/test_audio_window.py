@@ -51,3 +51,21 @@ def test_precomputed_features_serve_blocks_like_the_encoder():
     tail = source.features(8, 12)[0]  # past the audio: the last frame repeated
     torch.testing.assert_close(tail[:2], feats[8:10])
     torch.testing.assert_close(tail[2:], feats[9:10].expand(2, 5, 4))
+
+
+def test_streamer_lookahead_follows_the_encoder(encoder):
+    """wav2vec2 streams with the 8-frame look-ahead the SynthSync experiment chose; a local encoder keeps 3."""
+    from lit_avatar.inference.options import RolloutOptions
+    from lit_avatar.inference.streamer import AvatarStreamer
+    from lit_avatar.models.audio import MelAudioEncoder
+    from lit_avatar.models.dit import AvatarDiT
+    from lit_avatar.models.presets import get_preset
+    from lit_avatar.models.vae import PatchVAE
+
+    ref = np.zeros((16, 16, 3), dtype=np.uint8)
+    for enc, expected in ((encoder, 8), (MelAudioEncoder(n_mels=16, normalize=False), 3)):
+        model = AvatarDiT(config=get_preset("micro", audio_feature_dim=enc.feature_dim, num_layers=1)).eval()
+        streamer = AvatarStreamer(model, PatchVAE(2), enc, RolloutOptions(frames_per_block=2), ref)
+        assert streamer.audio.lookahead_frames == expected
+    streamer = AvatarStreamer(model, PatchVAE(2), enc, RolloutOptions(frames_per_block=2), ref, lookahead_frames=5)
+    assert streamer.audio.lookahead_frames == 5

@@ -80,7 +80,8 @@ class AvatarStreamer:
         context_seconds: audio before a block that the encoder sees.
         max_latency_records: keep only the newest this many latency records (None: all of them).
         lookahead_frames: audio after a block (video frames) the encoder sees; more costs latency, fewer
-            changes wav2vec2's features near the window's edge (BENCHMARKS.md, streamed features).
+            changes wav2vec2's features near the window's edge (BENCHMARKS.md, streamed features). Default:
+            the encoder's `stream_lookahead_frames` (wav2vec2: 8), else 3 (exact for a local encoder).
         audio_features: a feature source to use instead of encoding the pushed audio per block (e.g.
             PrecomputedAudioFeatures of the whole file); the pushed audio then only keeps time.
     """
@@ -88,7 +89,7 @@ class AvatarStreamer:
     def __init__(self, model: nn.Module, vae: nn.Module, audio_encoder: nn.Module | None, options: RolloutOptions,
                  ref_image: torch.Tensor | np.ndarray, text: torch.Tensor | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", context_seconds: float = 2.0,
-                 max_latency_records: int | None = None, lookahead_frames: int = 3,
+                 max_latency_records: int | None = None, lookahead_frames: int | None = None,
                  audio_features: BlockAudioFeatures | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -103,6 +104,8 @@ class AvatarStreamer:
         uses_audio = bool(model.config.audio) and audio_encoder is not None
         if audio_encoder is not None:
             audio_encoder.to(self.device).eval()
+        if lookahead_frames is None:
+            lookahead_frames = int(getattr(audio_encoder, "stream_lookahead_frames", 3))
         if audio_features is not None:
             self.audio = audio_features
         else:

@@ -125,6 +125,11 @@ class Wav2Vec2AudioEncoder(nn.Module):
         window: frames per video-frame window (5: t-2..t+2).
     """
 
+    # Video frames of audio after a block that streaming feeds it (AvatarStreamer's default): wav2vec2 sees
+    # its window, not the file, and its features near the window's edge differ; 8 frames (0.32 s) kept
+    # SynthSync within 0.02 of whole-clip features on SynthTalk, 3 did not (BENCHMARKS.md).
+    stream_lookahead_frames = 8
+
     def __init__(self, path: str, layers: Literal["all", "last"] = "all", window: int = WINDOW) -> None:
         super().__init__()
         _check_pretrained_dir(path)
