@@ -1,4 +1,5 @@
 """Self-Forcing DMD: the gradient flows only through the exit step; a few manual-optimisation steps."""
+import pytest
 import torch
 
 from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
@@ -205,3 +206,44 @@ def test_critic_sample_rejects_unknown_values():
 
     with pytest.raises(UserError, match="model.critic_sample"):
         make_module(critic_sample="stale")
+
+
+def test_both_optimizers_step_through_the_precision_plugin_and_clip_by_the_logged_norm():
+    """The generator step goes through the strategy's precision plugin like the critic's (a gradient scaler
+    would run for both) without counting as a global step; each network is clipped by its own norm."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.plugins.precision import Precision
+
+    from tests.test_resume import PositionedBatches
+
+    class CountingPrecision(Precision):
+        def __init__(self):
+            self.steps = []
+
+        def optimizer_step(self, optimizer, model, closure, **kwargs):
+            self.steps.append(model.trainer.optimizers.index(optimizer))
+            return super().optimizer_step(optimizer, model, closure, **kwargs)
+
+    class RecordNorms(pl.Callback):
+        def __init__(self):
+            self.rows = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            index = trainer.optimizers.index(optimizer)
+            net = pl_module.generator if index == 0 else pl_module.critic
+            params = [p for p in net.parameters() if p.grad is not None]
+            self.rows.append([index, float(torch.stack([p.grad.norm() for p in params]).norm()), params])
+
+    module = make_module(critic_steps=2, grad_clip=1e-3)
+    precision, norms = CountingPrecision(), RecordNorms()
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, plugins=[precision], callbacks=[norms])
+    trainer.fit(module, PositionedBatches([batch(seed=i) for i in range(3)]))
+    assert trainer.global_step == 3 and module.generator_updates == 2
+    assert precision.steps == [0, 1, 1, 0, 1]  # generator at steps 0 and 2, critic at every step
+    for index, raw_norm, params in norms.rows[-2:]:  # the gradients left by the last step of each network
+        clipped = float(torch.stack([p.grad.norm() for p in params]).norm())
+        assert raw_norm > 1e-2 and clipped == pytest.approx(1e-3, rel=1e-3)
+    logged = trainer.callback_metrics
+    assert float(logged["train/critic_grad_norm"]) == pytest.approx(norms.rows[-1][1], rel=1e-5)
+    assert float(logged["train/generator_grad_norm"]) == pytest.approx(norms.rows[-2][1], rel=1e-5)

@@ -8,8 +8,9 @@ updated generator (Self-Forcing); `critic_sample="reuse"` trains it on the gener
 
 Optimisation is manual. Every training step updates the critic once, through Lightning's optimizer
 wrapper, so `trainer.global_step` counts critic updates (one per batch); every `critic_steps`-th step
-first updates the generator (stepped through the strategy's precision plugin, not counted as a step). All random draws of a
-step derive from (seed, global_step), so a resumed run continues exactly as an uninterrupted one.
+first updates the generator (stepped through the strategy's precision plugin, not counted as a step).
+All random draws of a step derive from (seed, global_step, rank), so ranks draw different noise and a
+resumed run continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
