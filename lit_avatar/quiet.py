@@ -11,7 +11,7 @@ import os
 import warnings
 
 LIBRARY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning",
-                   "py.warnings", "torch", "jsonargparse")
+                   "py.warnings", "jsonargparse")  # not "torch": raising its level would wake its INFO loggers
 
 
 def route_library_logs(path: str | os.PathLike) -> logging.Handler:
