@@ -150,3 +150,52 @@ def batch_appearance(gen: np.ndarray, real: np.ndarray | None, boxes: np.ndarray
     rows = [appearance(gen[i], None if real is None else real[i], boxes[i],
                        None if refs is None else refs[i]) for i in range(len(gen))]
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not k.endswith("per_frame")}
+
+
+class AppearanceScorer:
+    """`lit-avatar eval --metrics appearance`: appearance per video and SynthSync credited only where it passes.
+
+    Per video: ssim_outside_mouth / psnr_outside_mouth against the real video (when --real has it),
+    ref_ssim against the reference (when --refs or the real video's frame 0 gives one), and with the
+    audio the SynthSync r of the reversed audio (chance level) and the credited r (eval.appearance.judge;
+    without a real video the reference SSIM stands in for the appearance test).
+    """
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.last_ref_ssim: np.ndarray | None = None
+
+    def video(self, frames: np.ndarray, mouth_box, real: np.ndarray | None, ref: np.ndarray | None,
+              audio: np.ndarray | None, fps: float) -> dict:
+        from eval.synthsync import synthsync
+
+        row: dict = {}
+        if real is not None:
+            s, p = masked_ssim_psnr(frames, real, mouth_box)
+            row["ssim_outside_mouth"], row["psnr_outside_mouth"] = float(s.mean()), float(p.mean())
+        self.last_ref_ssim = None
+        if ref is not None:
+            self.last_ref_ssim, _ = masked_ssim_psnr(frames, ref, mouth_box)
+            row["ref_ssim"] = float(self.last_ref_ssim.mean())
+        looks = row.get("ssim_outside_mouth", row.get("ref_ssim"))
+        if audio is not None and looks is not None:
+            r = synthsync(frames, mouth_box, audio, fps=fps)["r"]
+            r_rev = synthsync(frames, mouth_box, np.ascontiguousarray(np.asarray(audio)[::-1]), fps=fps)["r"]
+            verdict = judge(looks, r, r_rev)
+            row.update({"synthsync_r_reversed_audio": r_rev, "synthsync_r_credited": verdict.credited_r,
+                        "appearance_pass": verdict.appearance_pass})
+        self.rows.append(row)
+        return row
+
+    def drift(self, fps: float, window_s: float):
+        from eval.drift import per_frame_drift
+
+        return None if self.last_ref_ssim is None else per_frame_drift(self.last_ref_ssim, fps, window_s)
+
+    def aggregate(self) -> dict:
+        out: dict = {}
+        for key in ("ssim_outside_mouth", "psnr_outside_mouth", "ref_ssim", "synthsync_r_reversed_audio",
+                    "synthsync_r_credited", "appearance_pass"):
+            values = [float(r[key]) for r in self.rows if key in r]
+            out[key if key != "appearance_pass" else "appearance_pass_rate"] = float(np.mean(values)) if values else None
+        return out

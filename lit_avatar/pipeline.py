@@ -107,18 +107,11 @@ def dmd_stage(teacher_ckpt: Path, ode_ckpt: Path, steps: int, name: str = "stude
 def score_samples(frames, batch: dict) -> dict:
     """SynthSync (true vs shuffled audio) and appearance (eval.appearance) of uint8 frames [B,T,H,W,3]
     generated for `batch` (its real `video`, `ref`, `mouth_box` and `audio`)."""
-    import numpy as np
-
-    from eval.appearance import batch_appearance
-    from lit_avatar.modules.sample_logging import to_uint8_frames
+    from lit_avatar.modules.sample_scores import appearance_of_batch
     from lit_avatar.modules.teacher import sync_scores
 
-    boxes, audio = batch["mouth_box"].numpy(), batch["audio"].float().numpy()
-    real = to_uint8_frames(batch["video"])
-    refs = to_uint8_frames(batch["ref"][:, :, None])[:, 0]
-    sync = sync_scores(frames, boxes, audio)
-    return {"synthsync_r": sync["r"], "synthsync_r_shuffled": sync["r_shuffled"],
-            **batch_appearance(np.asarray(frames), real, boxes, refs)}
+    sync = sync_scores(frames, batch["mouth_box"].numpy(), batch["audio"].float().numpy())
+    return {"synthsync_r": sync["r"], "synthsync_r_shuffled": sync["r_shuffled"], **appearance_of_batch(frames, batch)}
 
 
 def sample_teacher(teacher, batch: dict, steps: int, audio_guidance: float = 2.0, shift: float = 2.0,

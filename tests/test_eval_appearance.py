@@ -83,3 +83,35 @@ def test_bad_box_is_a_user_error():
         outside_mouth_mask((0.0, 0.0, 1.0), 8, 8)
     with pytest.raises(UserError, match="covers the whole frame"):
         outside_mouth_mask((0.0, 0.0, 1.0, 1.0), 8, 8)
+
+
+def test_eval_cli_reports_appearance_and_credits_sync_only_where_it_passes(tmp_path, clip):
+    """`lit-avatar eval --metrics synthsync,appearance`: the real clip is credited, mouth-box noise is not."""
+    import json
+
+    from eval.cli import main_eval
+    from lit_avatar.data import media
+
+    gen, real = tmp_path / "gen", tmp_path / "real"
+    gen.mkdir()
+    real.mkdir()
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, clip.frames.shape, dtype=np.uint8)
+    h, w = noise.shape[1:3]
+    x0, y0, x1, y1 = clip.box
+    for t, o in enumerate(clip.opening / max(clip.opening.max(), 1e-6)):
+        box = noise[t, int(y0 * h):int(np.ceil(y1 * h)), int(x0 * w):int(np.ceil(x1 * w))]
+        box[: int(round(o * box.shape[0]))] = 0
+    for name, frames in (("copy", clip.frames), ("noise", noise)):
+        media.write_video(gen / f"{name}.mp4", frames, fps=25, audio=clip.audio)
+        (gen / f"{name}.json").write_text(json.dumps({"mouth_box": list(clip.box)}))
+        media.write_video(real / f"{name}.mp4", clip.frames, fps=25, audio=clip.audio)
+    out = tmp_path / "r.json"
+    assert main_eval(["--gen", str(gen), "--real", str(real), "--metrics", "synthsync,appearance", "--out", str(out),
+                      "--no-progress"]) == 0
+    videos = json.loads(out.read_text())["videos"]
+    assert videos["copy"]["ssim_outside_mouth"] > 0.95 and videos["copy"]["appearance_pass"]
+    assert videos["copy"]["synthsync_r_credited"] == pytest.approx(videos["copy"]["synthsync_r"])
+    assert videos["noise"]["synthsync_r"] > 0.3  # fooled alone ...
+    assert videos["noise"]["ssim_outside_mouth"] < 0.2 and videos["noise"]["synthsync_r_credited"] == 0.0  # ... not credited
+    assert json.loads(out.read_text())["aggregate"]["appearance_pass_rate"] == 0.5
