@@ -126,7 +126,17 @@ def sample_teacher(teacher, batch: dict, steps: int, audio_guidance: float = 2.0
         x0, conds = clip_inputs(batch, teacher.vae, teacher.audio_encoder)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
         denoiser = AvatarGuidance(audio_scale=audio_guidance).denoiser(teacher.model, conds.audio, conds.ref, conds.text)
-        return teacher.vae.decode(sample_euler(denoiser, noise, shifted_schedule(steps, shift))).float().clamp(-1, 1)
+        latents = sample_euler(denoiser, noise, shifted_schedule(steps, shift), progress=_bar("teacher sampling"))
+        return teacher.vae.decode(latents).float().clamp(-1, 1)
+
+
+def _bar(desc: str):
+    """A tqdm wrapper (with ETA) for a step iterator, on stderr."""
+    import sys
+
+    from tqdm import tqdm
+
+    return lambda steps: tqdm(steps, desc=desc, unit="step", file=sys.stderr, leave=False)
 
 
 def check_teacher(teacher_ckpt: Path, batch: dict, steps: int = 16, seed: int = 0) -> dict:
