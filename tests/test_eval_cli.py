@@ -66,7 +66,8 @@ def test_eval_end_to_end(workspace, capsys):
         assert row["drift"]["fid"]["values"] == [None] * len(row["drift"]["fid"]["times"])
         assert row["fvd"] is None  # one 16-frame clip per video: no per-video covariance
         assert row["synthsync_r"] > 0.8  # drawn mouths follow their own audio
-        assert set(row["drift"]) == {"fid", "sync_c", "csim", "synthsync_r"}
+        assert set(row["drift"]) == {"fid", "sync_c", "csim", "synthsync_r", "ref_ssim"}
+        assert 0 <= row["ssim_outside_mouth"] <= 1 and "synthsync_r_credited" in row
         assert (workspace / "out" / "results_drift" / f"{name}.png").is_file()
     # the generated-only video still gets the metrics that need no real video
     assert "sync_c" in res["videos"]["only_gen"] and "fid" not in res["videos"]["only_gen"]
