@@ -29,3 +29,23 @@ def test_demo_rejects_a_zero_step_count(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == ["error: --teacher-steps: expected an integer >= 1, got 0"]
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_every_stage_with_keep_going(tmp_path):
+    """All six stages at toy size: the summary carries appearance beside SynthSync, and the frame grid exists."""
+    import json
+
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "lit_avatar.demo", "--out", str(out), "--threads", "1", "--clips", "16",
+           "--seconds", "1", "--val-identities", "2", "--teacher-steps", "3", "--teacher-batch", "2",
+           "--ode-steps", "2", "--ode-batch", "2", "--dmd-steps", "2", "--dmd-batch", "2", "--sample-frames", "8",
+           "--num-samples", "2", "--teacher-sample-steps", "2", "--stream-seconds", "2", "--keep-going"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 1, run.stdout + run.stderr  # an untrained teacher still fails the check
+    summary = json.loads((out / "summary.json").read_text())
+    for who in ("teacher", "student"):
+        assert 0 <= summary[f"{who}_ssim_outside_mouth"] < 0.5 and summary[f"{who}_synthsync_r_credited"] == 0.0
+    assert {"ssim_outside_mouth", "ref_ssim", "synthsync_r"} <= set(summary["stream"])
+    assert (out / "frame_grid.png").is_file() and summary["seconds_per_step"]["teacher"] > 0
+    assert sum(line.startswith("demo failed:") for line in run.stdout.splitlines()) == 1
