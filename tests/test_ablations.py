@@ -48,3 +48,25 @@ def test_unknown_variant_is_a_user_error(tmp_path, capsys):
         load_plan(args)
     cfg, protocol = load_plan(_parser().parse_args(["--quick"]))
     assert protocol["seeds"] == [0] and list(cfg["variants"]) == ["full", "no_psb", "no_mci", "no_urcr"]
+
+
+def test_write_outputs_gives_every_variant_the_same_drift_tags(tmp_path):
+    """The reporting half of `make ablations` on made-up scores: same TensorBoard tags per variant, a PNG,
+    and a table whose cells carry the interval and the † of a variant that differs from full."""
+    from eval.drift import curve_from_windows
+    from lit_avatar.ablations import write_outputs
+
+    cfg = {"title": "t", "baseline": "full", "variants": {"full": "", "no_mci": ""},
+           "columns": [{"key": "synthsync_r_credited", "header": "r", "better": "higher", "fmt": ".3f"}],
+           "rows": [{"name": "full (all)", "results": "x"}, {"name": "no_mci (clean)", "results": "y"}]}
+    bounds = [(0, 25), (25, 50), (50, 75)]
+    curve = lambda vals: {"synthsync_r": curve_from_windows(bounds, vals), "brightness": curve_from_windows(bounds, vals)}
+    per_seed = {"full": {"synthsync_r_credited": [0.88, 0.85, 0.90]},
+                "no_mci": {"synthsync_r_credited": [0.80, 0.78, 0.83]}}
+    curves = {"full": [curve([0.9, 0.8, 0.7])] * 3, "no_mci": [curve([0.9, 0.6, 0.5])] * 3}
+    curves = {v: {k: [c[k] for c in cs] for k in cs[0]} for v, cs in curves.items()}
+    table = write_outputs(tmp_path, cfg, per_seed, curves, 0.32, "cmd")
+    tags = [_scalar_tags(tmp_path / "tensorboard" / "drift" / v) for v in ("full", "no_mci")]
+    assert tags[0] == tags[1] == {"drift/synthsync_r", "drift/brightness"}
+    assert "| no_mci (clean) | 0.803 ± 0.063 †" in table and "| full (all) | **0.877** ± 0.063 |" in table
+    assert (tmp_path / "drift.png").stat().st_size > 0
