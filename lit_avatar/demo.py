@@ -187,6 +187,7 @@ def _step_seconds(ckpt: Path) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from eval.appearance import APPEARANCE_PASS_SSIM, SYNC_PASS_MARGIN
     from lit_avatar import pipeline
     from lit_avatar.quiet import route_library_logs
 
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     lap("teacher", t0)
     summary: dict = {"teacher_check": teacher_check, "teacher_loss_first50": _loss_window(teacher.parents[1], True),
                      "teacher_loss_last50": _loss_window(teacher.parents[1], False),
-                     "thresholds": {"appearance_ssim": 0.5, "synthsync_margin_over_shuffled": 0.2}}
+                     "thresholds": {"appearance_ssim": APPEARANCE_PASS_SSIM, "synthsync_margin_over_shuffled": SYNC_PASS_MARGIN}}
     reason, _ = _verdict_line("teacher", teacher_check)
     print(f"      teacher check: appearance SSIM {teacher_check['ssim_outside_mouth']:.2f}, SynthSync r "
           f"{teacher_check['synthsync_r']:+.2f} (shuffled {teacher_check['synthsync_r_shuffled']:+.2f})", flush=True)
