@@ -43,14 +43,19 @@ class StepProgress(pl.Callback):
         self._last = now
         if self._bar is not None:
             self._bar.update(trainer.global_step - self._bar.n)
+            if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+                self._close()  # now, so the final rate leaves out the closing validation and checkpoint
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = time.perf_counter()  # validation time is not a training step's cost
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close()
         if trainer.is_global_zero and trainer.log_dir and self.step_seconds:
             times = sorted(self.step_seconds[1:] or self.step_seconds)  # the first step pays for warm-up
             path = os.path.join(trainer.log_dir, "step_times.json")
