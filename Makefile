@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# e.g. make ablations ABLATIONS_ARGS=--quick (one seed, short streams)
+ABLATIONS_ARGS ?=
 
 .PHONY: venv test test-all demo ablations tensorboard bench gpu-wheels clean
 
@@ -28,7 +30,7 @@ demo: venv
 	$(PY) -m lit_avatar.demo --out runs/demo
 
 ablations: venv
-	$(PY) -m lit_avatar.ablations --out runs/ablations
+	$(PY) -m lit_avatar.ablations --out runs/ablations $(ABLATIONS_ARGS)
 
 tensorboard: venv
 	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1

@@ -123,3 +123,46 @@ def log_tensorboard(curves: Mapping[str, DriftCurve], logdir: str | os.PathLike,
                 writer.add_scalar(f"{prefix}/{name}", v, global_step=int(round(t)))
     finally:
         writer.close()
+
+
+def plot_overlay(runs: Mapping[str, Mapping[str, DriftCurve]], path: str | os.PathLike, title: str = "",
+                 marker_s: float | None = None, marker_label: str = "") -> None:
+    """One panel per metric with one line per run (e.g. per ablation variant), written atomically as PNG.
+
+    Args:
+        runs: {run name: {metric: curve}}; metrics missing from a run are left out of its panel.
+        marker_s: draw a vertical line at this time (e.g. the trained RoPE horizon).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(dict.fromkeys(m for curves in runs.values() for m in curves))
+    fig, axes = plt.subplots(max(len(metrics), 1), 1, figsize=(7, 2.4 * max(len(metrics), 1)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        for name, curves in runs.items():
+            if metric in curves:
+                c = curves[metric]
+                ax.plot(c.times, c.values, marker="o", label=f"{name} ({c.slope_per_min:+.3g}/min)")
+        if marker_s is not None:
+            ax.axvline(marker_s, color="grey", linestyle=":", label=marker_label or None)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("time (s)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=80)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)

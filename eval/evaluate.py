@@ -15,7 +15,7 @@ import numpy as np
 from eval.inputs import load_audio_for, load_reference, match_videos, read_sidecar, write_json_atomic
 from lit_avatar.errors import UserError
 
-ALL_METRICS = ("fid", "fvd", "sync", "csim", "drift", "synthsync")
+ALL_METRICS = ("fid", "fvd", "sync", "csim", "drift", "synthsync", "appearance")
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS = {
     "fid": FID_WEIGHTS,
@@ -94,6 +94,11 @@ def _load_scorers(opts: EvalOptions, has_real: bool) -> tuple[dict, object | Non
             continue
         if metric == "synthsync":
             out[metric] = S.SynthSyncScorer()
+            continue
+        if metric == "appearance":  # SynthTalk: SSIM/PSNR outside the mouth box (eval.appearance)
+            from eval.appearance import AppearanceScorer
+
+            out[metric] = AppearanceScorer()
             continue
         path, why = find_weights(metric, opts.weights_dir)
         if why:
@@ -231,9 +236,9 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
         row["gen_fps"] = float(speed)  # generation speed reported by `lit-avatar generate`
     curves: dict = {}
     real_frames = None
-    if name in matching.real and ("fid" in scorers or "fvd" in scorers or "csim" in scorers):
+    if name in matching.real and ("fid" in scorers or "fvd" in scorers or "csim" in scorers or "appearance" in scorers):
         real_frames = read_video(matching.real[name], fps=opts.fps)[0]
-    needs_audio = "sync" in scorers or "synthsync" in scorers
+    needs_audio = "sync" in scorers or "synthsync" in scorers or "appearance" in scorers
     audio = load_audio_for(name, gen_path, opts.audio) if needs_audio else None
     if needs_audio and audio is None:
         _say(opts, f"{name}: no audio (no {opts.audio or '--audio DIR'}/{name}.wav and no audio stream): "
@@ -283,6 +288,17 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
             row.update(scorers["synthsync"].video(frames, sidecar["mouth_box"], audio, opts.fps))
             if drift_on:
                 curves["synthsync_r"] = scorers["synthsync"].drift(opts.fps, opts.window)
+    if "appearance" in scorers:
+        if "mouth_box" not in sidecar:
+            _say(opts, f"{name}: appearance skipped (needs {gen_path.with_suffix('.json')} with a mouth_box)")
+        else:
+            reference = load_reference(name, opts.refs)
+            if reference is None and real_frames is not None:
+                reference = real_frames[0]
+            row.update(scorers["appearance"].video(frames, sidecar["mouth_box"], real_frames, reference, audio, opts.fps))
+            curve = scorers["appearance"].drift(opts.fps, opts.window) if drift_on else None
+            if curve is not None:
+                curves["ref_ssim"] = curve
     if drift_on and curves:
         from eval.drift import log_tensorboard, plot_curves
 

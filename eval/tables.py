@@ -10,6 +10,8 @@ A table is a YAML file (experiments/tables/*.yaml):
         fps: 16.0                                      # optional; else results' aggregate "fps" or fps_from
         fps_from: runs/bench/stream.json               # optional JSON with a top-level "fps"
         exclude_from_best: false                       # e.g. true for a ground-truth row
+    interval_suffix: _ci95       # optional: aggregate["<key>_ci95"] = [low, high] -> "mean ± half-width"
+    differs_suffix: _differs     # optional: aggregate["<key>_differs"] true -> "†" (differs from the baseline)
         commands:                                      # run by `--run` when `results` is missing
           - [lit-avatar, generate, ...]
           - [lit-avatar, eval, ...]
@@ -144,6 +146,24 @@ def row_values(row: dict, columns: list[Column], config: Path, run: bool) -> dic
     return out
 
 
+def row_marks(row: dict, columns: list[Column], interval_suffix: str | None, differs_suffix: str | None) -> dict[str, str]:
+    """Per column, what follows the value: " ± half-width" of its interval and "†" when it differs."""
+    if not interval_suffix and not differs_suffix:
+        return {c.key: "" for c in columns}
+    agg = _read_json(Path(row["results"]), "results").get("aggregate", {})
+    marks = {}
+    for c in columns:
+        text = ""
+        ci = agg.get(f"{c.key}{interval_suffix}") if interval_suffix else None
+        if isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in ci) \
+                and ci[1] > ci[0]:
+            text += f" ± {format(0.5 * (ci[1] - ci[0]), c.fmt)}"
+        if differs_suffix and agg.get(f"{c.key}{differs_suffix}") is True:
+            text += " †"
+        marks[c.key] = text
+    return marks
+
+
 def best_rows(values: list[dict], columns: list[Column], eligible: list[bool]) -> dict[str, set[int]]:
     """Per column, the indices of rows holding the best value (ties all count)."""
     best: dict[str, set[int]] = {}
@@ -160,7 +180,7 @@ def best_rows(values: list[dict], columns: list[Column], eligible: list[bool]) -
 
 
 def render_markdown(title: str, names: list[str], values: list[dict], columns: list[Column],
-                    best: dict[str, set[int]], footer: str) -> str:
+                    best: dict[str, set[int]], footer: str, marks: list[dict] | None = None) -> str:
     head = "| Method | " + " | ".join(f"{c.header} {c.arrow}" for c in columns) + " |"
     rule = "|---|" + "|".join("---:" for _ in columns) + "|"
     lines = [f"### {title}", "", head, rule] if title else [head, rule]
@@ -169,7 +189,8 @@ def render_markdown(title: str, names: list[str], values: list[dict], columns: l
         for c in columns:
             v = vals[c.key]
             text = "–" if v is None else format(v, c.fmt)
-            cells.append(f"**{text}**" if i in best[c.key] else text)
+            text = f"**{text}**" if i in best[c.key] else text
+            cells.append(text + (marks[i][c.key] if marks and v is not None else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", footer, ""])
 
@@ -181,7 +202,7 @@ def _tex_escape(s: str) -> str:
 
 
 def render_latex(title: str, names: list[str], values: list[dict], columns: list[Column],
-                 best: dict[str, set[int]], footer: str) -> str:
+                 best: dict[str, set[int]], footer: str, marks: list[dict] | None = None) -> str:
     arrows = {"lower": r"$\downarrow$", "higher": r"$\uparrow$"}
     lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(columns) + "}", r"\toprule",
              "Method & " + " & ".join(f"{_tex_escape(c.header)} {arrows[c.better]}" for c in columns) + r" \\",
@@ -191,7 +212,9 @@ def render_latex(title: str, names: list[str], values: list[dict], columns: list
         for c in columns:
             v = vals[c.key]
             text = "--" if v is None else format(v, c.fmt)
-            cells.append(rf"\textbf{{{text}}}" if i in best[c.key] else text)
+            text = rf"\textbf{{{text}}}" if i in best[c.key] else text
+            mark = marks[i][c.key] if marks and v is not None else ""
+            cells.append(text + mark.replace("±", r"$\pm$").replace("†", r"$^\dagger$"))
         lines.append(_tex_escape(name) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if title:
@@ -210,12 +233,17 @@ def build_table(config: str, out: str, run: bool = False, command: str = "") -> 
     names = [str(r["name"]) for r in rows]
     eligible = [not r.get("exclude_from_best", False) for r in rows]
     best = best_rows(values, columns, eligible)
+    interval_suffix, differs_suffix = cfg.get("interval_suffix"), cfg.get("differs_suffix")
+    marks = [row_marks(r, columns, interval_suffix, differs_suffix) for r in rows]
     footer = f"Built by `{command or 'lit-avatar table --config ' + str(cfg_path)}` on {_dt.date.today().isoformat()}."
+    if interval_suffix or differs_suffix:
+        footer = ("Cells: mean ± half-width of the 95% interval over seeds; † the paired difference to the baseline "
+                  "excludes 0. Bold: best mean. " + footer)
     title = str(cfg.get("title", ""))
     if str(out).endswith(".tex"):
-        text = render_latex(title, names, values, columns, best, footer)
+        text = render_latex(title, names, values, columns, best, footer, marks)
     elif str(out).endswith((".md", ".markdown", ".txt")):
-        text = render_markdown(title, names, values, columns, best, footer)
+        text = render_markdown(title, names, values, columns, best, footer, marks)
     else:
         raise UserError(f"--out {out}: expected a .md or .tex file")
     write_text_atomic(out, text)

@@ -1,13 +1,17 @@
-"""`make ablations`: distil every PSB/MCI/URCR variant on SynthTalk (CPU, tiny) and compare them.
+"""`make ablations`: distil every PSB/MCI/URCR variant with several seeds and compare them with intervals.
 
-Every variant starts from the same teacher and ODE init (those of `make demo`, reused or trained with
-its settings) and is distilled with experiments/distill/synthtalk_tiny.yaml stacked with
-experiments/ablations/<variant>.yaml into one TensorBoard root (<out>/tensorboard: one run per variant,
-the same metric names, so the curves overlay), then rolled out for a long stream on held-out audio.
-Results go to <out>/results/<variant>.json in the eval package's schema ({"aggregate": {...}}):
-SynthSync r (true vs shuffled audio), boundary flicker (frame change across block seams / inside blocks)
-and drift (first-vs-last window of SynthSync r and of frame brightness/contrast); <out>/ablations.md is
-the table `lit-avatar table` builds from them.
+Variants, protocol (seeds, DMD steps, held-out clips, stream length, windows) and table columns come from
+experiments/tables/ablations.yaml; this command only runs them:
+
+1. the teacher and ODE init of `make demo` (reused when the demo ran with the same settings);
+2. per seed and variant, Self-Forcing DMD with experiments/distill/synthtalk_tiny.yaml stacked with the
+   variant's YAML (TensorBoard: <out>/tensorboard/<variant>_s<seed>, one run each, the same tags);
+3. per run, the held-out SynthTalk recordings (fixed, the same for every run) streamed as one batch for
+   `seconds` and scored by eval.stream_scores (appearance, credited SynthSync, first blocks, seams, drift);
+4. per variant, means with 95% intervals over seeds and paired differences to the baseline
+   (eval.stats) -> <out>/results/<variant>.json; drift curves (means over seeds) to TensorBoard
+   (<out>/tensorboard/drift/<variant>, tags drift/<metric>) and <out>/drift.png; the table through
+   eval.tables -> <out>/ablations.md.
 """
 from __future__ import annotations
 
@@ -16,9 +20,11 @@ import json
 import os
 import shlex
 import sys
+import time
+from pathlib import Path
 
-VARIANTS = ("full", "no_psb", "no_mci", "no_urcr")
-BASE = "experiments/distill/synthtalk_tiny.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "experiments" / "tables" / "ablations.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,140 +32,187 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/ablations", help="output root (TensorBoard runs, checkpoints, results)")
     p.add_argument("--base", default="runs/demo",
                    help="a `make demo` folder whose data, teacher and ODE init are reused (trained here if missing)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
-    p.add_argument("--steps", type=int, default=150, help="most DMD steps (critic updates) per variant")
-    p.add_argument("--minutes", type=float, default=3.5, help="DMD time budget per variant")
-    p.add_argument("--long-seconds", type=float, default=16.0, help="length of the long evaluation stream")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, training and evaluation noise")
+    p.add_argument("--table", default=str(TABLE), help="variants, protocol and columns (YAML)")
+    p.add_argument("--quick", action="store_true", help="the table's `quick` protocol (one seed, short streams)")
+    p.add_argument("--variants", default=None, help="comma-separated subset of the table's variants")
+    p.add_argument("--seeds", default=None, help="comma-separated DMD seeds (default: the protocol's)")
+    p.add_argument("--steps", type=int, default=None, help="DMD steps per run (default: the protocol's)")
+    p.add_argument("--clips", type=int, default=None, help="held-out clips streamed (default: the protocol's)")
+    p.add_argument("--seconds", type=float, default=None, help="stream length in seconds (default: the protocol's)")
+    p.add_argument("--window", type=float, default=None, help="drift window in seconds (default: the protocol's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--demo-args", default="",
+                   help="extra `make demo` arguments for the shared data/teacher/ODE stages (e.g. '--teacher-steps 20')")
     return p
 
 
-def _base_stages(args: argparse.Namespace) -> tuple:
-    """Data, teacher and ODE init of `make demo` (the same settings, so a demo run is reused as is)."""
-    from pathlib import Path
-
-    from lit_avatar import demo, pipeline
-
-    defaults = demo.build_parser().parse_args(["--out", args.base, "--seed", str(args.seed)])
-    base = Path(args.base).resolve()
-    data, logs = base / "data", base / "logs"
-    demo.make_data(data, defaults)
-    teacher, _ = pipeline.fit_stage(pipeline.teacher_stage(defaults.teacher_steps, defaults.teacher_minutes),
-                                    data, logs, args.seed, extra_callbacks=["lit_avatar.modules.callbacks.LossHistory"])
-    ode, _ = pipeline.fit_stage(pipeline.ode_stage(teacher, defaults.ode_steps, defaults.ode_minutes), data, logs,
-                                args.seed, extra_callbacks=["lit_avatar.modules.callbacks.LossHistory"])
-    return data, teacher, ode
-
-
-# Columns of the CPU ablation table (the keys evaluate_variant returns).
-TABLE_COLUMNS = [
-    {"key": "synthsync_r", "header": "SynthSync r", "better": "higher", "fmt": ".3f"},
-    {"key": "synthsync_r_shuffled", "header": "r, shuffled audio", "better": "lower", "fmt": ".3f"},
-    {"key": "flicker_ratio", "header": "seam/inside flicker", "better": "lower", "fmt": ".2f"},
-    {"key": "drift_synthsync_r_first", "header": "r, first 2 s", "better": "higher", "fmt": ".3f"},
-    {"key": "drift_synthsync_r_last", "header": "r, last 2 s", "better": "higher", "fmt": ".3f"},
-]  # brightness/contrast drift stay in the results JSON: a change has no "better" direction to bold
-
-
-def write_table(results: dict[str, str], out: str, command: str) -> str:
-    """Build the Markdown table of the variants' results with the eval package's table builder."""
+def load_plan(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(table config, protocol with the command line's overrides), validated."""
     import yaml
 
-    from eval.tables import build_table
+    from lit_avatar.errors import UserError
 
-    config = {"title": "Ablations on SynthTalk (tiny, CPU; held-out identities, long stream)",
-              "columns": TABLE_COLUMNS,
-              "rows": [{"name": name, "results": path} for name, path in results.items()]}
-    config_path = os.path.join(out, "ablations_table.yaml")
-    with open(config_path, "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    return build_table(config_path, os.path.join(out, "ablations.md"), command=command)
+    path = Path(args.table)
+    if not path.is_file():
+        raise UserError(f"--table {path}: file not found")
+    cfg = yaml.safe_load(path.read_text())
+    for key in ("variants", "baseline", "protocol", "columns"):
+        if key not in cfg:
+            raise UserError(f"--table {path}: missing key {key!r}")
+    protocol = dict(cfg["quick" if args.quick else "protocol"])
+    if args.seeds:
+        protocol["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+    for key, value in (("dmd_steps", args.steps), ("clips", args.clips), ("seconds", args.seconds),
+                       ("window_s", args.window)):
+        if value is not None:
+            protocol[key] = value
+    if args.variants:
+        chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+        bad = [v for v in chosen if v not in cfg["variants"]]
+        if bad:
+            raise UserError(f"--variants: unknown {bad}; expected some of {','.join(cfg['variants'])}")
+        cfg["variants"] = {v: cfg["variants"][v] for v in chosen}
+    if protocol["dmd_steps"] < 1 or protocol["clips"] < 1 or protocol["seconds"] <= 0 or not protocol["seeds"]:
+        raise UserError("--steps/--clips/--seconds/--seeds: expected positive values and at least one seed")
+    return cfg, protocol
 
 
-def evaluate_variant(variant: str, ckpt: str, data: str, long_seconds: float) -> dict:
-    """Long rollout on held-out audio: sync, seams and drift."""
+def _base_stages(args: argparse.Namespace):
+    """Data, teacher and ODE init of `make demo` (its settings, so a demo run is reused as is)."""
+    from lit_avatar import demo, pipeline
+
+    defaults = demo.build_parser().parse_args(["--out", args.base, *shlex.split(args.demo_args)])
+    base = Path(args.base).resolve()
+    data, logs = base / "data", base / "logs"
+    info = demo.make_data(data, defaults)
+    history = ["lit_avatar.modules.callbacks.LossHistory"]
+    teacher, _ = pipeline.fit_stage(
+        pipeline.teacher_stage(defaults.teacher_steps, [f"--data.init_args.batch_size={defaults.teacher_batch}"]),
+        data, logs, defaults.seed, extra_callbacks=history, quiet=True)
+    ode, _ = pipeline.fit_stage(
+        pipeline.ode_stage(teacher, defaults.ode_steps, [f"--data.init_args.batch_size={defaults.ode_batch}"]),
+        data, logs, defaults.seed, extra_callbacks=history, quiet=True)
+    return data, teacher, ode, defaults, info
+
+
+def held_out_streams(defaults: argparse.Namespace, info: dict, clips: int, seconds: float) -> dict:
+    """The evaluation batch: `clips` real SynthTalk recordings of the held-out identities (fixed clip indices,
+    so every variant and seed sees the same audio, references and ground truth)."""
     import numpy as np
     import torch
 
-    from lit_avatar.data.datamodule import AvatarDataModule
+    from data_tools.synth import make_clip
+
+    count = int(info.get("identities", max(2, defaults.clips // 4, defaults.val_identities + 1)))
+    held_out = list(range(count - defaults.val_identities, count))
+    made = [make_clip(defaults.seed, 3_000_000 + i, held_out[i % len(held_out)], seconds, 32) for i in range(clips)]
+    to_video = lambda a: torch.from_numpy(np.stack(a)).float().div(127.5).sub(1)  # uint8 -> [-1, 1]
+    return {"video": to_video([c.frames for c in made]).permute(0, 4, 1, 2, 3),
+            "ref": to_video([c.ref for c in made]).permute(0, 3, 1, 2),
+            "audio": torch.from_numpy(np.stack([c.audio for c in made])).float(),
+            "mouth_box": torch.tensor([c.box for c in made], dtype=torch.float32),
+            "real_frames": np.stack([c.frames for c in made]), "ref_frames": np.stack([c.ref for c in made])}
+
+
+def stream_and_score(ckpt: Path, streams: dict, seed: int, protocol: dict):
+    """Roll the checkpoint's student over the whole batch of streams and score them (eval.stream_scores)."""
+    import torch
+
+    from eval.stream_scores import score_streams
     from lit_avatar.inference.loading import load_generator
     from lit_avatar.modules.clip_rollout import rollout_clip
     from lit_avatar.modules.distill_utils import clip_inputs, step_generator
-    from lit_avatar.modules.rollout_metrics import boundary_flicker, window_stats
     from lit_avatar.modules.sample_logging import to_uint8_frames
-    from lit_avatar.modules.teacher import sync_scores
 
     bundle = load_generator(ckpt)
-    frames_long = int(round(long_seconds * 25))
-    dm = AvatarDataModule(train_shards=f"{data}/train-*.tar", val_shards=f"{data}/val-*.tar", batch_size=4,
-                          val_batch_size=4, clip_frames=50, size=32, num_workers=0)
-    batch = next(iter(dm.val_dataloader()))
-    # a long stream: the clip's audio looped to the target length
-    reps = -(-frames_long * 640 // batch["audio"].shape[1])
-    audio = batch["audio"].repeat(1, reps)[:, : frames_long * 640]
-    long_batch = {"video": batch["video"][:, :, :1].expand(-1, -1, frames_long, -1, -1), "audio": audio,
-                  "ref": batch["ref"], "mouth_box": batch["mouth_box"]}
-    with torch.no_grad():
-        x0, conds = clip_inputs(long_batch, bundle.vae, bundle.audio_encoder)
+    batch = {k: streams[k] for k in ("video", "ref", "audio", "mouth_box")}
+    start = time.perf_counter()
+    with torch.inference_mode():
+        x0, conds = clip_inputs(batch, bundle.vae, bundle.audio_encoder)
         latents, _ = rollout_clip(bundle.model, bundle.rollout_options, conds, tuple(x0.shape),
-                                  generator=step_generator(0, 0, 1))
-        video = bundle.vae.decode(latents).float().clamp(-1, 1)
-    frames = to_uint8_frames(video)
-    boxes, audio_np = long_batch["mouth_box"].numpy(), audio.numpy()
-    sync = sync_scores(frames, boxes, audio_np)
-    fpb_video = bundle.rollout_options.frames_per_block * int(getattr(bundle.vae, "temporal_factor", 1))
-    flicker = boundary_flicker(video, fpb_video)
-    window = 50  # 2 s windows
-    r_windows = []
-    for start in range(0, frames.shape[1] - window + 1, window):
-        sl = slice(start, start + window)
-        a = audio_np[:, start * 640:(start + window) * 640]
-        r_windows.append(sync_scores(frames[:, sl], boxes, a)["r"])
-    stats = window_stats(frames[0], window)
-    return {
-        "synthsync_r": sync["r"], "synthsync_r_shuffled": sync["r_shuffled"],
-        "flicker_boundary": flicker["boundary"], "flicker_inside": flicker["inside"],
-        "flicker_ratio": flicker["ratio"],
-        "drift_synthsync_r_first": r_windows[0] if r_windows else float("nan"),
-        "drift_synthsync_r_last": r_windows[-1] if r_windows else float("nan"),
-        "drift_brightness_change": stats["mean"][-1] - stats["mean"][0],
-        "drift_contrast_change": stats["std"][-1] - stats["std"][0],
-        "frames": int(frames.shape[1]),
-    }
+                                  generator=step_generator(seed, 0, 1))
+        frames = to_uint8_frames(bundle.vae.decode(latents).float().clamp(-1, 1))
+    seconds = time.perf_counter() - start
+    fpb = bundle.rollout_options.frames_per_block * int(getattr(bundle.vae, "temporal_factor", 1))
+    scalars, curves = score_streams(frames, streams["real_frames"], streams["ref_frames"],
+                                    streams["mouth_box"].numpy(), streams["audio"].numpy(), fpb,
+                                    window_s=protocol["window_s"], first_seconds=protocol["first_seconds"])
+    scalars["ms_per_frame"] = 1000 * seconds / (frames.shape[0] * frames.shape[1])
+    horizon_s = bundle.rollout_options.urcr.max_frames * int(getattr(bundle.vae, "temporal_factor", 1)) / 25.0
+    return scalars, curves, horizon_s
+
+
+def write_outputs(out: Path, cfg: dict, per_seed: dict, curves: dict, horizon_s: float, command: str) -> str:
+    """Results JSON per variant (eval.stats), drift curves to TensorBoard and PNG, the table (eval.tables)."""
+    import yaml
+
+    from eval.drift import log_tensorboard, plot_overlay
+    from eval.stats import summarize
+    from eval.stream_scores import mean_curve
+    from eval.tables import build_table
+
+    aggregates = summarize(per_seed, cfg["baseline"])
+    results_dir = out / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    rows, mean_curves = [], {}
+    for variant, agg in aggregates.items():
+        mean_curves[variant] = {k: mean_curve(cs) for k, cs in curves[variant].items()}
+        record = {"method": variant, "aggregate": agg, "per_seed": per_seed[variant], "baseline": cfg["baseline"],
+                  "rope_horizon_s": horizon_s, "command": command,
+                  "drift": {k: c.to_dict() for k, c in mean_curves[variant].items()}}
+        path = results_dir / f"{variant}.json"
+        path.with_suffix(".json.tmp").write_text(json.dumps(record, indent=1))
+        os.replace(path.with_suffix(".json.tmp"), path)
+        # one TensorBoard run per variant, the same tags in each, so the curves overlay
+        log_tensorboard(mean_curves[variant], out / "tensorboard" / "drift" / variant, prefix="drift")
+        name = next((r["name"] for r in cfg.get("rows", []) if r["name"].split()[0] == variant), variant)
+        rows.append({"name": name, "results": str(path)})
+    plot_overlay(mean_curves, out / "drift.png", title="drift per window (mean over seeds)", marker_s=horizon_s,
+                 marker_label="trained RoPE horizon")
+    table_cfg = {"title": cfg.get("title", ""), "columns": cfg["columns"], "rows": rows,
+                 "interval_suffix": "_ci95", "differs_suffix": "_differs"}
+    config_path = out / "ablations_table.yaml"
+    config_path.write_text(yaml.safe_dump(table_cfg, sort_keys=False))
+    return build_table(str(config_path), str(out / "ablations.md"), command=command)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pathlib import Path
-
     from lit_avatar import pipeline
-    from lit_avatar.errors import UserError
+    from lit_avatar.quiet import route_library_logs
 
     args = _parser().parse_args(argv)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad:
-        raise UserError(f"--variants: unknown {bad}; expected some of {','.join(VARIANTS)}")
-    data, teacher, ode = _base_stages(args)
+    cfg, protocol = load_plan(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
-    results_dir = out / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    route_library_logs(out / "ablations.log")
     command = "python -m lit_avatar.ablations " + shlex.join(argv if argv is not None else sys.argv[1:])
-    results = {}
-    for variant in variants:
-        print(f"== {variant}: DMD from the shared teacher and ODE init", flush=True)
-        stage = pipeline.dmd_stage(teacher, ode, args.steps, args.minutes, name=variant, ablation=variant)
-        ckpt, _ = pipeline.fit_stage(stage, data, out / "tensorboard", args.seed)
-        metrics = evaluate_variant(variant, str(ckpt), str(data), args.long_seconds)
-        # the eval package's results schema ("aggregate"), so `lit-avatar table` reads it
-        record = {"method": variant, "aggregate": metrics, "checkpoint": str(ckpt), "command": command,
-                  "config": stage.configs}
-        path = results_dir / f"{variant}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, path)
-        results[variant] = str(path)
-        print(f"{variant}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
-    print(write_table(results, str(out), command))
+    data, teacher, ode, defaults, info = _base_stages(args)
+    streams = held_out_streams(defaults, info, protocol["clips"], protocol["seconds"])
+    runs = [(seed, variant) for seed in protocol["seeds"] for variant in cfg["variants"]]
+    per_seed = {v: {} for v in cfg["variants"]}
+    curves = {v: {} for v in cfg["variants"]}
+    horizon_s, started = 0.0, time.perf_counter()
+    for done, (seed, variant) in enumerate(runs):
+        print(f"== [{done + 1}/{len(runs)}] {variant}, seed {seed}: {protocol['dmd_steps']} DMD steps, then "
+              f"{protocol['clips']} held-out streams of {protocol['seconds']:g} s", flush=True)
+        stage = pipeline.dmd_stage(teacher, ode, protocol["dmd_steps"], name=f"{variant}_s{seed}", ablation=variant,
+                                   overrides=[f"--data.init_args.batch_size={defaults.dmd_batch}"])
+        ckpt, _ = pipeline.fit_stage(stage, data, out / "tensorboard", seed, quiet=True)
+        scalars, run_curves, horizon_s = stream_and_score(ckpt, streams, seed, protocol)
+        for key, value in scalars.items():
+            per_seed[variant].setdefault(key, []).append(value)
+        for key, curve in run_curves.items():
+            curves[variant].setdefault(key, []).append(curve)
+        elapsed = time.perf_counter() - started
+        print(f"   r {scalars['synthsync_r']:+.3f} (credited {scalars['synthsync_r_credited']:+.3f}), appearance SSIM "
+              f"{scalars['ssim_outside_mouth']:.3f}, {scalars['ms_per_frame']:.1f} ms/frame; about "
+              f"{elapsed / (done + 1) * (len(runs) - done - 1) / 60:.0f} min left", flush=True)
+    print(write_outputs(out, cfg, per_seed, curves, horizon_s, command))
+    print(f"results: {out / 'results'}, drift: {out / 'drift.png'} and {out / 'tensorboard'} (make tensorboard)")
     return 0
 
 

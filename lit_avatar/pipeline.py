@@ -27,28 +27,28 @@ class Stage:
         configs: stacked experiment YAMLs.
         steps: most optimizer steps (Trainer.max_steps).
         overrides: extra `--key=value` arguments.
-        minutes: wall-clock budget (Trainer.max_time); None: no limit.
+
+    Stages train by step count only (never by wall-clock), so the same command gives the same model on
+    any machine and under any load.
     """
 
     name: str
     configs: list[str]
     steps: int
     overrides: list[str] = field(default_factory=list)
-    minutes: float | None = None
-
-
-def _duration(minutes: float) -> str:
-    """Lightning's max_time format DD:HH:MM:SS."""
-    total = max(1, int(round(minutes * 60)))
-    return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
 def stage_checkpoint(logs: Path, name: str) -> Path:
     return Path(logs) / name / "version_0" / "checkpoints" / "last.ckpt"
 
 
-def fit_stage(stage: Stage, data: Path, logs: Path, seed: int = 0, extra_callbacks: list[str] = ()) -> tuple[Path, Any]:
-    """Run (or reuse) a stage; returns (last checkpoint, the CLI object or None when reused)."""
+def fit_stage(stage: Stage, data: Path, logs: Path, seed: int = 0, extra_callbacks: list[str] = (),
+              quiet: bool = False) -> tuple[Path, Any]:
+    """Run (or reuse) a stage; returns (last checkpoint, the CLI object or None when reused).
+
+    With `quiet`, Lightning's batch bar and model summary are off and a step bar with ETA
+    (lit_avatar.modules.step_progress.StepProgress) takes their place; it also records seconds per step.
+    """
     from lit_avatar.lightning_cli import AvatarCLI
 
     ckpt = stage_checkpoint(logs, stage.name)
@@ -71,8 +71,10 @@ def fit_stage(stage: Stage, data: Path, logs: Path, seed: int = 0, extra_callbac
         "--trainer.logger.init_args.version=0",
         *stage.overrides,
     ]
-    if stage.minutes is not None:
-        args.append(f"--trainer.max_time={_duration(stage.minutes)}")
+    if quiet:
+        args += ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                 "--trainer.callbacks+=" + json.dumps({"class_path": "lit_avatar.modules.step_progress.StepProgress",
+                                                      "init_args": {"desc": stage.name}})]
     for callback in extra_callbacks:
         args.append(f"--trainer.callbacks+={callback}")
     # a stale run of other settings must not be mistaken for this one
@@ -84,28 +86,72 @@ def fit_stage(stage: Stage, data: Path, logs: Path, seed: int = 0, extra_callbac
     return ckpt, cli
 
 
-def teacher_stage(steps: int, minutes: float | None) -> Stage:
-    return Stage("teacher", [str(TEACHER_CONFIG)], steps, minutes=minutes)
+def teacher_stage(steps: int, overrides: list[str] = ()) -> Stage:
+    return Stage("teacher", [str(TEACHER_CONFIG)], steps, list(overrides))
 
 
-def ode_stage(teacher_ckpt: Path, steps: int, minutes: float | None) -> Stage:
-    return Stage("ode_init", [str(ODE_CONFIG)], steps, [f"--model.init_args.teacher_weights={teacher_ckpt}"],
-                 minutes=minutes)
+def ode_stage(teacher_ckpt: Path, steps: int, overrides: list[str] = ()) -> Stage:
+    return Stage("ode_init", [str(ODE_CONFIG)], steps, [f"--model.init_args.teacher_weights={teacher_ckpt}",
+                                                         *overrides])
 
 
-def dmd_stage(teacher_ckpt: Path, ode_ckpt: Path, steps: int, minutes: float | None, name: str = "student",
-              ablation: str | None = None) -> Stage:
+def dmd_stage(teacher_ckpt: Path, ode_ckpt: Path, steps: int, name: str = "student",
+              ablation: str | None = None, overrides: list[str] = ()) -> Stage:
     configs = [str(DMD_CONFIG)]
     if ablation is not None:
         configs.append(str(ROOT / "experiments" / "ablations" / f"{ablation}.yaml"))
     return Stage(name, configs, steps, [f"--model.init_args.teacher_weights={teacher_ckpt}",
-                                        f"--model.init_args.generator_weights={ode_ckpt}"], minutes=minutes)
+                                        f"--model.init_args.generator_weights={ode_ckpt}", *overrides])
 
 
-def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict, teacher_steps: int = 40,
+def score_samples(frames, batch: dict) -> dict:
+    """SynthSync (true vs shuffled audio) and appearance (eval.appearance) of uint8 frames [B,T,H,W,3]
+    generated for `batch` (its real `video`, `ref`, `mouth_box` and `audio`)."""
+    from lit_avatar.modules.sample_scores import appearance_of_batch
+    from lit_avatar.modules.teacher import sync_scores
+
+    sync = sync_scores(frames, batch["mouth_box"].numpy(), batch["audio"].float().numpy())
+    return {"synthsync_r": sync["r"], "synthsync_r_shuffled": sync["r_shuffled"], **appearance_of_batch(frames, batch)}
+
+
+def sample_teacher(teacher, batch: dict, steps: int, audio_guidance: float = 2.0, shift: float = 2.0,
+                   seed: int = 0):
+    """The teacher's Euler sampler with audio CFG over whole clips: video [B,3,T,H,W] in [-1, 1]."""
+    import torch
+
+    from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule
+    from lit_avatar.modules.distill_utils import clip_inputs
+
+    with torch.inference_mode():
+        x0, conds = clip_inputs(batch, teacher.vae, teacher.audio_encoder)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        denoiser = AvatarGuidance(audio_scale=audio_guidance).denoiser(teacher.model, conds.audio, conds.ref, conds.text)
+        latents = sample_euler(denoiser, noise, shifted_schedule(steps, shift), progress=_bar("teacher sampling"))
+        return teacher.vae.decode(latents).float().clamp(-1, 1)
+
+
+def _bar(desc: str):
+    """A tqdm wrapper (with ETA) for a step iterator, on stderr."""
+    import sys
+
+    from tqdm import tqdm
+
+    return lambda steps: tqdm(steps, desc=desc, unit="step", file=sys.stderr, leave=False)
+
+
+def check_teacher(teacher_ckpt: Path, batch: dict, steps: int = 16, seed: int = 0) -> dict:
+    """Sample the teacher on held-out clips and score them (the demo stops here when the teacher failed)."""
+    from lit_avatar.inference.loading import load_generator
+    from lit_avatar.modules.sample_logging import to_uint8_frames
+
+    video = sample_teacher(load_generator(teacher_ckpt), batch, steps, seed=seed)
+    return score_samples(to_uint8_frames(video), batch)
+
+
+def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict, teacher_steps: int = 16,
                             audio_guidance: float = 2.0, teacher_shift: float = 2.0, seed: int = 0,
                             keep_frames: bool = False) -> dict:
-    """SynthSync (true vs shuffled audio) and seconds per generated frame of both, on the same clips.
+    """SynthSync (true vs shuffled audio), appearance and seconds per generated frame of both, same clips.
 
     With keep_frames, the uint8 frames of both are returned too (keys student_frames, teacher_frames).
     The student runs the shared rollout (its PSB/MCI/URCR options from its checkpoint); the teacher runs
@@ -116,16 +162,13 @@ def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict,
 
     import torch
 
-    from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule
     from lit_avatar.inference.loading import load_generator
     from lit_avatar.modules.clip_rollout import rollout_clip
     from lit_avatar.modules.distill_utils import clip_inputs
     from lit_avatar.modules.sample_logging import to_uint8_frames
-    from lit_avatar.modules.teacher import sync_scores
 
     student = load_generator(student_ckpt)
     teacher = load_generator(teacher_ckpt)
-    boxes, audio = batch["mouth_box"].numpy(), batch["audio"].float().numpy()
     frames = batch["video"].shape[0] * batch["video"].shape[2]
     with torch.inference_mode():
         x0, conds = clip_inputs(batch, student.vae, student.audio_encoder)
@@ -134,20 +177,15 @@ def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict,
                                   generator=torch.Generator().manual_seed(seed))
         student_video = student.vae.decode(latents)
         student_s = time.perf_counter() - start
-        _, tconds = clip_inputs(batch, teacher.vae, teacher.audio_encoder)
-        start = time.perf_counter()
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        denoiser = AvatarGuidance(audio_scale=audio_guidance).denoiser(teacher.model, tconds.audio, tconds.ref, tconds.text)
-        teacher_video = teacher.vae.decode(sample_euler(denoiser, noise, shifted_schedule(teacher_steps, teacher_shift)))
-        teacher_s = time.perf_counter() - start
+    start = time.perf_counter()
+    teacher_video = sample_teacher(teacher, batch, teacher_steps, audio_guidance, teacher_shift, seed)
+    teacher_s = time.perf_counter() - start
     student_frames, teacher_frames = to_uint8_frames(student_video), to_uint8_frames(teacher_video)
-    s_sync = sync_scores(student_frames, boxes, audio)
-    t_sync = sync_scores(teacher_frames, boxes, audio)
+    scores = {f"{who}_{k}": v for who, f in (("student", student_frames), ("teacher", teacher_frames))
+              for k, v in score_samples(f, batch).items()}
     steps = student.rollout_options.psb.steps
     extra = {"student_frames": student_frames, "teacher_frames": teacher_frames} if keep_frames else {}
-    return {**extra,
-        "student_synthsync_r": s_sync["r"], "student_synthsync_r_shuffled": s_sync["r_shuffled"],
-        "teacher_synthsync_r": t_sync["r"], "teacher_synthsync_r_shuffled": t_sync["r_shuffled"],
+    return {**extra, **scores,
         "student_steps": f"{','.join(map(str, steps))} (PSB; later blocks {steps[-1]})",
         "teacher_steps": f"{teacher_steps} x {1 if audio_guidance == 1 else 2} forwards (audio CFG {audio_guidance:g})",
         "student_ms_per_frame": 1000 * student_s / frames, "teacher_ms_per_frame": 1000 * teacher_s / frames,

@@ -53,7 +53,7 @@ def test_eval_end_to_end(workspace, capsys):
     err = capsys.readouterr().err
     assert "only_gen" in err and "only_real" in err
     assert res["unmatched"] == {"gen_only": ["only_gen"], "real_only": ["only_real"]}
-    assert set(res["computed"]) == {"fid", "fvd", "sync", "csim", "synthsync", "drift"}
+    assert set(res["computed"]) == {"fid", "fvd", "sync", "csim", "synthsync", "appearance", "drift"}
     assert res["videos"]["only_gen"]["frames"] == 8
     for name in ("a", "b"):
         row = res["videos"][name]
@@ -67,7 +67,8 @@ def test_eval_end_to_end(workspace, capsys):
         assert row["drift"]["fid"]["values"] == [None] * len(row["drift"]["fid"]["times"])
         assert row["fvd"] is None  # one 16-frame clip per video: no per-video covariance
         assert row["synthsync_r"] > 0.8  # drawn mouths follow their own audio
-        assert set(row["drift"]) == {"fid", "sync_c", "csim", "synthsync_r"}
+        assert set(row["drift"]) == {"fid", "sync_c", "csim", "synthsync_r", "ref_ssim"}
+        assert 0 <= row["ssim_outside_mouth"] <= 1 and "synthsync_r_credited" in row
         assert (workspace / "out" / "results_drift" / f"{name}.png").is_file()
     # the generated-only video still gets the metrics that need no real video
     assert np.isfinite(res["videos"]["only_gen"]["sync_c"]) and "fid" not in res["videos"]["only_gen"]
@@ -198,7 +199,14 @@ def test_table_configs_are_valid(name, tmp_path):
     cfg_path = root / "experiments" / "tables" / f"{name}.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     columns = parse_columns(cfg["columns"], cfg_path)
-    assert {c.key for c in columns} >= {"fid", "fvd", "sync_c", "sync_d", "csim", "fps"}
+    if name == "paper_comparison":
+        assert {c.key for c in columns} >= {"fid", "fvd", "sync_c", "sync_d", "csim", "fps"}
+    else:  # the ablation table: credited sync, appearance, and a metric aimed at each contribution
+        keys = {c.key for c in columns}
+        assert {"synthsync_r_credited", "ssim_outside_mouth", "first_ssim_outside_mouth", "flicker_ratio",
+                "drift_synthsync_r_slope_per_min"} <= keys
+        assert all((root / path).is_file() for path in cfg["variants"].values())
+        assert len(cfg["protocol"]["seeds"]) >= 3 and cfg["protocol"]["clips"] >= 8 and cfg["protocol"]["seconds"] >= 60
     for row in cfg["rows"]:
         assert row["results"].endswith(".json") and row["commands"]
         for cmd in row["commands"]:

@@ -270,6 +270,9 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
             scores = sync_scores(frames, sub["mouth_box"].cpu().numpy(), sub["audio"].float().cpu().numpy())
             self.log("val/synthsync_r", scores["r"], batch_size=n)
             self.log("val/synthsync_r_shuffled", scores["r_shuffled"], batch_size=n)
+            from lit_avatar.modules.sample_scores import log_appearance
+
+            log_appearance(self, frames, sub, n)
         if batch_idx < self.hparams.val_sample_batches and not self.trainer.sanity_checking:
             tb = tensorboard_of(self)
             if tb is not None:

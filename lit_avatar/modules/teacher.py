@@ -301,6 +301,9 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
             scores = sync_scores(frames, sub["mouth_box"].cpu().numpy(), audio)
             self.log("val/synthsync_r", scores["r"], batch_size=n)
             self.log("val/synthsync_r_shuffled", scores["r_shuffled"], batch_size=n)
+            from lit_avatar.modules.sample_scores import log_appearance
+
+            log_appearance(self, frames, sub, n)
             if tb is not None:
                 from eval.synthsync import audio_envelope, mouth_opening
 
