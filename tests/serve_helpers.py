@@ -13,22 +13,28 @@ import torch
 FRAME_HEADER = struct.Struct("<Ii")
 
 
-def tiny_checkpoint(path, kind: str = "student", size=(16, 16)) -> str:
-    """A random-weight micro student (fpb 2, PatchVAE, mel audio): enough to exercise every code path."""
+def tiny_checkpoint(path, kind: str = "student", size=(16, 16), preset: str = "micro") -> str:
+    """A random-weight student: "micro" (16x16) exercises every code path in a moment; "tiny" at 32x32 with
+    the demo's rollout (PSB 6,4) costs what the demo's trained student costs per frame."""
     from lit_avatar.inference.loading import generator_record
-    from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
+    from lit_avatar.inference.options import MCIOptions, PSBOptions, RolloutOptions, URCROptions
     from lit_avatar.models.audio import MelAudioEncoder
     from lit_avatar.models.dit import AvatarDiT
     from lit_avatar.models.presets import get_preset
     from lit_avatar.models.vae import PatchVAE
 
     torch.manual_seed(0)
-    model = AvatarDiT(config=get_preset("micro", audio_feature_dim=16))
+    model = AvatarDiT(config=get_preset(preset, **({"audio_feature_dim": 16} if preset == "micro" else {})))
     for block in model.blocks:  # a non-zero audio path, so the audio reaches the frames
         torch.nn.init.normal_(block.audio_attn.o.weight, std=0.05)
-    encoder = MelAudioEncoder(n_mels=16, normalize=False)
-    options = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[2, 1]), urcr=URCROptions(max_frames=8))
-    record = generator_record(kind, model, PatchVAE(spatial_factor=2), encoder, options, "generator.", video_size=size)
+    encoder = MelAudioEncoder(n_mels=model.config.audio_feature_dim, normalize=False)
+    if preset == "micro":
+        options = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[2, 1]), urcr=URCROptions(max_frames=8))
+    else:  # experiments/distill/synthtalk_tiny.yaml
+        options = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[6, 4]), mci=MCIOptions(frames=2),
+                                 urcr=URCROptions(max_frames=8, keep_frames=2))
+    vae = PatchVAE(spatial_factor=2, scale=2.0)
+    record = generator_record(kind, model, vae, encoder, options, "generator.", video_size=size)
     torch.save({"state_dict": {f"generator.{k}": v for k, v in model.state_dict().items()}, "lit_avatar": record},
                path)
     return str(path)
@@ -76,7 +82,8 @@ async def run_peer(url: str, audio: np.ndarray | None = None, chunk: int = 1600,
                    stop: bool = True, first: list | None = None, headers: dict | None = None,
                    vanish_after: int | None = None) -> PeerResult:
     """Open a session, send `first` raw messages (or a start message), the audio in chunks (paced at `pace`
-    times real time, 0 = as fast as possible), then stop and read to the end.
+    times real time on an absolute schedule, so the rate does not drift; 0 = as fast as possible), then stop
+    and read to the end.
 
     Args:
         vanish_after: drop the TCP connection without a close frame after this many chunks.
@@ -90,6 +97,7 @@ async def run_peer(url: str, audio: np.ndarray | None = None, chunk: int = 1600,
             for message in (first if first is not None else [json.dumps({"type": "start"})]):
                 await (ws.send_str(message) if isinstance(message, str) else ws.send_bytes(message))
             if audio is not None:
+                began = asyncio.get_running_loop().time()
                 for n, start in enumerate(range(0, len(audio), chunk)):
                     if vanish_after is not None and n == vanish_after:
                         ws._response.connection.transport.abort()  # vanish: no close frame
@@ -99,7 +107,8 @@ async def run_peer(url: str, audio: np.ndarray | None = None, chunk: int = 1600,
                         break
                     await ws.send_bytes(pcm16(audio[start:start + chunk]))
                     if pace:
-                        await asyncio.sleep(chunk / 16000 / pace)
+                        due = began + (start + chunk) / 16000 / pace
+                        await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
             if stop and not ws.closed:
                 await ws.send_str(json.dumps({"type": "stop"}))
             await asyncio.wait_for(reader, 60)
