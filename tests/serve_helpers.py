@@ -100,7 +100,7 @@ async def run_peer(url: str, audio: np.ndarray | None = None, chunk: int = 1600,
                 began = asyncio.get_running_loop().time()
                 for n, start in enumerate(range(0, len(audio), chunk)):
                     if vanish_after is not None and n == vanish_after:
-                        ws._response.connection.transport.abort()  # vanish: no close frame
+                        ws._writer.transport.abort()  # vanish: the socket dies, no close frame
                         reader.cancel()
                         return result
                     if ws.closed:

@@ -19,7 +19,6 @@ import logging
 import struct
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -30,6 +29,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from lit_avatar.serve.engine import AvatarEngine
 from lit_avatar.serve.options import FPS, SAMPLE_RATE, ServeOptions
 from lit_avatar.serve.session import LiveSession, SentFrame
+from lit_avatar.serve.workers import Generated, ThreadWorkers
 
 __all__ = ["AvatarServer", "SessionObserver", "FRAME_HEADER"]
 
@@ -88,22 +88,23 @@ class AvatarServer:
     """Sessions over one AvatarEngine.
 
     Args:
-        engine: the shared generator.
+        engine: the generator (its size is the video's; with in-process workers it also generates).
         options: limits and policies.
-        workers: threads that run generation (sessions share them; one block at a time per session).
+        workers: where the sessions' streamers run (workers.py); default: one thread of this process.
         observer: optional; sees each session's audio and sent frames.
     """
 
-    def __init__(self, engine: AvatarEngine, options: ServeOptions, workers: int = 2,
+    def __init__(self, engine: AvatarEngine, options: ServeOptions, workers=None,
                  observer: SessionObserver | None = None) -> None:
         self.engine = engine
         self.options = options
         self.observer = observer
-        self.executor = ThreadPoolExecutor(max(1, workers), thread_name_prefix="avatar-session")
+        self.workers = workers or ThreadWorkers(engine, options.image_format, options.jpeg_quality)
         self.sessions: dict[str, LiveSession] = {}
         self.finished: deque[dict] = deque(maxlen=100)
         self.refused: dict[str, int] = {}
         self._slots_taken = 0
+        self._sockets: set[web.WebSocketResponse] = set()
         self._page = (STATIC / "index.html").read_bytes()
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -114,6 +115,7 @@ class AvatarServer:
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/stats", self._stats)
         app.on_shutdown.append(self._on_shutdown)
+        app.on_cleanup.append(self._on_cleanup)
         return app
 
     async def _index(self, request: web.Request) -> web.Response:
@@ -137,7 +139,11 @@ class AvatarServer:
             "fps": FPS, "height": self.engine.height, "width": self.engine.width})
 
     async def _on_shutdown(self, app: web.Application) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for ws in list(self._sockets):  # end open sessions, so their handlers return
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        self.workers.shutdown()
 
     # -- WebSocket -------------------------------------------------------------------------------
     def _origin_ok(self, request: web.Request) -> bool:
@@ -171,6 +177,7 @@ class AvatarServer:
                                f"server busy: all {self.options.max_sessions} sessions in use; try again later", "busy")
             return ws
         self._slots_taken += 1
+        self._sockets.add(ws)
         try:
             await self._run_session(ws)
         except _Refused as err:
@@ -179,6 +186,7 @@ class AvatarServer:
             pass  # the peer vanished; the session cleaned up after itself
         finally:
             self._slots_taken -= 1
+            self._sockets.discard(ws)
         return ws
 
     async def _receive(self, ws: web.WebSocketResponse, what: str):
@@ -224,10 +232,9 @@ class AvatarServer:
             return
         if msg.type != WSMsgType.TEXT or self._control(msg.data) != "start":
             raise _Refused(WSCloseCode.UNSUPPORTED_DATA, 'expected {"type": "start"} as the first message')
-        loop = asyncio.get_running_loop()
-        streamer = await loop.run_in_executor(self.executor, self.engine.new_streamer)
         session_id = uuid.uuid4().hex[:8]
-        session = LiveSession(streamer, self.options, session_id)
+        await self.workers.call("open", session_id)
+        session = LiveSession(self.options, session_id)
         self.sessions[session_id] = session
         log.info("session %s started (%d active)", session_id, len(self.sessions))
         outbox = _Outbox(self.options.max_queued_frames)
@@ -246,7 +253,8 @@ class AvatarServer:
             # stop: generate what is left, send it, then the summary
             stopping.set()
             wake.set()
-            await tasks[0]
+            await asyncio.wait([tasks[0]])
+            _raise_if_failed(tasks[0])
             outbox.closed = True
             outbox.ready.set()
             await tasks[1]
@@ -268,6 +276,10 @@ class AvatarServer:
             summary = session.stats()
             self.finished.append(summary)
             del self.sessions[session_id]
+            try:
+                await self.workers.call("close", session_id)
+            except RuntimeError:
+                pass  # its worker is gone already
             log.info("session %s ended (%s): %d frames sent, %s frames/s, median latency %s ms", session_id,
                      session.end_reason, summary["frames_sent"], _fmt(summary["fps_steady"]),
                      _fmt(summary["latency_ms_median"]))
@@ -276,8 +288,7 @@ class AvatarServer:
         """Audio messages until stop; returns on stop, raises on anything that ends the session otherwise."""
         while True:
             msg = await self._receive(ws, "audio")
-            if pump.done():  # generation failed: surface it instead of reading on
-                pump.result()
+            _raise_if_failed(pump)
             if msg.type == WSMsgType.BINARY:
                 session.receive_audio(self._audio(msg.data))
                 wake.set()
@@ -289,8 +300,7 @@ class AvatarServer:
                 raise ConnectionResetError("peer closed the connection")
 
     async def _pump(self, session: LiveSession, outbox: _Outbox, wake: asyncio.Event, stopping: asyncio.Event) -> None:
-        """Generate from the audio as it comes, one streamer call at a time, in the worker pool."""
-        loop = asyncio.get_running_loop()
+        """Generate from the audio as it comes, one streamer call at a time, in the session's worker."""
         while True:
             await wake.wait()
             wake.clear()
@@ -298,19 +308,17 @@ class AvatarServer:
             if samples.size:
                 if self.observer is not None:
                     self.observer.audio(session.session_id, samples)
-                first, images, _ = await loop.run_in_executor(self.executor, session.generate, samples)
-                self._deliver(session, outbox, first, images)
+                self._deliver(session, outbox, await self.workers.call("push", session.session_id, samples))
             if stopping.is_set() and not session.intake.pending_samples:
-                first, images, _ = await loop.run_in_executor(self.executor, session.finish)
-                self._deliver(session, outbox, first, images)
+                self._deliver(session, outbox, await self.workers.call("finish", session.session_id))
                 return
             if session.intake.pending_samples:
                 wake.set()  # audio came in while generating
 
-    def _deliver(self, session: LiveSession, outbox: _Outbox, first: int, images: list[bytes]) -> None:
-        if not images:
+    def _deliver(self, session: LiveSession, outbox: _Outbox, generated: Generated) -> None:
+        frames = session.trace(generated.first, generated.images, generated.seconds)
+        if not frames:
             return
-        frames = session.trace(first, images)
         if self.observer is not None:
             self.observer.frames(session.session_id, frames)
         session.frames_dropped += outbox.put_frames(frames)
@@ -344,6 +352,14 @@ class AvatarServer:
         await site.start()
         bound = site._server.sockets[0].getsockname()[1]  # port 0 asks the OS for a free one
         return runner, int(bound)
+
+
+def _raise_if_failed(pump: asyncio.Task) -> None:
+    """A failed generation ends its session with the reason (1011), not the server."""
+    if pump.done() and not pump.cancelled() and pump.exception() is not None:
+        error = pump.exception()
+        log.error("session generation failed: %s", error)
+        raise _Refused(WSCloseCode.INTERNAL_ERROR, str(error).split(" | ")[0][:300], "error")
 
 
 def _fmt(value: float | None) -> str:

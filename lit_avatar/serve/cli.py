@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 suits small models: sessions "
                    "run in parallel instead)")
-    p.add_argument("--workers", type=int, default=None, help="generation threads shared by the sessions "
-                   "(default: the CPU count, at most --max-sessions)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes that run the sessions' streamers, "
+                   "each loading the weights once (default: the CPU count, at most --max-sessions; 0 runs them in a "
+                   "thread of the server's process)")
     return p
 
 
@@ -52,13 +53,14 @@ def build_server(args: argparse.Namespace, observer=None):
     from lit_avatar.serve.app import AvatarServer
     from lit_avatar.serve.engine import AvatarEngine
     from lit_avatar.serve.options import ServeOptions
+    from lit_avatar.serve.workers import EngineSpec, ProcessWorkers
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: expected 0..65535")
     if args.threads < 1:
         raise UserError(f"--threads {args.threads}: expected >= 1")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers {args.workers}: expected >= 1")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers {args.workers}: expected >= 0")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     options = ServeOptions(max_sessions=args.max_sessions, token=token, idle_timeout_s=args.idle_timeout,
                            max_message_bytes=int(args.max_message_kib * 1024), max_backlog_s=args.max_backlog,
@@ -75,7 +77,12 @@ def build_server(args: argparse.Namespace, observer=None):
     engine = AvatarEngine(bundle.model, bundle.vae, bundle.audio_encoder, bundle.rollout_options, ref,
                           device=device, seed=args.seed)
     engine.new_streamer()  # fail now, not at the first peer, if the reference does not fit the model
-    workers = args.workers or min(os.cpu_count() or 1, options.max_sessions)
+    count = args.workers if args.workers is not None else min(os.cpu_count() or 1, options.max_sessions)
+    workers = None
+    if count > 0:
+        spec = EngineSpec(str(args.ckpt), ref, str(device), args.seed, args.threads, options.image_format,
+                          options.jpeg_quality)
+        workers = ProcessWorkers(spec, count)
     return AvatarServer(engine, options, workers=workers, observer=observer)
 
 

@@ -76,18 +76,25 @@ class AudioIntake:
         self.dropped_samples += dropped
         return dropped
 
-    def take(self) -> np.ndarray:
-        """All pending samples, in order (possibly none), now part of the streamer's timeline."""
-        if not self._pending:
-            return np.zeros(0, dtype=np.float32)
-        for piece in self._pending:
+    def take(self, limit: int | None = None) -> np.ndarray:
+        """The oldest pending samples, at most `limit` (all when None), in order; they join the streamer's
+        timeline."""
+        parts, count = [], 0
+        while self._pending and (limit is None or count < limit):
+            piece = self._pending[0]
+            n = piece.samples.size if limit is None else min(piece.samples.size, limit - count)
             start = self.taken_samples
-            self.taken_samples += piece.samples.size
+            self.taken_samples += n
             self._timeline.append((start, self.taken_samples, piece.peer_start, piece.arrived))
-        out = np.concatenate([piece.samples for piece in self._pending])
-        self._pending.clear()
-        self.pending_samples = 0
-        return out
+            parts.append(piece.samples[:n])
+            if n == piece.samples.size:
+                self._pending.popleft()
+            else:
+                piece.samples = piece.samples[n:]
+                piece.peer_start += n
+            count += n
+        self.pending_samples -= count
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
     def source(self, stream_sample: int) -> AudioSource | None:
         """Trace a sample of the streamer's timeline (queried in increasing order); None past the audio

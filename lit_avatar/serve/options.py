@@ -21,6 +21,8 @@ class ServeOptions:
         max_backlog_s: audio received but not yet generated, at most; beyond it the OLDEST pending audio is
             dropped (counted and reported), so a slow session catches up with the speaker instead of
             lagging further behind (latency stays bounded by about this plus one block's compute).
+        step_audio_s: audio handed to the streamer per call, at most (a session behind real time then goes
+            on from fresh audio, and one call's compute adds little to the latency).
         max_queued_frames: encoded frames waiting for a slow reader, at most; beyond it the oldest are dropped.
         image_format: "jpeg" (small, lossy) or "png" (lossless, larger) for the frames sent.
         jpeg_quality: 1..95.
@@ -33,7 +35,8 @@ class ServeOptions:
     token: str | None = None
     idle_timeout_s: float = 30.0
     max_message_bytes: int = 64 * 1024
-    max_backlog_s: float = 1.0
+    max_backlog_s: float = 0.5
+    step_audio_s: float = 0.25
     max_queued_frames: int = 50
     image_format: str = "jpeg"
     jpeg_quality: int = 90
@@ -52,6 +55,8 @@ class ServeOptions:
             raise UserError(f"--max-message-kib: {self.max_message_bytes} bytes is outside 2 B..16 MiB")
         if not 0.1 <= self.max_backlog_s <= 60:
             raise UserError(f"--max-backlog {self.max_backlog_s}: expected 0.1..60 seconds")
+        if not 0.04 <= self.step_audio_s:
+            raise UserError(f"step_audio_s {self.step_audio_s}: expected >= 0.04 s (one video frame)")
         if self.max_queued_frames < 1:
             raise UserError(f"max_queued_frames {self.max_queued_frames}: expected >= 1")
         if self.image_format not in ("jpeg", "png"):
@@ -62,3 +67,7 @@ class ServeOptions:
     @property
     def max_backlog_samples(self) -> int:
         return int(round(self.max_backlog_s * SAMPLE_RATE))
+
+    @property
+    def step_audio_samples(self) -> int:
+        return int(round(self.step_audio_s * SAMPLE_RATE))

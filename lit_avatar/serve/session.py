@@ -1,8 +1,6 @@
-"""One live session: its own AvatarStreamer (the shared rollout, the shared weights), its audio intake and
-its figures. No networking here, so the logic is tested directly; app.py moves bytes.
-
-Threading: `take_audio`, `trace` and the figures run on the event loop; `generate`/`finish` run in a worker
-thread (they only touch the streamer, which this session alone uses), one call at a time per session.
+"""One live session's bookkeeping: its audio intake (bounded), where each frame's audio came from, and its
+figures. Its AvatarStreamer lives in a worker (workers.py); app.py moves the bytes. Everything here runs
+on the event loop, so it is tested directly, without a network or a worker.
 """
 from __future__ import annotations
 
@@ -44,17 +42,15 @@ class SentFrame:
 
 
 class LiveSession:
-    """Audio in, encoded frames out, with bounded state and the figures the page and tests read.
+    """Audio in, frames out, with bounded state and the figures the page and tests read.
 
     Args:
-        streamer: this session's AvatarStreamer.
         options: limits and policies.
         session_id: how logs and figures name it.
         clock: seconds (monotonic); tests may inject one.
     """
 
-    def __init__(self, streamer, options: ServeOptions, session_id: str = "", clock=time.perf_counter) -> None:
-        self.streamer = streamer
+    def __init__(self, options: ServeOptions, session_id: str = "", clock=time.perf_counter) -> None:
         self.options = options
         self.session_id = session_id
         self.clock = clock
@@ -67,20 +63,23 @@ class LiveSession:
         self.first_sent: float | None = None
         self.first_burst = 0  # frames of the first block (excluded from the steady rate)
         self.last_sent: float | None = None
-        self._recent_sends: deque[tuple[float, int]] = deque()  # (time, frames) in the last 2 s
+        self._recent_sends: deque[float] = deque()  # send times in the last 2 s
         self.latencies: deque[float] = deque(maxlen=20_000)  # seconds, audio arrival -> frame sent
         self.end_reason: str | None = None
 
-    # -- event loop side -------------------------------------------------------------------------
     def receive_audio(self, samples: np.ndarray) -> int:
         """Queue audio from the peer; return the samples dropped by the backlog bound."""
         return self.intake.add(samples, self.clock())
 
     def take_audio(self) -> np.ndarray:
-        return self.intake.take()
+        """The next audio for the streamer: at most `options.step_audio_s`, so that a session behind real
+        time keeps dropping its oldest audio and works on fresh audio."""
+        return self.intake.take(self.options.step_audio_samples)
 
-    def trace(self, first_frame: int, images: list[bytes]) -> list[SentFrame]:
+    def trace(self, first_frame: int, images: list[bytes], compute_seconds: float = 0.0) -> list[SentFrame]:
         """Attach to each new frame the peer sample and arrival time of its last audio sample."""
+        self.compute_seconds += compute_seconds
+        self.frames_made = max(self.frames_made, first_frame + len(images))
         if not self.first_burst:
             self.first_burst = len(images)  # the first block arrives at once: not part of the steady rate
         out = []
@@ -99,38 +98,18 @@ class LiveSession:
         self.last_sent = now
         if frame.arrived is not None:
             self.latencies.append(now - frame.arrived)
-        self._recent_sends.append((now, 1))
-        while self._recent_sends and self._recent_sends[0][0] < now - 2.0:
+        self._recent_sends.append(now)
+        while self._recent_sends and self._recent_sends[0] < now - 2.0:
             self._recent_sends.popleft()
 
-    # -- worker thread side ----------------------------------------------------------------------
-    def _encoded(self, frames: np.ndarray, began: float) -> tuple[int, list[bytes], np.ndarray]:
-        first = self.frames_made
-        self.frames_made += len(frames)
-        images = [encode_image(f, self.options.image_format, self.options.jpeg_quality) for f in frames]
-        self.compute_seconds += time.perf_counter() - began
-        return first, images, frames
-
-    def generate(self, samples: np.ndarray) -> tuple[int, list[bytes], np.ndarray]:
-        """Push audio through the streamer: (index of the first new frame, encoded images, raw frames)."""
-        began = time.perf_counter()
-        return self._encoded(self.streamer.push_audio(samples), began)
-
-    def finish(self) -> tuple[int, list[bytes], np.ndarray]:
-        """End of audio: the remaining frames, trimmed to the audio's length (AvatarStreamer.flush)."""
-        began = time.perf_counter()
-        return self._encoded(self.streamer.flush(), began)
-
-    # -- figures ---------------------------------------------------------------------------------
     def stats(self) -> dict:
         """Live figures: what the page shows and what the server keeps when the session ends."""
         now = self.clock()
-        recent = [t for t, _ in self._recent_sends if t >= now - 2.0]
+        recent = [t for t in self._recent_sends if t >= now - 2.0]
         lat = list(self.latencies)
         steady = None
         if self.first_sent is not None and self.last_sent is not None and self.last_sent > self.first_sent:
             steady = (self.frames_sent - self.first_burst) / (self.last_sent - self.first_sent)
-        received_s = self.intake.received_samples / SAMPLE_RATE
         return {
             "session": self.session_id,
             "seconds": now - self.started,
@@ -141,12 +120,12 @@ class LiveSession:
             "latency_ms_median": 1000 * statistics.median(lat) if lat else None,
             "latency_ms_p90": 1000 * float(np.percentile(lat, 90)) if lat else None,
             "latency_ms_max": 1000 * max(lat) if lat else None,
-            "audio_received_s": received_s,
+            "audio_received_s": self.intake.received_samples / SAMPLE_RATE,
             "audio_dropped_s": self.intake.dropped_samples / SAMPLE_RATE,
             "backlog_s": self.intake.pending_samples / SAMPLE_RATE,
             "frames_dropped": self.frames_dropped,
             "compute_s": self.compute_seconds,
-            # frames/s this session could make if it had a core to itself and audio arrived without pause
+            # frames/s this session's streamer made per second of its own compute (a worker to itself)
             "capacity_fps": self.frames_made / self.compute_seconds if self.compute_seconds > 0 else None,
             "realtime_fps": FPS,
             "end_reason": self.end_reason,
