@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all demo ablations tensorboard bench clean
+.PHONY: venv test test-all test-serve-live browser demo ablations tensorboard bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Debian's chromium for the browser tests of `lit-avatar serve` (tests/test_serve_live.py, marked slow)
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# `lit-avatar serve` in real time: browser, lip sync (after `make demo`), 4 sessions, 10-minute memory
+test-serve-live: venv browser
+	$(PY) -m pytest -m slow -q -s tests/test_serve_live.py $(PYTEST_ARGS)
 
 demo: venv
 	$(PY) -m lit_avatar.demo --out runs/demo
