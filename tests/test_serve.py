@@ -153,23 +153,37 @@ def test_session_behind_real_time_drops_audio_not_sync(files):
 
 def test_process_workers_give_the_same_frames(files):
     """Two worker processes, each loading the checkpoint: two concurrent sessions get the frames the
-    in-process streamer gives (same seed, same audio), and the server's summary counts them."""
+    in-process streamer gives (same seed, same audio). A worker that dies takes no new sessions; with none
+    left a peer is told so (1011) and the server itself goes on answering."""
+    import aiohttp
+
     server = _server(files, "--image-format", "png", "--max-backlog", "60", "--workers", "2")
     from lit_avatar.serve.workers import ProcessWorkers
 
     assert isinstance(server.workers, ProcessWorkers) and len(server.workers._workers) == 2
     audio = [noise_audio(0.8, seed=s) for s in (3, 4)]
+    processes = [w.process for w in server.workers._workers]
 
     async def body(host):
-        return await asyncio.gather(*[run_peer(f"ws://{host}/ws", a, chunk=1600) for a in audio])
+        both = await asyncio.gather(*[run_peer(f"ws://{host}/ws", a, chunk=1600) for a in audio])
+        await _until_free(server)
+        processes[0].kill()
+        processes[0].join(5)
+        one_left = await run_peer(f"ws://{host}/ws", audio[0])
+        await _until_free(server)
+        processes[1].kill()
+        processes[1].join(5)
+        none_left = await run_peer(f"ws://{host}/ws", audio[0])
+        async with aiohttp.ClientSession() as http, http.get(f"http://{host}/stats") as response:
+            return both, one_left, none_left, response.status
 
-    try:
-        results = _serve(server, body)
-    finally:
-        server.workers.shutdown()
-    for result, a in zip(results, audio):
+    both, one_left, none_left, stats_status = _serve(server, body)
+    for result, a in zip(both, audio):
         frames = np.stack([decode_image(image) for _, _, image in result.frames])
         assert np.array_equal(frames, _offline_frames(server, pcm16_roundtrip(a)))
+    assert one_left.errors() == [] and len(one_left.frames) == 20
+    assert "no generation worker: every worker process has ended" in none_left.errors()[0]
+    assert none_left.close_code == 1011 and stats_status == 200
 
 
 # -- refusals: each with a clear message; the server goes on serving ----------------------------

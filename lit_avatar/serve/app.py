@@ -233,7 +233,10 @@ class AvatarServer:
         if msg.type != WSMsgType.TEXT or self._control(msg.data) != "start":
             raise _Refused(WSCloseCode.UNSUPPORTED_DATA, 'expected {"type": "start"} as the first message')
         session_id = uuid.uuid4().hex[:8]
-        await self.workers.call("open", session_id)
+        try:
+            await self.workers.call("open", session_id)
+        except RuntimeError as err:
+            raise _Refused(WSCloseCode.INTERNAL_ERROR, f"no generation worker: {err}", "error") from None
         session = LiveSession(self.options, session_id)
         self.sessions[session_id] = session
         log.info("session %s started (%d active)", session_id, len(self.sessions))

@@ -207,7 +207,10 @@ class ProcessWorkers:
 
     async def call(self, op: str, session: str, payload=None) -> Generated | None:
         if op == "open":
-            self._home[session] = min(self._workers, key=lambda w: len(w.sessions))
+            alive = [w for w in self._workers if w.process.is_alive()]
+            if not alive:
+                raise RuntimeError("every worker process has ended")
+            self._home[session] = min(alive, key=lambda w: len(w.sessions))
             self._home[session].sessions.add(session)
         worker = self._home[session]
         if op == "close":
