@@ -199,10 +199,11 @@ class ServeProcess:
         self.process.wait(10)
 
 
-@pytest.mark.parametrize("sessions", [4])
-def test_concurrent_sessions_hold_real_time(tmp_path, sessions):
-    """N peers on loopback, each sending audio in real time for 22 s to the tiny model (the demo student's
-    size and steps): each session keeps up (nothing dropped, 25 frames/s) and its latency stays bounded."""
+def test_concurrent_sessions_hold_real_time(tmp_path):
+    """N peers (4; LIT_AVATAR_SERVE_SESSIONS=N to find the largest count a machine holds) on loopback, each
+    sending audio in real time for 22 s to the tiny model (the demo student's size and steps): every
+    session keeps up (nothing dropped, 25 frames/s) and its latency stays bounded."""
+    sessions = int(os.environ.get("LIT_AVATAR_SERVE_SESSIONS", "4"))
     out = _results_dir(tmp_path)
     ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt", size=(32, 32), preset="tiny")
     ref = image_file(tmp_path / "ref.png", (32, 32))
