@@ -110,8 +110,13 @@ def _demo_dir() -> Path:
     return Path(os.environ.get("LIT_AVATAR_DEMO_DIR", ROOT / "runs" / "demo"))
 
 
+def _demo_ckpt() -> Path:
+    """The demo's student, or any causal checkpoint trained on the same SynthTalk set (LIT_AVATAR_SERVE_CKPT)."""
+    return Path(os.environ.get("LIT_AVATAR_SERVE_CKPT", _demo_dir() / "logs/student/version_0/checkpoints/last.ckpt"))
+
+
 @needs_chromium
-@pytest.mark.skipif(not (_demo_dir() / "logs/student/version_0/checkpoints/last.ckpt").is_file(),
+@pytest.mark.skipif(not _demo_ckpt().is_file() or not (_demo_dir() / "data/manifest.json").is_file(),
                     reason="needs the trained demo student: `make demo` (or LIT_AVATAR_DEMO_DIR=its --out)")
 def test_browser_lip_sync_survives_the_live_path(tmp_path):
     """A held-out SynthTalk identity's speech through the fake microphone: the frames the server sent (JPEG,
@@ -130,8 +135,7 @@ def test_browser_lip_sync_survives_the_live_path(tmp_path):
 
     Image.fromarray(clip.ref).save(tmp_path / "ref.png")
     recorder = Recorder()
-    server = build_server(_serve_args(str(demo / "logs/student/version_0/checkpoints/last.ckpt"),
-                                      str(tmp_path / "ref.png")), observer=recorder)
+    server = build_server(_serve_args(str(_demo_ckpt()), str(tmp_path / "ref.png")), observer=recorder)
     page = asyncio.run(_browser_session(server, _wav(tmp_path / "speech.wav", clip.audio), STREAM_SECONDS,
                                         out / "serve_page_demo.png"))
     session = server.finished[-1]["session"]
@@ -142,7 +146,8 @@ def test_browser_lip_sync_survives_the_live_path(tmp_path):
     scores = {"r": synthsync(frames, clip.box, audio)["r"],
               "r_reversed_audio": synthsync(frames, clip.box, audio[::-1].copy())["r"],
               "r_other_clip_audio": synthsync(frames, clip.box, other.audio[:len(audio)])["r"]}
-    _save(out, "serve_lipsync", {**scores, "frames": len(frames), "server": server.finished[-1]})
+    _save(out, "serve_lipsync", {**scores, "frames": len(frames), "checkpoint": str(_demo_ckpt()),
+                                 "server": server.finished[-1]})
     assert page["errors"] == [] and len(frames) >= 25 * (STREAM_SECONDS - 2)
     assert scores["r"] > 0.5
     assert scores["r"] > scores["r_reversed_audio"] + 0.3 and scores["r"] > scores["r_other_clip_audio"] + 0.3
