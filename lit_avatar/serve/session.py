@@ -58,6 +58,7 @@ class LiveSession:
         self.started = clock()
         self.frames_made = 0
         self.frames_sent = 0
+        self.frames_steady = 0  # frames sent that were made from received audio
         self.frames_dropped = 0  # encoded frames a slow reader never took
         self.compute_seconds = 0.0
         self.first_sent: float | None = None
@@ -93,10 +94,11 @@ class LiveSession:
     def mark_sent(self, frame: SentFrame) -> None:
         now = self.clock()
         self.frames_sent += 1
-        if self.first_sent is None:
-            self.first_sent = now
-        self.last_sent = now
-        if frame.arrived is not None:
+        if frame.arrived is not None:  # the steady rate leaves out the final flush (sent at once, past the audio)
+            self.frames_steady += 1
+            if self.first_sent is None:
+                self.first_sent = now
+            self.last_sent = now
             self.latencies.append(now - frame.arrived)
         self._recent_sends.append(now)
         while self._recent_sends and self._recent_sends[0] < now - 2.0:
@@ -109,12 +111,14 @@ class LiveSession:
         lat = list(self.latencies)
         steady = None
         if self.first_sent is not None and self.last_sent is not None and self.last_sent > self.first_sent:
-            steady = (self.frames_sent - self.first_burst) / (self.last_sent - self.first_sent)
+            steady = (self.frames_steady - self.first_burst) / (self.last_sent - self.first_sent)
         return {
             "session": self.session_id,
             "seconds": now - self.started,
             "frames_sent": self.frames_sent,
             "fps_recent": len(recent) / 2.0 if self.first_sent is not None and now - self.first_sent >= 2.0 else None,
+            # frames/s from the first to the last frame made from received audio: 25 when keeping up
+            # (the audio's own rate), less when audio was dropped
             "fps_steady": steady,
             "latency_ms_last": 1000 * lat[-1] if lat else None,
             "latency_ms_median": 1000 * statistics.median(lat) if lat else None,
