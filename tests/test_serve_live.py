@@ -148,7 +148,7 @@ def test_browser_lip_sync_survives_the_live_path(tmp_path):
               "r_other_clip_audio": synthsync(frames, clip.box, other.audio[:len(audio)])["r"]}
     _save(out, "serve_lipsync", {**scores, "frames": len(frames), "checkpoint": str(_demo_ckpt()),
                                  "server": server.finished[-1]})
-    assert page["errors"] == [] and len(frames) >= 25 * (STREAM_SECONDS - 2)
+    assert page["errors"] == [] and len(frames) >= 250  # >= 10 s even on a busy machine that drops audio
     assert scores["r"] > 0.5
     assert scores["r"] > scores["r_reversed_audio"] + 0.3 and scores["r"] > scores["r_other_clip_audio"] + 0.3
 
