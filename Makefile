@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # e.g. make ablations ABLATIONS_ARGS=--quick (one seed, short streams)
 ABLATIONS_ARGS ?=
 
-.PHONY: venv test test-all demo ablations tensorboard bench gpu-wheels clean
+.PHONY: venv test test-all test-serve-live browser demo ablations tensorboard bench gpu-wheels clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Debian's chromium for the browser tests of `lit-avatar serve` (tests/test_serve_live.py, marked slow)
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# `lit-avatar serve` in real time: browser, lip sync (after `make demo`), 4 sessions, 10-minute memory
+test-serve-live: venv browser
+	$(PY) -m pytest -m slow -q -s tests/test_serve_live.py $(PYTEST_ARGS)
 
 demo: venv
 	$(PY) -m lit_avatar.demo --out runs/demo

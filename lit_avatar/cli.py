@@ -21,6 +21,7 @@ COMMANDS = {
     "eval": "eval.cli:main_eval",
     "table": "eval.cli:main_table",
     "bench": "bench.cli:main",
+    "serve": "lit_avatar.serve.cli:main",
 }
 
 USAGE = """usage: lit-avatar COMMAND [options]
@@ -32,6 +33,7 @@ commands:
   eval               compute FID, FVD, Sync-C/D, CSIM, SynthSync and drift on videos on disk
   table              build the paper's comparison and ablation tables from results files
   bench              run benchmarks (e.g. `lit-avatar bench stream`)
+  serve              a live avatar in the browser: microphone in, video out (http://127.0.0.1:8080/)
 
 `lit-avatar COMMAND --help` documents each command."""
 

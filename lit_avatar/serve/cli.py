@@ -1,0 +1,113 @@
+"""`lit-avatar serve`: talk to a trained checkpoint live, from a browser's microphone.
+
+    lit-avatar serve --ckpt student.ckpt --ref face.png          # then open http://127.0.0.1:8080/
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from lit_avatar.errors import UserError
+
+TOKEN_ENV = "LIT_AVATAR_SERVE_TOKEN"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lit-avatar serve",
+        description="Serve a live avatar: a page at http://HOST:PORT/ sends microphone (or audio file) audio "
+                    "over a WebSocket and shows the frames the checkpoint streams back.")
+    p.add_argument("--ckpt", required=True, help="causal (ode_init or student) checkpoint")
+    p.add_argument("--ref", required=True, help="reference image (PNG/JPEG/...), cropped and resized to the model's size")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port, printed at start)")
+    p.add_argument("--max-sessions", type=int, default=4, help="concurrent sessions; more are refused with a message")
+    p.add_argument("--token", default=None, help=f"access token the page and clients must give as ?token=... "
+                   f"(or set {TOKEN_ENV}, which keeps it out of the process list)")
+    p.add_argument("--idle-timeout", type=float, default=30.0, help="end a session after this many seconds without audio")
+    p.add_argument("--max-message-kib", type=float, default=64.0, help="largest message a peer may send (KiB)")
+    p.add_argument("--max-backlog", type=float, default=1.0, help="seconds of audio a session may have waiting; "
+                   "beyond it the oldest is dropped so the video catches up with the speaker")
+    p.add_argument("--image-format", default="jpeg", help="frames sent as jpeg (default) or png (lossless)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="1..95")
+    p.add_argument("--size", default=None, help="video HxW, e.g. 64x64 (default: the checkpoint's training size)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of every session")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 suits small models: sessions "
+                   "run in parallel instead)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes that run the sessions' streamers, "
+                   "each loading the weights once (default: the CPU count, at most --max-sessions; 0 runs them in a "
+                   "thread of the server's process)")
+    return p
+
+
+def build_server(args: argparse.Namespace, observer=None):
+    """The AvatarServer the flags describe (checkpoint loaded, reference read); UserError on bad input."""
+    import torch
+
+    from lit_avatar.inference.generate_cli import _device, _size, read_reference
+    from lit_avatar.inference.loading import load_generator
+    from lit_avatar.serve.app import AvatarServer
+    from lit_avatar.serve.engine import AvatarEngine
+    from lit_avatar.serve.options import ServeOptions
+    from lit_avatar.serve.workers import EngineSpec, ProcessWorkers
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: expected 0..65535")
+    if args.threads < 1:
+        raise UserError(f"--threads {args.threads}: expected >= 1")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers {args.workers}: expected >= 0")
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    options = ServeOptions(max_sessions=args.max_sessions, token=token, idle_timeout_s=args.idle_timeout,
+                           max_message_bytes=int(args.max_message_kib * 1024), max_backlog_s=args.max_backlog,
+                           image_format=args.image_format, jpeg_quality=args.jpeg_quality, seed=args.seed)
+    device = _device(args.device)
+    size = _size(args.size) if args.size else None
+    torch.set_num_threads(args.threads)
+    bundle = load_generator(args.ckpt, device=device)
+    if bundle.kind == "teacher":
+        raise UserError(f"{args.ckpt}: is a bidirectional teacher checkpoint; serve streams with a causal model: "
+                        "expected an ode_init or student checkpoint")
+    cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
+    ref = read_reference(args.ref, size or bundle.video_size, cell)
+    engine = AvatarEngine(bundle.model, bundle.vae, bundle.audio_encoder, bundle.rollout_options, ref,
+                          device=device, seed=args.seed)
+    engine.new_streamer()  # fail now, not at the first peer, if the reference does not fit the model
+    count = args.workers if args.workers is not None else min(os.cpu_count() or 1, options.max_sessions)
+    workers = None
+    if count > 0:
+        spec = EngineSpec(str(args.ckpt), ref, str(device), args.seed, args.threads, options.image_format,
+                          options.jpeg_quality)
+        workers = ProcessWorkers(spec, count)
+    return AvatarServer(engine, options, workers=workers, observer=observer)
+
+
+async def _serve(server, host: str, port: int) -> None:
+    try:
+        runner, bound = await server.start(host, port)
+    except OSError as err:
+        raise UserError(f"--host {host} --port {port}: cannot listen ({err.strerror or err})") from None
+    shown = f"[{host}]" if ":" in host else host
+    query = "?token=..." if server.options.token else ""
+    print(f"serving http://{shown}:{bound}/{query} ({server.engine.height}x{server.engine.width}, "
+          f"at most {server.options.max_sessions} sessions); Ctrl-C stops", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1") and not server.options.token:
+        print(f"warning: listening on {host} without --token: anyone who can reach it can use it", file=sys.stderr)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str]) -> int:
+    """Run `lit-avatar serve` (see --help)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    server = build_server(args)
+    asyncio.run(_serve(server, args.host, args.port))
+    return 0

@@ -1,0 +1,38 @@
+"""The generator every session shares: one copy of the weights, a fresh AvatarStreamer per session."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lit_avatar.inference.options import RolloutOptions
+from lit_avatar.inference.streamer import AvatarStreamer
+
+__all__ = ["AvatarEngine"]
+
+
+class AvatarEngine:
+    """Builds per-session streamers over shared networks (the model is only read during inference).
+
+    Args:
+        model: causal AvatarDiT in eval mode.
+        vae: VideoVAE.
+        audio_encoder: AudioEncoder or None.
+        options: rollout options (PSB, MCI, URCR) of every session.
+        ref_image: uint8 [H, W, 3] reference; its size is the video's size.
+        device: where the networks run.
+        seed: noise seed of every stream (the same audio gives the same frames).
+    """
+
+    def __init__(self, model, vae, audio_encoder, options: RolloutOptions, ref_image: np.ndarray,
+                 device: str | torch.device = "cpu", seed: int = 0) -> None:
+        self.model, self.vae, self.audio_encoder = model, vae, audio_encoder
+        self.options = options
+        self.ref_image = ref_image
+        self.device = torch.device(device)
+        self.seed = seed
+        self.height, self.width = int(ref_image.shape[0]), int(ref_image.shape[1])
+
+    def new_streamer(self) -> AvatarStreamer:
+        """A streamer with its own KV cache, history, audio buffer and decoder state."""
+        return AvatarStreamer(self.model, self.vae, self.audio_encoder, self.options, self.ref_image,
+                              seed=self.seed, device=self.device, max_latency_records=64)
