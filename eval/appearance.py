@@ -164,12 +164,14 @@ class AppearanceScorer:
     def __init__(self):
         self.rows: list[dict] = []
         self.last_ref_ssim: np.ndarray | None = None
+        self.frames = 0
 
     def video(self, frames: np.ndarray, mouth_box, real: np.ndarray | None, ref: np.ndarray | None,
               audio: np.ndarray | None, fps: float) -> dict:
         from eval.synthsync import synthsync
 
         row: dict = {}
+        self.frames += len(frames)
         if real is not None:
             s, p = masked_ssim_psnr(frames, real, mouth_box)
             row["ssim_outside_mouth"], row["psnr_outside_mouth"] = float(s.mean()), float(p.mean())
@@ -191,6 +193,11 @@ class AppearanceScorer:
         from eval.drift import per_frame_drift
 
         return None if self.last_ref_ssim is None else per_frame_drift(self.last_ref_ssim, fps, window_s)
+
+    def protocol_info(self) -> dict:
+        return {"protocol": f"ssim/psnr outside the mouth box padded by {MOUTH_PAD:g}; pass at ssim >= "
+                            f"{APPEARANCE_PASS_SSIM:g}, sync credited at r - r_reversed >= {SYNC_PASS_MARGIN:g}",
+                "videos": len(self.rows), "frames": self.frames}
 
     def aggregate(self) -> dict:
         out: dict = {}
