@@ -124,12 +124,7 @@ def write_toy_detector(path: str | Path, input_hw: tuple[int, int] = (64, 64)) -
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, h, w])],
         [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 5])],
         initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return Path(path)
+    return _save_onnx(graph, path)
 
 
 # The toy SCRFD's face: a square of TOY_FACE_CELLS x TOY_FACE_CELLS stride-32 cells; its five landmarks as
@@ -192,6 +187,14 @@ def write_toy_scrfd(path: str | Path, input_hw: tuple[int, int] = (256, 256)) ->
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, h, w])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, shapes[name]) for name in order],
         initializer=initializers)
+    return _save_onnx(graph, path)
+
+
+def _save_onnx(graph, path: str | Path) -> Path:
+    """Check an opset-13 ONNX graph and write it as a model file (folders made as needed)."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)

@@ -99,17 +99,7 @@ def plot_curves(curves: Mapping[str, DriftCurve], path: str | os.PathLike, title
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=80)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _save_png(fig, path)
 
 
 def log_tensorboard(curves: Mapping[str, DriftCurve], logdir: str | os.PathLike, prefix: str = "drift") -> None:
@@ -154,7 +144,13 @@ def plot_overlay(runs: Mapping[str, Mapping[str, DriftCurve]], path: str | os.Pa
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = os.fspath(path)
+    _save_png(fig, os.fspath(path))
+
+
+def _save_png(fig, path: str) -> None:
+    """Write a matplotlib figure as PNG atomically (a temp file beside it, then os.replace) and close it."""
+    import matplotlib.pyplot as plt
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")

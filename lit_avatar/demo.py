@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -298,12 +297,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Exception as err:  # UserError only; anything else is a bug and keeps its traceback
-        from lit_avatar.errors import UserError
+    from lit_avatar.errors import run_main
 
-        if isinstance(err, UserError):
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        raise
+    run_main(main)

@@ -6,6 +6,17 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny models: extra threads only spin), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def synth_shards(tmp_path_factory) -> Path:
     """A tiny SynthTalk set (about 1 s to make), shared by the whole session; treat it as read-only.

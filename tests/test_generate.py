@@ -18,12 +18,7 @@ from lit_avatar.models.presets import get_preset
 from lit_avatar.models.vae import PatchVAE
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: extra threads only spin
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only spin
 
 
 def _checkpoint(path, kind: str = "student", preset: str = "micro", size=(16, 16), fpb: int = 2) -> str:
