@@ -176,7 +176,7 @@ def main(argv: list[str]) -> int:
         for frames in sorted({int(round(float(c) * 25)) + 2 + 3 for c in args.contexts.split(",")})}
     result["wall_s"] = time.perf_counter() - started
     (out / "audio_window.json").write_text(json.dumps(result, indent=1))
-    print(f"| window (context s, lookahead frames) | SynthSync r streamed | whole clip | delta |")
+    print("| window (context s, lookahead frames) | SynthSync r streamed | whole clip | delta |")
     for row in result["windows"]:
         print(f"| {row['context_s']:g} s, {row['lookahead_frames']} | {row['streamed_r']:+.3f} | "
               f"{result['whole_clip_r']:+.3f} | {row['delta_r']:+.3f} |")

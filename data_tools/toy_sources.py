@@ -89,7 +89,6 @@ def write_toy_detector(path: str | Path, input_hw: tuple[int, int] = (64, 64)) -
         path: output .onnx file.
         input_hw: the model's fixed input size (the adapter letterboxes into it).
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     h, w = input_hw
@@ -144,7 +143,6 @@ def write_toy_scrfd(path: str | Path, input_hw: tuple[int, int] = (256, 256)) ->
         path: output .onnx file.
         input_hw: the model's fixed input size (multiples of 32).
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     h, w = input_hw
@@ -160,7 +158,6 @@ def write_toy_scrfd(path: str | Path, input_hw: tuple[int, int] = (256, 256)) ->
              helper.make_node("Reshape", ["pooled", "shape32"], ["cell_scores"]),
              helper.make_node("Concat", ["cell_scores", "cell_scores"], ["pair"], axis=1),  # 2 anchors per cell
              helper.make_node("Reshape", ["pair", "shape32"], ["score_32"])]
-    outputs = {}
     for stride in (8, 16):
         n = (h // stride) * (w // stride) * 2
         consts[f"score_{stride}"] = np.zeros((n, 1), np.float32)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -122,7 +121,6 @@ def write_clips(result: dict, batch: dict, out: Path) -> dict:
 
 def stream_long_video(student_ckpt: Path, out: Path, args: argparse.Namespace, identities: int) -> dict:
     """A long recording of a held-out identity, streamed from its audio by `lit-avatar generate`."""
-    import numpy as np
     from PIL import Image
 
     from data_tools.synth import make_clip

@@ -1,6 +1,5 @@
 """`make ablations` end to end at toy size: every variant's TensorBoard runs carry the same scalar tags."""
 import json
-import sys
 
 import pytest
 

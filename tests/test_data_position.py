@@ -3,7 +3,6 @@ was being read may repeat partially, and the union of both runs' shards is the w
 from __future__ import annotations
 
 import tarfile
-from pathlib import Path
 
 import pytest
 import torch

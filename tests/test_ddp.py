@@ -3,7 +3,6 @@ reads its own shard, and the manually optimised generator and critic stay identi
 import json
 
 import lightning.pytorch as pl
-import torch
 
 from tests.test_self_forcing import make_module
 

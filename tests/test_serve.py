@@ -8,7 +8,6 @@ import socket
 
 import numpy as np
 import pytest
-import torch
 
 from serve_helpers import FRAME_HEADER, Recorder, decode_image, image_file, noise_audio, pcm16, run_peer, tiny_checkpoint
 

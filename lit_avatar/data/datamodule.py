@@ -9,7 +9,6 @@ The training loader is resumable: Lightning checkpoints its position (epoch + sh
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import lightning.pytorch as pl
 

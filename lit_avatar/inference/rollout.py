@@ -6,7 +6,7 @@ Self-forcing training and streaming inference both drive this class; ablations s
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
