@@ -158,8 +158,8 @@ class AvatarServer:
             try:
                 await ws.send_json({"type": "error", "message": message})
                 await ws.close(code=code, message=message.encode()[:120])
-            except (ConnectionError, RuntimeError):
-                pass
+            except (ConnectionError, RuntimeError) as err:  # the peer is already gone; the refusal is counted above
+                log.debug("refusal not delivered (%s): %s", kind, err)
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=TRANSPORT_SLACK * self.options.max_message_bytes,
