@@ -461,7 +461,7 @@ def _cpu_name() -> str:
             for line in handle:
                 if line.startswith("model name"):
                     return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
+    except OSError:  # no /proc (macOS, Windows): the JSON then names the machine "cpu xN", visibly
         pass
     return f"cpu x{os.cpu_count()}"
 
