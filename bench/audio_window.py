@@ -18,7 +18,7 @@ Writes OUT/audio_window.json and prints the rows for BENCHMARKS.md.
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace
 import json
 import sys
 import time
@@ -41,8 +41,8 @@ def tiny_wav2vec2_config(**overrides):
     return Wav2Vec2Config(**{**TINY_WAV2VEC2, **overrides})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.audio_window", description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    p = CommandParser(prog="python -m bench.audio_window", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/audio_window")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--clips", type=int, default=160, help="SynthTalk training clips of 2 s")
@@ -74,7 +74,7 @@ def overlay(path: Path, encoder_dir: Path, feature_dim: int, stage: str) -> Path
     return path
 
 
-def train(out: Path, args: argparse.Namespace) -> Path:
+def train(out: Path, args: Namespace) -> Path:
     from data_tools.synth import write_synthtalk
     from lit_avatar.pipeline import ODE_CONFIG, TEACHER_CONFIG, Stage, fit_stage
 
@@ -95,7 +95,7 @@ def train(out: Path, args: argparse.Namespace) -> Path:
     return ode_ckpt
 
 
-def eval_clips(out: Path, args: argparse.Namespace) -> list[dict]:
+def eval_clips(out: Path, args: Namespace) -> list[dict]:
     """Held-out identities (a separate SynthTalk draw), long clips: audio, reference, mouth box."""
     from data_tools.synth import write_synthtalk
     from lit_avatar.data.datamodule import AvatarDataModule
@@ -135,7 +135,7 @@ def stream(bundle, clip: dict, context_s: float, lookahead: int, whole: bool, se
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

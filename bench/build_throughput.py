@@ -9,7 +9,8 @@ stage of a real build except the cost of a large detector network.
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace
+from lit_avatar.errors import output_folder
 import json
 import os
 import sys
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: command-line arguments (see --help).
     """
-    parser = argparse.ArgumentParser(prog="python -m bench.build_throughput", description=__doc__.split("\n")[0])
+    parser = CommandParser(prog="python -m bench.build_throughput", description=__doc__.split("\n")[0])
     parser.add_argument("--sources", type=int, default=8, help="generated videos")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each video")
     parser.add_argument("--width", type=int, default=640, help="source width")
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="build workers")
     parser.add_argument("--no-face", action="store_true", help="centre crops instead of the toy detector")
     parser.add_argument("--keep", default=None, help="keep the sources and shards in this folder")
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
+    if args.keep:
+        output_folder(args.keep, "--keep")
 
     from data_tools.build import build
     from data_tools.toy_sources import write_toy_detector

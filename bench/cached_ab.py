@@ -8,7 +8,7 @@ steady-state block time.
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace
 import json
 import os
 import statistics
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def child(args: argparse.Namespace) -> None:
+def child(args: Namespace) -> None:
     import torch
 
     from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
@@ -52,7 +52,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.cached_ab", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m bench.cached_ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--old-ref", default="89eef6f", help="git revision of the old code")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--blocks", type=int, default=30)
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=4, help="denoising steps per block (+1 cache write)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--child", action="store_true")
-    args = p.parse_args(argv)
+    args = p.parse(argv)
     if args.child:
         child(args)
         return 0

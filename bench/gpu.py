@@ -11,7 +11,8 @@ limit keeps what it finished; a section that fails records its error and the nex
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace
+from lit_avatar.errors import existing_file, output_file
 import contextlib
 import gc
 import io
@@ -31,8 +32,8 @@ FULL = {"preset": "wan2.1-1.3b", "height": "480", "width": "832", "scale": "full
 TINY = {"preset": "micro", "height": "64", "width": "64", "scale": "tiny"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    p = CommandParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/gpu_bench/gpu_bench.json")
     p.add_argument("--dry-run", action="store_true", help="tiny scale, few blocks, on whatever device is here")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -91,7 +92,7 @@ def checks_section(scale: dict, device: str, dry: bool) -> dict:
     from bench.stream import build_parts, rollout_options
     from lit_avatar.inference.rollout import Rollout
 
-    args = stream_parser().parse_args(stream_args(scale, device, 30, 60, (), dry))
+    args = stream_parser().parse(stream_args(scale, device, 30, 60, (), dry))
     model, vae, _, labels = build_parts(args)
     options = rollout_options(args)
     c = model.config.in_channels
@@ -239,9 +240,9 @@ def rows(result: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
     if args.rows:
-        print(rows(json.loads(Path(args.rows).read_text())))
+        print(rows(json.loads(existing_file(args.rows, "a bench gpu JSON", "--rows").read_text())))
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dry = args.dry_run
@@ -251,7 +252,7 @@ def main(argv: list[str]) -> int:
         if device == "cpu":
             torch.set_num_threads(1)  # tiny ops: extra threads only spin on a shared CPU
     skip = {s for s in args.skip.split(",") if s}
-    out = Path(args.out)
+    out = output_file(args.out, "--out", new_folder_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     result: dict = {"benchmark": "gpu", "dry_run": dry, "command": "python -m bench.gpu " + " ".join(argv),
                     "environment": environment(device)}

@@ -22,7 +22,7 @@ MelAudioEncoder instead of wav2vec2, a PatchVAE (or no VAE with --vae none) inst
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace, int_list
 import json
 import math
 import os
@@ -34,13 +34,13 @@ import time
 import numpy as np
 import torch
 
-from lit_avatar.errors import UserError
+from lit_avatar.errors import UserError, output_file
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lit-avatar bench stream", description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser(prog="lit-avatar bench stream", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny", help="model preset (tiny, wan2.1-1.3b, ...)")
     parser.add_argument("--height", type=int, default=32, help="video height in pixels (tiny: 32, as its prototype)")
     parser.add_argument("--width", type=int, default=32, help="video width in pixels")
@@ -148,7 +148,7 @@ def wav2vec2_encoder(scale: str, device: torch.device, dtype: torch.dtype):
     return encoder.to(dtype=dtype)
 
 
-def build_parts(args: argparse.Namespace):
+def build_parts(args: Namespace):
     """(model, vae, encoder, labels): random weights; the real Wan VAE and wav2vec2 architectures with
     --vae wan --audio wav2vec2, stand-ins otherwise (reported under `stand_ins`)."""
     from lit_avatar.inference.fast_path import cast_for_inference, compile_blocks, resolve_dtype
@@ -213,10 +213,10 @@ def build_parts(args: argparse.Namespace):
     return model, vae, encoder, labels
 
 
-def rollout_options(args: argparse.Namespace, context_frames: int | None = None, urcr: bool = True):
+def rollout_options(args: Namespace, context_frames: int | None = None, urcr: bool = True):
     from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
 
-    steps = [int(v) for v in args.psb_steps.split(",")]
+    steps = int_list(args.psb_steps, "--psb-steps")
     return RolloutOptions(frames_per_block=args.frames_per_block, context_frames=context_frames,
                           psb=PSBOptions(steps=steps), urcr=URCROptions(enabled=urcr, max_frames=args.horizon))
 
@@ -241,7 +241,7 @@ def _gpu_allocated(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
-def warmup_section(args: argparse.Namespace, model, vae, encoder) -> dict:
+def warmup_section(args: Namespace, model, vae, encoder) -> dict:
     """A short stream of its own before the measured one: CUDA kernels load, cuDNN picks its algorithms,
     torch.compile compiles; its first-frame time is the cold start a user sees once per process."""
     from lit_avatar.inference.streamer import AvatarStreamer
@@ -259,7 +259,7 @@ def warmup_section(args: argparse.Namespace, model, vae, encoder) -> dict:
             "block_s": [r["seconds"] for r in streamer.latency]}
 
 
-def stream_section(args: argparse.Namespace, model, vae, encoder) -> dict:
+def stream_section(args: Namespace, model, vae, encoder) -> dict:
     """Stream `latent_frames` latent frames; per-block latency, stage split, RSS and GPU memory per block."""
     from lit_avatar.inference.streamer import AvatarStreamer, block_span
 
@@ -360,7 +360,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compare_section(args: argparse.Namespace, model, vae) -> dict:
+def compare_section(args: Namespace, model, vae) -> dict:
     """Per-block time at a full `horizon`-frame context: KV-cached rollout vs masked full recomputation."""
     from lit_avatar.inference.rollout import Rollout
 
@@ -416,7 +416,10 @@ def compare_section(args: argparse.Namespace, model, vae) -> dict:
 
 def main(argv: list[str]) -> int:
     """Run the streaming benchmark and print its JSON (see --help)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
+    int_list(args.psb_steps, "--psb-steps")
+    if args.out:
+        output_file(args.out, "--out")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available here")
     if args.latent_frames < args.frames_per_block:

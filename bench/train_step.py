@@ -13,20 +13,21 @@ the critic; the time per generator update of the recipe (critic_steps=5) is step
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace, int_list
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from lit_avatar.errors import UserError
+from lit_avatar.errors import UserError, output_file
 
 STAGES = ("teacher", "ode_init", "self_forcing")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lit-avatar bench train", description=__doc__.split("\n\n")[0])
+def build_parser() -> CommandParser:
+    p = CommandParser(prog="lit-avatar bench train", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="wan2.1-1.3b")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=832)
@@ -69,7 +70,7 @@ class _StepTimes:
         return StepTimes()
 
 
-def synthetic_batch(cfg, args: argparse.Namespace, device: torch.device) -> dict:
+def synthetic_batch(cfg, args: Namespace, device: torch.device) -> dict:
     g = torch.Generator(device=device).manual_seed(args.seed)
     c, t = cfg.in_channels, args.latent_frames
     h, w = args.height // args.spatial_factor, args.width // args.spatial_factor
@@ -81,7 +82,7 @@ def synthetic_batch(cfg, args: argparse.Namespace, device: torch.device) -> dict
             "meta": {"key": ["bench"]}}
 
 
-def _dit(args: argparse.Namespace, device: torch.device, trained: bool, seed: int):
+def _dit(args: Namespace, device: torch.device, trained: bool, seed: int):
     from lit_avatar.models.dit import AvatarDiT
     from lit_avatar.models.presets import get_preset
 
@@ -107,13 +108,13 @@ class _LatentVAE(torch.nn.Module):
         raise RuntimeError("bench train does not decode")
 
 
-def build_module(stage: str, args: argparse.Namespace, device: torch.device):
+def build_module(stage: str, args: Namespace, device: torch.device):
     from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
 
     cfg = _dit(args, torch.device("meta"), False, 0).config
     vae = _LatentVAE(cfg.in_channels, cfg.temporal_factor, args.spatial_factor)
     rollout = RolloutOptions(frames_per_block=args.frames_per_block,
-                             psb=PSBOptions(steps=[int(v) for v in args.psb_steps.split(",")]),
+                             psb=PSBOptions(steps=int_list(args.psb_steps, "--psb-steps")),
                              urcr=URCROptions(max_frames=max(args.latent_frames, args.frames_per_block + 3)))
     if stage == "teacher":
         from lit_avatar.modules.teacher import TeacherModule
@@ -131,7 +132,7 @@ def build_module(stage: str, args: argparse.Namespace, device: torch.device):
                              ema_decay=None), cfg
 
 
-def run_stage(stage: str, args: argparse.Namespace) -> dict:
+def run_stage(stage: str, args: Namespace) -> dict:
     import lightning as L
 
     device = torch.device(args.device)
@@ -166,7 +167,10 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str]) -> int:
     """Time one training step per stage and print the JSON (see --help)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
+    int_list(args.psb_steps, "--psb-steps")
+    if args.out:
+        output_file(args.out, "--out")
     stages = [s for s in args.stages.split(",") if s]
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
@@ -188,9 +192,10 @@ def main(argv: list[str]) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        from pathlib import Path
+        from lit_avatar.data.atomic import atomic_path
 
-        Path(args.out).write_text(text + "\n")
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(text + "\n")
     return 0
 
 

@@ -7,7 +7,7 @@ does not depend on the number of workers or on interruptions.
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace
 import hashlib
 import json
 import os
@@ -22,7 +22,7 @@ from data_tools.filters import REASONS
 from data_tools.shards import (DONE_SUFFIX, PART_SUFFIX, ShardSink, discard_unfinished, done_path, read_done,
                                write_json_atomic)
 from data_tools.sources import ShardJob, plan_jobs, scan_sources
-from lit_avatar.errors import UserError
+from lit_avatar.errors import UserError, output_folder
 
 PLAN_FILE = "build_plan.json"
 MANIFEST_FILE = "manifest.json"
@@ -48,8 +48,8 @@ class BuildOptions:
     threads: int = 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="lit-avatar data build",
         description="Cut raw talking-head videos into face-cropped clips with 16 kHz audio and write "
                     "webdataset shards (train-*.tar, val-*.tar) plus manifest.json. Re-running the same "
@@ -93,7 +93,7 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
-def options_from_args(args: argparse.Namespace) -> BuildOptions:
+def options_from_args(args: Namespace) -> BuildOptions:
     """Validate the arguments early, each error naming its option."""
     _check(args.fps > 0, f"--fps {args.fps}: expected a positive frame rate")
     _check(args.size >= 16 and args.size % 2 == 0, f"--size {args.size}: expected an even size >= 16")
@@ -280,13 +280,11 @@ def build(argv: list[str]) -> dict[str, Any]:
     Args:
         argv: command-line arguments (see `--help`).
     """
-    args = build_parser().parse_args(argv)
-    options = options_from_args(args)
+    args = build_parser().parse(argv)
     sources = scan_sources(args.src)
+    out = output_folder(args.out, "--out")
+    options = options_from_args(args)
     jobs = plan_jobs(sources, args.val_fraction, args.seed, args.sources_per_job)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     _check_plan(out, _fingerprint(options, jobs))
     todo = [job for job in jobs if read_done(out, job.prefix) is None]

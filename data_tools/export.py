@@ -14,7 +14,7 @@ Every file is written atomically. Samples that cannot be decoded are skipped and
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace
 import json
 import logging
 import os
@@ -151,8 +151,8 @@ def export_shards(shards: str | list[str], out: str | os.PathLike, limit: int | 
     return {"exported": list(exported), "skipped": skipped, "shards": paths}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="lit-avatar data export",
         description="Write shard samples as the evaluation inputs: OUT/real/KEY.mp4 (+ KEY.json sidecar with "
                     "mouth_box/face_box), OUT/refs/KEY.png and OUT/audio/KEY.wav (16 kHz mono).")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
     summary = export_shards(args.shards, args.out, args.limit, args.seconds)
     for line in summary["skipped"][:10]:
         print(f"skipped: {line}")

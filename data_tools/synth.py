@@ -9,7 +9,7 @@ time outside the clip. Everything is a pure function of (seed, clip index), so s
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace
 import json
 import math
 import os
@@ -23,7 +23,7 @@ from data_tools.synth_face import Identity, blink_factors, head_motion, motion_o
 from data_tools.synth_speech import opening_per_frame, synth_speech
 from lit_avatar.data.atomic import atomic_path
 from lit_avatar.data.schema import FPS, SAMPLE_RATE, SCHEMA_VERSION, encode_sample
-from lit_avatar.errors import UserError
+from lit_avatar.errors import UserError, output_folder
 
 SOURCE = "synthtalk"
 
@@ -160,8 +160,8 @@ def write_synthtalk(out: str | os.PathLike, clips: int, seconds: float = 1.0, sh
     return manifest
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="lit-avatar data synth",
         description="Write SynthTalk webdataset shards (train-*.tar, val-*.tar) and manifest.json.")
     parser.add_argument("--out", required=True, help="output folder")
@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
+    output_folder(args.out, "--out")
     manifest = write_synthtalk(args.out, args.clips, args.seconds, args.shards, args.size, args.seed,
                                args.val_identities, args.identities)
     for split, info in manifest["splits"].items():

@@ -1,17 +1,17 @@
 """Command lines `lit-avatar eval` and `lit-avatar table` (registered in lit_avatar/cli.py)."""
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace
 import shlex
 
 from lit_avatar.errors import UserError
 
 
-def _eval_parser() -> argparse.ArgumentParser:
+def _eval_parser() -> CommandParser:
     from eval.evaluate import ALL_METRICS, DETECTOR, WEIGHTS
 
     layout = ", ".join(f"{m}: {p}" for m, p in WEIGHTS.items())
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="lit-avatar eval",
         description="Score generated videos against real ones (matched by file name) and write results.json. "
         f"Weights are read from --weights-dir ({layout}; optional face detector {DETECTOR}); a metric whose "
@@ -25,7 +25,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", help="folder of real videos with the same names (needed by fid, fvd)")
     p.add_argument("--refs", help="folder of reference images X.png/X.jpg (CSIM); default: real frame 0")
     p.add_argument("--audio", help="folder of X.wav; default: the generated video's own audio stream")
-    p.add_argument("--metrics", default=",".join(ALL_METRICS), help="comma-separated subset of %(default)s")
+    p.add_argument("--metrics", default=",".join(ALL_METRICS), help="comma-separated subset of the default")
     p.add_argument("--weights-dir", help="folder holding the metric networks' weight files")
     p.add_argument("--out", required=True, help="results JSON path (written atomically)")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate videos are resampled to (default 25)")
@@ -49,7 +49,7 @@ def main_eval(argv: list[str]) -> int:
     """`lit-avatar eval ...`; returns the exit code."""
     from eval.evaluate import EvalOptions, parse_metrics, run_eval
 
-    args = _eval_parser().parse_args(argv)
+    args = _eval_parser().parse(argv)
     if args.fps <= 0:
         raise UserError(f"--fps: expected a positive frame rate, got {args.fps}")
     if args.fid_frame_stride < 1 or args.batch_size < 1:
@@ -68,12 +68,13 @@ def main_eval(argv: list[str]) -> int:
     return 0
 
 
-def _table_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _table_parser() -> CommandParser:
+    p = CommandParser(
         prog="lit-avatar table",
         description="Build a comparison or ablation table (Markdown, or LaTeX for a .tex --out) from results "
         "files listed in a YAML config (experiments/tables/*.yaml). Best values are bold; arrows give the "
         "better direction.",
+        options_file="--options",  # --config is the table YAML itself
     )
     p.add_argument("--config", required=True, help="table YAML (experiments/tables/NAME.yaml)")
     p.add_argument("--out", required=True, help="output .md or .tex (written atomically)")
@@ -86,7 +87,7 @@ def main_table(argv: list[str]) -> int:
     """`lit-avatar table ...`; returns the exit code."""
     from eval.tables import build_table
 
-    args = _table_parser().parse_args(argv)
+    args = _table_parser().parse(argv)
     text = build_table(args.config, args.out, run=args.run, command="lit-avatar table " + shlex.join(argv))
     print(f"wrote {args.out} ({text.count(chr(10))} lines)")
     return 0

@@ -15,7 +15,7 @@ experiments/tables/ablations.yaml; this command only runs them:
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace, int_list
 import json
 import os
 import shlex
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "experiments" / "tables" / "ablations.yaml"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lit_avatar.ablations", description=__doc__.splitlines()[0])
+def _parser() -> CommandParser:
+    p = CommandParser(prog="python -m lit_avatar.ablations", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/ablations", help="output root (TensorBoard runs, checkpoints, results)")
     p.add_argument("--base", default="runs/demo",
                    help="a `make demo` folder whose data, teacher and ODE init are reused (trained here if missing)")
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_plan(args: argparse.Namespace) -> tuple[dict, dict]:
+def load_plan(args: Namespace) -> tuple[dict, dict]:
     """(table config, protocol with the command line's overrides), validated."""
     import yaml
 
@@ -61,7 +61,7 @@ def load_plan(args: argparse.Namespace) -> tuple[dict, dict]:
             raise UserError(f"--table {path}: missing key {key!r}")
     protocol = dict(cfg["quick" if args.quick else "protocol"])
     if args.seeds:
-        protocol["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+        protocol["seeds"] = int_list(args.seeds, "--seeds", minimum=0)
     for key, value in (("dmd_steps", args.steps), ("clips", args.clips), ("seconds", args.seconds),
                        ("window_s", args.window)):
         if value is not None:
@@ -77,11 +77,11 @@ def load_plan(args: argparse.Namespace) -> tuple[dict, dict]:
     return cfg, protocol
 
 
-def _base_stages(args: argparse.Namespace):
+def _base_stages(args: Namespace):
     """Data, teacher and ODE init of `make demo` (its settings, so a demo run is reused as is)."""
     from lit_avatar import demo, pipeline
 
-    defaults = demo.build_parser().parse_args(["--out", args.base, *shlex.split(args.demo_args)])
+    defaults = demo.build_parser().parse(["--out", args.base, *shlex.split(args.demo_args)])
     base = Path(args.base).resolve()
     data, logs = base / "data", base / "logs"
     info = demo.make_data(data, defaults)
@@ -95,7 +95,7 @@ def _base_stages(args: argparse.Namespace):
     return data, teacher, ode, defaults, info
 
 
-def held_out_streams(defaults: argparse.Namespace, info: dict, clips: int, seconds: float) -> dict:
+def held_out_streams(defaults: Namespace, info: dict, clips: int, seconds: float) -> dict:
     """The evaluation batch: `clips` real SynthTalk recordings of the held-out identities (fixed clip indices,
     so every variant and seed sees the same audio, references and ground truth)."""
     import numpy as np
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     from lit_avatar import pipeline
     from lit_avatar.quiet import route_library_logs
 
-    args = _parser().parse_args(argv)
+    args = _parser().parse(argv)
     cfg, protocol = load_plan(args)
     if args.threads:
         import torch

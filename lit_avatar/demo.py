@@ -25,7 +25,8 @@ demo prints one plain line saying so and exits with code 1.
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser, Namespace
+from lit_avatar.errors import UserError, output_folder
 import json
 import time
 from pathlib import Path
@@ -33,9 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lit_avatar.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandParser:
+    p = CommandParser(prog="python -m lit_avatar.demo", description=__doc__)
     p.add_argument("--out", default="runs/demo", help="output folder (data, logs, clips, summary.json)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a machine shared with other jobs)")
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_data(folder: Path, args: argparse.Namespace) -> dict:
+def make_data(folder: Path, args: Namespace) -> dict:
     """Write the SynthTalk set once; a later run with the same folder reuses it."""
     from data_tools.synth import write_synthtalk
 
@@ -76,7 +76,7 @@ def make_data(folder: Path, args: argparse.Namespace) -> dict:
     return info
 
 
-def held_out_batch(data: Path, args: argparse.Namespace) -> dict:
+def held_out_batch(data: Path, args: Namespace) -> dict:
     """Clips of held-out identities: their audio and reference drive the samples."""
     from lit_avatar.data.datamodule import AvatarDataModule
 
@@ -119,7 +119,7 @@ def write_clips(result: dict, batch: dict, out: Path) -> dict:
     return {"clips": paths, "comparison": str(comparison), "frame_grid": str(grid)}
 
 
-def stream_long_video(student_ckpt: Path, out: Path, args: argparse.Namespace, identities: int) -> dict:
+def stream_long_video(student_ckpt: Path, out: Path, args: Namespace, identities: int) -> dict:
     """A long recording of a held-out identity, streamed from its audio by `lit-avatar generate`."""
     from PIL import Image
 
@@ -160,8 +160,7 @@ def _loss_window(run_dir: Path, first: bool, k: int = 50) -> float | None:
     return sum(part) / len(part) if part else None
 
 
-def _validate(args: argparse.Namespace) -> None:
-    from lit_avatar.errors import UserError
+def _validate(args: Namespace) -> None:
 
     for name in ("teacher_steps", "teacher_batch", "ode_steps", "ode_batch", "dmd_steps", "dmd_batch",
                  "teacher_sample_steps", "sample_frames", "num_samples", "clips"):
@@ -188,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     from lit_avatar import pipeline
     from lit_avatar.quiet import route_library_logs
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
+    output_folder(args.out, "--out")
     _validate(args)
     if args.threads:
         import torch

@@ -15,6 +15,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from jsonargparse import ArgumentError
+
+from lit_avatar.command import one_line, option_strings
 from lit_avatar.errors import UserError
 
 CONFIG_CHECKPOINT_KEY = "lit_avatar_config"
@@ -46,6 +49,13 @@ class AvatarCLI(LightningCLI):
             self._init(args, run, parser_kwargs, kwargs)
         finally:
             sys.argv = saved_argv
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse as LightningCLI does; a mistake becomes one line, a misspelt option names the closest one."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise UserError(one_line(err, "lit-avatar", option_strings(parser), list(args or ()))) from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with strategy/accelerator mismatches and distributed setup errors as one line."""
@@ -116,38 +126,13 @@ def default_trainer_settings() -> dict[str, Any]:
     }
 
 
-def one_line(err: BaseException) -> str:
-    """Condense jsonargparse's multi-line explanation (usage, union subtypes, nested causes) to one line
-    that names the key, the classes it went through and the decisive complaint, e.g.
-    `key "model" (TeacherModule): Option 'bogus_key' is not accepted`."""
-    lines = [ln.strip().lstrip("- ").strip() for ln in str(err).splitlines() if ln.strip()]
-    if not lines:
-        return type(err).__name__
-    head = lines[0].rstrip(":")
-    if head.startswith("Parser key "):
-        head = "key " + head[len("Parser key "):]
-    classes, detail = [], ""
-    noise = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>")
-    for ln in lines[1:]:
-        if ln.startswith("Problem with given class_path"):
-            classes.append(ln.split("'")[1].rsplit(".", 1)[-1] if "'" in ln else ln)
-        elif not ln.startswith(noise):
-            detail = ln
-    if ":" in lines[0] and not lines[0].endswith(":") and not detail:
-        return lines[0].replace("Parser key ", "key ", 1)
-    via = f" ({' > '.join(classes)})" if classes else ""
-    return f"{head}{via}: {detail}" if detail else head
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run LightningCLI on `argv` (e.g. ["fit", "--config", "experiments/teacher/synthtalk_tiny.yaml"])."""
-    from jsonargparse import ArgumentError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         AvatarCLI(args=argv)
     except ArgumentError as err:
-        raise UserError(f"config: {one_line(err)}") from None
+        raise UserError(one_line(err, "lit-avatar", (), argv)) from None
     except SystemExit as err:  # --help and --print_config exit cleanly
         return int(err.code or 0)
     except (ValueError, TypeError) as err:
@@ -157,6 +142,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         raise cause from None
     return 0
+
+
+def fit(argv: list[str]) -> int:
+    return main(["fit", *argv])
+
+
+def validate(argv: list[str]) -> int:
+    return main(["validate", *argv])
+
+
+def test(argv: list[str]) -> int:
+    return main(["test", *argv])
+
+
+def predict(argv: list[str]) -> int:
+    return main(["predict", *argv])
 
 
 def _user_error_in_chain(err: BaseException) -> UserError | None:

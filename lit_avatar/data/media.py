@@ -18,7 +18,7 @@ from typing import Union
 import numpy as np
 
 from lit_avatar.data.atomic import atomic_path
-from lit_avatar.errors import UserError
+from lit_avatar.errors import UserError, existing_file
 
 MediaSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
@@ -39,9 +39,7 @@ def _open(source: MediaSource, name: str | None):
     if isinstance(source, (bytes, bytearray, memoryview)):
         target = io.BytesIO(bytes(source))
     else:
-        if not Path(source).is_file():
-            raise UserError(f"{label}: media file not found (expected an existing video/audio file)")
-        target = str(source)
+        target = str(existing_file(source, "a video/audio file"))
     try:
         return av.open(target, mode="r")
     except (av.FFmpegError, OSError, ValueError) as err:

@@ -8,7 +8,6 @@ given) are written atomically: an error never leaves a partial file behind.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -19,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lit_avatar.errors import UserError
+from lit_avatar.command import CommandParser, Namespace, int_list
+from lit_avatar.errors import UserError, existing_file, output_file
 
 FPS = 25
 SAMPLE_RATE = 16000
 CHUNK_SECONDS = 0.2  # how much audio a live source delivers at a time
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="lit-avatar generate",
         description="Stream a video from audio + a reference image with a causal (ode_init/student) checkpoint.")
     parser.add_argument("--ckpt", required=True, help="checkpoint with a lit_avatar generator record")
@@ -56,21 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise UserError(f"{flag} {text!r}: expected positive integers separated by commas, e.g. 8,6,4")
-    return values
-
-
-def _size(text: str) -> tuple[int, int]:
+def _size(text: str, cell: int) -> tuple[int, int]:
+    """`--size HxW`, each side a positive multiple of `cell` (VAE factor * patch size)."""
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise UserError(f"--size {text!r}: expected HxW, e.g. 64x64") from None
+    if height < cell or width < cell or height % cell or width % cell:
+        raise UserError(f"--size {text!r}: expected sides that are positive multiples of {cell} (this "
+                        f"checkpoint's pixels per token), e.g. {cell * 4}x{cell * 4}")
     return height, width
 
 
@@ -157,17 +151,16 @@ def _write_json(path: Path, data: dict) -> None:
 
 def main(argv: list[str]) -> int:
     """Run `lit-avatar generate` (see --help)."""
-    args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: output folder {out.parent} does not exist")
-    if out.suffix.lower() not in (".mp4", ".mkv", ".mov"):
-        raise UserError(f"--out {out}: expected a .mp4 (or .mkv/.mov) file name")
+    args = build_parser().parse(argv)
+    out = output_file(args.out, "--out", suffixes=(".mp4", ".mkv", ".mov"))
+    existing_file(args.ckpt, "a checkpoint (.ckpt/.safetensors)", "--ckpt")
+    existing_file(args.audio, "an audio or video file with speech", "--audio")
+    existing_file(args.ref, "a reference image (PNG/JPEG/...)", "--ref")
     device = _device(args.device)
     from lit_avatar.inference.fast_path import resolve_dtype
 
     dtype = resolve_dtype(args.dtype, device)
-    psb_steps = _int_list(args.psb_steps, "--psb-steps") if args.psb_steps else None
+    psb_steps = int_list(args.psb_steps, "--psb-steps") if args.psb_steps else None
     mouth_box = _mouth_box(args.mouth_box)
     if args.seconds is not None and args.seconds <= 0:
         raise UserError(f"--seconds {args.seconds}: expected a positive duration")
@@ -205,8 +198,8 @@ def main(argv: list[str]) -> int:
         options = dataclasses.replace(options, mci=dataclasses.replace(options.mci, enabled=False))
     if args.no_urcr:
         options = dataclasses.replace(options, urcr=dataclasses.replace(options.urcr, enabled=False))
-    size = _size(args.size) if args.size else bundle.video_size
     cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
+    size = _size(args.size, cell) if args.size else bundle.video_size
     ref = read_reference(args.ref, size, cell)
     streamer = AvatarStreamer(model, bundle.vae, bundle.audio_encoder, options, ref, seed=args.seed,
                               device=device)

@@ -4,19 +4,19 @@
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import sys
 
-from lit_avatar.errors import UserError
+from lit_avatar.command import CommandParser, Namespace
+from lit_avatar.errors import UserError, existing_file
 
 TOKEN_ENV = "LIT_AVATAR_SERVE_TOKEN"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    p = CommandParser(
         prog="lit-avatar serve",
         description="Serve a live avatar: a page at http://HOST:PORT/ sends microphone (or audio file) audio "
                     "over a WebSocket and shows the frames the checkpoint streams back.")
@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-kib", type=float, default=64.0, help="largest message a peer may send (KiB)")
     p.add_argument("--max-backlog", type=float, default=1.0, help="seconds of audio a session may have waiting; "
                    "beyond it the oldest is dropped so the video catches up with the speaker")
-    p.add_argument("--image-format", default="jpeg", help="frames sent as jpeg (default) or png (lossless)")
-    p.add_argument("--jpeg-quality", type=int, default=90, help="1..95")
+    p.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg", help="frames sent as jpeg or png "
+                   "(lossless)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality, 1..95")
     p.add_argument("--size", default=None, help="video HxW, e.g. 64x64 (default: the checkpoint's training size)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of every session")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_server(args: argparse.Namespace, observer=None):
+def build_server(args: Namespace, observer=None):
     """The AvatarServer the flags describe (checkpoint loaded, reference read); UserError on bad input."""
     import torch
 
@@ -61,19 +62,20 @@ def build_server(args: argparse.Namespace, observer=None):
         raise UserError(f"--threads {args.threads}: expected >= 1")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers {args.workers}: expected >= 0")
+    existing_file(args.ckpt, "a causal (ode_init or student) checkpoint", "--ckpt")
+    existing_file(args.ref, "a reference image (PNG/JPEG/...)", "--ref")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     options = ServeOptions(max_sessions=args.max_sessions, token=token, idle_timeout_s=args.idle_timeout,
                            max_message_bytes=int(args.max_message_kib * 1024), max_backlog_s=args.max_backlog,
                            image_format=args.image_format, jpeg_quality=args.jpeg_quality, seed=args.seed)
     device = _device(args.device)
-    size = _size(args.size) if args.size else None
     torch.set_num_threads(args.threads)
     bundle = load_generator(args.ckpt, device=device)
     if bundle.kind == "teacher":
         raise UserError(f"{args.ckpt}: is a bidirectional teacher checkpoint; serve streams with a causal model: "
                         "expected an ode_init or student checkpoint")
     cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
-    ref = read_reference(args.ref, size or bundle.video_size, cell)
+    ref = read_reference(args.ref, _size(args.size, cell) if args.size else bundle.video_size, cell)
     engine = AvatarEngine(bundle.model, bundle.vae, bundle.audio_encoder, bundle.rollout_options, ref,
                           device=device, seed=args.seed)
     engine.new_streamer()  # fail now, not at the first peer, if the reference does not fit the model
@@ -105,7 +107,7 @@ async def _serve(server, host: str, port: int) -> None:
 
 def main(argv: list[str]) -> int:
     """Run `lit-avatar serve` (see --help)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
     server = build_server(args)

@@ -1,0 +1,186 @@
+"""Every command a user runs: `--help` shows each option's default, and user mistakes are one line.
+
+The mistakes go through the real entry points (`lit_avatar.cli.main`, as the `lit-avatar` script calls it,
+and `python -m lit_avatar.demo|ablations`): one `error:` line on stderr, exit code 2, no traceback, and
+nothing written.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from data_tools.cli import COMMANDS as DATA_COMMANDS
+from bench.cli import BENCHMARKS
+from lit_avatar.cli import COMMANDS
+from lit_avatar.errors import run_main
+
+GROUPS = {"data": DATA_COMMANDS, "bench": BENCHMARKS}
+LEAVES = [[name] for name in COMMANDS if name not in GROUPS] + [
+    [group, name] for group, table in GROUPS.items() for name in table]
+MODULES = {"demo": "lit_avatar.demo", "ablations": "lit_avatar.ablations"}  # run as `python -m ...`
+WITHOUT_DEFAULT = {"-h", "--help", "-c", "--config", "--options", "--print_config"}  # actions, not settings
+
+
+def is_setting(flag: str, text: str) -> bool:
+    """An option that sets a value (not help, an options file, or LightningCLI's per-class help)."""
+    return flag not in WITHOUT_DEFAULT and not flag.endswith(".help") and "Path to a configuration file" not in text
+
+
+def run(argv: list[str]) -> int:
+    """Run a command line as its entry point does; return the exit code (SystemExit included)."""
+    if argv[0] in MODULES:
+        import importlib
+
+        module = importlib.import_module(MODULES[argv[0]])
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(lambda: module.main(argv[1:]))
+        return int(exit_info.value.code or 0)
+    from lit_avatar.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as err:  # argparse's --help
+        return int(err.code or 0)
+
+
+def option_entries(help_text: str) -> dict[str, str]:
+    """`--flag` -> its help text, from an argparse help page."""
+    entries, current = {}, None
+    for line in help_text.splitlines():
+        match = re.match(r"\s{2}(-{1,2}[\w.-]+)", line)
+        if match:
+            current = match.group(1)
+            entries[current] = line
+        elif current and line.startswith(" " * 6):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("command", LEAVES + [[m] for m in MODULES], ids=" ".join)
+def test_help_shows_every_default(command, capsys):
+    assert run([*command, "--help"]) == 0
+    entries = option_entries(capsys.readouterr().out)
+    settings = {flag: text for flag, text in entries.items() if is_setting(flag, text)}
+    assert settings, f"no options found in {' '.join(command)} --help"
+    missing = [flag for flag, text in settings.items() if "default:" not in text and "required" not in text]
+    assert not missing, f"{' '.join(command)} --help shows no default for {missing}"
+
+
+def test_group_help_lists_every_command(capsys):
+    assert run(["--help"]) == 0
+    top = capsys.readouterr().out
+    assert all(re.search(rf"^\s+{name}\s", top, re.M) for name in COMMANDS)
+    for group, table in GROUPS.items():
+        assert run([group, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert all(re.search(rf"^\s+{name}\s", text, re.M) for name in table), text
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    """A folder, a text file posing as media, a table YAML of the wrong shape and a missing path."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("not an image, not audio, not a checkpoint\n")
+    (tmp_path / "list.yaml").write_text("- just\n- a list\n")
+    return {"dir": str(tmp_path / "folder"), "text": str(tmp_path / "notes.txt"), "list": str(tmp_path / "list.yaml"),
+            "missing": str(tmp_path / "missing.ckpt"), "out": str(tmp_path / "out"), "tmp": str(tmp_path)}
+
+
+FIT = ["fit", "--config", "experiments/teacher/synthtalk_tiny.yaml"]
+GEN = ["generate", "--ckpt", "{text}", "--audio", "{text}", "--ref", "{text}", "--out", "{tmp}/v.mp4"]
+EVAL = ["eval", "--gen", "{dir}", "--out", "{out}/results.json"]
+SERVE = ["serve", "--ckpt", "{missing}", "--ref", "{text}"]
+
+# (command line, a fragment the one-line error must contain); three or more mistakes per command:
+# a misspelt option (the closest valid one is named), a wrong type (option, value and expected type),
+# a missing or wrong-kind file.
+MISTAKES = [
+    (FIT + ["--trainer.max_stpes=1"], "did you mean --trainer.max_steps?"),
+    (FIT + ["--trainer.max_steps=x"], "--trainer.max_steps 'x': expected an integer"),
+    (["fit", "--config", "{missing}"], "missing.ckpt"),
+    (["validate", "--config", "{list}"], "list.yaml"),
+    (["data", "synth", "--out", "{out}", "--clipz", "4"], "did you mean --clips?"),
+    (["data", "synth", "--out", "{out}", "--clips", "four"], "--clips 'four': expected an integer"),
+    (["data", "synth", "--out", "{text}"], "notes.txt"),
+    (["data", "build", "--src", "{dir}", "--out", "{out}", "--fsp", "25"], "did you mean --fps?"),
+    (["data", "build", "--src", "{dir}", "--out", "{out}", "--size", "big"], "--size 'big': expected an integer"),
+    (["data", "build", "--src", "{missing}", "--out", "{out}"], "missing.ckpt"),
+    (["data", "export", "--shards", "{dir}/*.tar", "--out", "{out}", "--limt", "2"], "did you mean --limit?"),
+    (["data", "export", "--shards", "{dir}/*.tar", "--out", "{out}", "--limit", "two"], "--limit 'two'"),
+    (["data", "export", "--shards", "{dir}/*.tar", "--out", "{out}"], "folder/*.tar"),
+    (GEN + ["--audoi", "a.wav"], "did you mean --audio?"),
+    (GEN + ["--seed", "x"], "--seed 'x': expected an integer"),
+    (GEN, "notes.txt"),
+    (["generate", "--ckpt", "{missing}", "--audio", "{text}", "--ref", "{text}", "--out", "{tmp}/v.mp4"], "missing.ckpt"),
+    (["generate", "--ckpt", "{text}", "--audio", "{dir}", "--ref", "{text}", "--out", "{tmp}/v.mp4"], "--audio"),
+    (EVAL + ["--fsp", "25"], "did you mean --fps?"),
+    (EVAL + ["--fps", "fast"], "--fps 'fast': expected a number"),
+    (["eval", "--gen", "{missing}", "--out", "{out}/results.json"], "missing.ckpt"),
+    (["table", "--config", "{list}", "--out", "{out}/t.md", "--runn"], "did you mean --run?"),
+    (["table", "--config", "{list}", "--out", "{out}/t.md"], "list.yaml"),
+    (["table", "--config", "{dir}", "--out", "{out}/t.md"], "folder"),
+    (["bench", "stream", "--framez", "8"], "unknown option"),
+    (["bench", "stream", "--latent-frames", "many"], "--latent-frames 'many': expected an integer"),
+    (["bench", "stream", "--psb-steps", "8,x"], "--psb-steps"),
+    (["bench", "stream", "--out", "{dir}"], "folder"),
+    (["bench", "train", "--stpes", "2"], "did you mean --steps?"),
+    (["bench", "train", "--steps", "two"], "--steps 'two': expected an integer"),
+    (["bench", "train", "--out", "{dir}"], "folder"),
+    (["bench", "gpu", "--dryrun"], "did you mean --dry-run?"),
+    (["bench", "gpu", "--stream-seconds", "long"], "--stream-seconds 'long': expected a number"),
+    (["bench", "gpu", "--rows", "{missing}"], "missing.ckpt"),
+    (["bench", "build", "--sourses", "2"], "did you mean --sources?"),
+    (["bench", "build", "--sources", "two"], "--sources 'two': expected an integer"),
+    (["bench", "build", "--keep", "{text}"], "notes.txt"),
+    (SERVE + ["--prot", "0"], "did you mean --port?"),
+    (SERVE + ["--port", "http"], "--port 'http': expected an integer"),
+    (SERVE, "missing.ckpt"),
+    (["demo", "--out", "{out}", "--teacher-stepz", "5"], "did you mean --teacher-steps?"),
+    (["demo", "--out", "{out}", "--teacher-steps", "many"], "--teacher-steps 'many': expected an integer"),
+    (["demo", "--out", "{text}"], "notes.txt"),
+    (["ablations", "--out", "{out}", "--seedz", "0"], "did you mean --seeds?"),
+    (["ablations", "--out", "{out}", "--steps", "many"], "--steps 'many': expected an integer"),
+    (["ablations", "--out", "{out}", "--table", "{missing}"], "missing.ckpt"),
+]
+
+
+def _ids(case) -> str:
+    return " ".join(case[0][:3] if case[0][0] in ("fit", "validate") else case[0]).replace("{", "").replace("}", "")
+
+
+@pytest.mark.parametrize("argv, fragment", MISTAKES, ids=[_ids(c) for c in MISTAKES])
+def test_mistakes_are_one_line(argv, fragment, files, capsys):
+    argv = [a.format(**files) for a in argv]
+    before = sorted(p for p in Path(files["tmp"]).rglob("*"))
+    code = run(argv)
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert code == 2, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert fragment in lines[0], lines[0]
+    assert sorted(p for p in Path(files["tmp"]).rglob("*")) == before, "a mistake left files behind"
+
+
+def test_every_command_has_three_mistakes():
+    counted = {}
+    for argv, _ in MISTAKES:
+        key = " ".join(argv[:2]) if argv[0] in GROUPS else argv[0]
+        counted[key] = counted.get(key, 0) + 1
+    commands = {" ".join(c) for c in LEAVES if c[0] not in ("validate", "test", "predict")} | set(MODULES)
+    assert {c: counted.get(c, 0) for c in commands if counted.get(c, 0) < 3} == {}
+
+
+def test_old_spellings_and_options_files_agree(tmp_path, capsys):
+    """`--psb-steps` (today's spelling) and `psb_steps` in a --config file give the same settings."""
+    options = tmp_path / "stream.yaml"
+    options.write_text("psb_steps: '8,6'\nlatent_frames: 12\n")
+    assert run(["bench", "stream", "--config", str(options), "--print_config"]) == 0
+    from_file = capsys.readouterr().out
+    assert run(["bench", "stream", "--psb-steps", "8,6", "--latent-frames", "12", "--print_config"]) == 0
+    assert capsys.readouterr().out == from_file
+    assert "psb_steps: 8,6" in from_file.replace("'", "")
