@@ -15,6 +15,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from lit_avatar.data.atomic import is_temp
+
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to whole records
 DONE_SUFFIX = ".done.json"
@@ -138,18 +140,6 @@ def done_path(out_dir: Path, prefix: str) -> Path:
     return Path(out_dir) / f"{prefix}{DONE_SUFFIX}"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON to a temp name in the same folder, then os.replace: readers never see half a file."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def read_done(out_dir: Path, prefix: str) -> dict[str, Any] | None:
     """The done marker of a job if it is finished and all its parts are present at their sizes."""
     path = done_path(out_dir, prefix)
@@ -176,7 +166,7 @@ def discard_unfinished(out_dir: Path, prefixes: list[str]) -> int:
     removed = 0
     out_dir = Path(out_dir)
     for path in out_dir.iterdir():
-        if TMP_MARK in path.name:
+        if TMP_MARK in path.name or is_temp(path.name):
             path.unlink()
             removed += 1
     for prefix in prefixes:

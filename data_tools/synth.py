@@ -10,7 +10,6 @@ time outside the clip. Everything is a pure function of (seed, clip index), so s
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -21,7 +20,7 @@ import numpy as np
 
 from data_tools.synth_face import Identity, blink_factors, head_motion, motion_offsets, mouth_box, render, sample_identity
 from data_tools.synth_speech import opening_per_frame, synth_speech
-from lit_avatar.data.atomic import atomic_path
+from lit_avatar.data.atomic import atomic_path, write_json_atomic
 from lit_avatar.data.schema import FPS, SAMPLE_RATE, SCHEMA_VERSION, encode_sample
 from lit_avatar.errors import UserError
 
@@ -97,11 +96,6 @@ def _write_shard(path: Path, samples: list[dict]) -> None:
         writer.close()
 
 
-def _atomic_json(path: Path, payload: dict) -> None:
-    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "w") as stream:
-        json.dump(payload, stream, indent=2)
-
-
 def write_synthtalk(out: str | os.PathLike, clips: int, seconds: float = 1.0, shards: int = 1, size: int = 32,
                     seed: int = 0, val_identities: int = 0, identities: int | None = None) -> dict:
     """Write a SynthTalk set and return its manifest.
@@ -156,7 +150,7 @@ def write_synthtalk(out: str | os.PathLike, clips: int, seconds: float = 1.0, sh
             "shards": names, "clips": len(indices),
             "identities": sorted({f"synth{i % count:05d}" for i in indices})}
     manifest["seconds_to_generate"] = round(time.perf_counter() - started, 3)
-    _atomic_json(out / "manifest.json", manifest)
+    write_json_atomic(out / "manifest.json", manifest)
     return manifest
 
 

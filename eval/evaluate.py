@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.inputs import load_audio_for, load_reference, match_videos, read_sidecar, write_json_atomic
+from eval.inputs import load_audio_for, load_reference, match_videos, read_sidecar
+from lit_avatar.data.atomic import write_json_atomic
 from lit_avatar.errors import UserError
 
 ALL_METRICS = ("fid", "fvd", "sync", "csim", "drift", "synthsync", "appearance")

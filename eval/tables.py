@@ -25,7 +25,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.inputs import write_text_atomic
+from lit_avatar.data.atomic import write_text_atomic
 from lit_avatar.errors import UserError
 
 

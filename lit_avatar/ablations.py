@@ -16,8 +16,6 @@ experiments/tables/ablations.yaml; this command only runs them:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
 import sys
 import time
@@ -150,6 +148,7 @@ def write_outputs(out: Path, cfg: dict, per_seed: dict, curves: dict, horizon_s:
     from eval.stats import summarize
     from eval.stream_scores import mean_curve
     from eval.tables import build_table
+    from lit_avatar.data.atomic import write_json_atomic
 
     aggregates = summarize(per_seed, cfg["baseline"])
     results_dir = out / "results"
@@ -161,8 +160,7 @@ def write_outputs(out: Path, cfg: dict, per_seed: dict, curves: dict, horizon_s:
                   "rope_horizon_s": horizon_s, "command": command,
                   "drift": {k: c.to_dict() for k, c in mean_curves[variant].items()}}
         path = results_dir / f"{variant}.json"
-        path.with_suffix(".json.tmp").write_text(json.dumps(record, indent=1))
-        os.replace(path.with_suffix(".json.tmp"), path)
+        write_json_atomic(path, record)
         # one TensorBoard run per variant, the same tags in each, so the curves overlay
         log_tensorboard(mean_curves[variant], out / "tensorboard" / "drift" / variant, prefix="drift")
         name = next((r["name"] for r in cfg.get("rows", []) if r["name"].split()[0] == variant), variant)

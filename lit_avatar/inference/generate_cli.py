@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import statistics
 import time
@@ -148,13 +147,6 @@ def latency_summary(records: list[dict], first_frame_seconds: float | None, wall
     }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    from lit_avatar.data.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2) + "\n")
-
-
 def main(argv: list[str]) -> int:
     """Run `lit-avatar generate` (see --help)."""
     args = build_parser().parse_args(argv)
@@ -174,6 +166,7 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from lit_avatar.data.atomic import write_json_atomic
     from lit_avatar.data.media import VideoWriter, read_audio
     from lit_avatar.inference.loading import load_generator
     from lit_avatar.inference.streamer import AvatarStreamer
@@ -229,7 +222,7 @@ def main(argv: list[str]) -> int:
         "rollout": dataclasses.asdict(options), "latency": summary,
     }
     try:
-        _write_json(out.with_suffix(".json"), sidecar)
+        write_json_atomic(out.with_suffix(".json"), sidecar)
     except BaseException:
         out.unlink(missing_ok=True)  # the pair is one output: never leave the video without its sidecar
         raise

@@ -1,11 +1,12 @@
 """Small training callbacks."""
 from __future__ import annotations
 
-import json
 import os
 
 import lightning.pytorch as pl
 import torch
+
+from lit_avatar.data.atomic import write_json_atomic
 
 
 class LossHistory(pl.Callback):
@@ -42,8 +43,4 @@ class LossHistory(pl.Callback):
         path = self.path or (os.path.join(trainer.log_dir, "loss_history.json") if trainer.log_dir else None)
         if path is None or not trainer.is_global_zero:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"key": self.key, "losses": self.losses}, f)
-        os.replace(tmp, path)
+        write_json_atomic(path, {"key": self.key, "losses": self.losses}, indent=None)

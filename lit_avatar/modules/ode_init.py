@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lit_avatar.data.atomic import atomic_path
 from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule, to_timestep, x0_from_velocity
 from lit_avatar.errors import UserError
 from lit_avatar.inference.loading import generator_record
@@ -83,10 +84,8 @@ class TrajectoryCache:
         return torch.load(path, weights_only=True) if os.path.isfile(path) else None
 
     def save(self, key: str, trajectory: torch.Tensor) -> None:
-        path = self.path(key)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(trajectory.detach().cpu().clone(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(self.path(key)) as tmp:
+            torch.save(trajectory.detach().cpu().clone(), tmp)
 
 
 class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
