@@ -22,9 +22,6 @@ TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to whole records
 DONE_SUFFIX = ".done.json"
 PART_SUFFIX = ".tar"
 TMP_MARK = ".tmp-"
-# test hook: exit abruptly (like a kill) after this many samples were written in this process
-DIE_AFTER_ENV = "LIT_AVATAR_BUILD_DIE_AFTER_SAMPLES"
-_written_in_process = 0
 
 
 def member_bytes(sample: dict[str, Any]) -> int:
@@ -39,14 +36,6 @@ def member_bytes(sample: dict[str, Any]) -> int:
             continue
         total += TAR_BLOCK + -(-len(value) // TAR_BLOCK) * TAR_BLOCK
     return total
-
-
-def _maybe_die() -> None:
-    global _written_in_process
-    _written_in_process += 1
-    limit = os.environ.get(DIE_AFTER_ENV)
-    if limit and _written_in_process >= int(limit):
-        os._exit(77)  # no cleanup, no flush of other files: what a kill leaves behind
 
 
 def sha256_file(path: Path) -> str:
@@ -127,7 +116,6 @@ class ShardSink:
         self._add(sample)
         self._size += size
         self._count += 1
-        _maybe_die()
 
     def close(self) -> list[dict[str, Any]]:
         """Finish the open part; returns every part written (file, samples, bytes, sha256)."""
