@@ -120,7 +120,7 @@ def stream_and_score(ckpt: Path, streams: dict, seed: int, protocol: dict):
     from lit_avatar.inference.loading import load_generator
     from lit_avatar.modules.clip_rollout import rollout_clip
     from lit_avatar.modules.distill_utils import clip_inputs, step_generator
-    from lit_avatar.modules.sample_logging import to_uint8_frames
+    from lit_avatar.data.frames import to_uint8_frames
 
     bundle = load_generator(ckpt)
     batch = {k: streams[k] for k in ("video", "ref", "audio", "mouth_box")}

@@ -91,7 +91,7 @@ def write_clips(result: dict, batch: dict, out: Path) -> dict:
     import numpy as np
 
     from lit_avatar.data.media import write_video
-    from lit_avatar.modules.sample_logging import to_uint8_frames
+    from lit_avatar.data.frames import to_uint8_frames
 
     real = to_uint8_frames(batch["video"])
     audio = batch["audio"].float().numpy()

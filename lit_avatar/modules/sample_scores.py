@@ -12,7 +12,7 @@ def appearance_of_batch(frames: np.ndarray, batch: dict) -> dict[str, float]:
     """eval.appearance over uint8 frames [B,T,H,W,3] generated for `batch` (its `video`, `ref`, `mouth_box`);
     {} when the batch lacks them (e.g. precomputed latents)."""
     from eval.appearance import batch_appearance
-    from lit_avatar.modules.sample_logging import to_uint8_frames
+    from lit_avatar.data.frames import to_uint8_frames
 
     if not all(k in batch for k in ("video", "ref", "mouth_box")):
         return {}

@@ -254,7 +254,8 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         return self.vae.decode(latents).float().clamp(-1, 1)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        from lit_avatar.modules.sample_logging import frame_grid, to_uint8_frames, write_clips
+        from lit_avatar.data.frames import to_uint8_frames
+        from lit_avatar.modules.sample_logging import frame_grid, write_clips
         from lit_avatar.modules.rollout_metrics import boundary_flicker
 
         n = min(self.hparams.val_max_samples, next(v for v in batch.values() if torch.is_tensor(v)).shape[0])

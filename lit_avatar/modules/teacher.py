@@ -286,7 +286,8 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
 
     def _log_samples(self, batch: dict, batch_idx: int) -> None:
         """Sample clips with the EMA weights and log them with their SynthSync scores."""
-        from lit_avatar.modules.sample_logging import frame_grid, sync_figure, to_uint8_frames, write_clips
+        from lit_avatar.data.frames import to_uint8_frames
+        from lit_avatar.modules.sample_logging import frame_grid, sync_figure, write_clips
 
         n = min(self.hparams.val_max_samples, next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
         sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "meta"}
