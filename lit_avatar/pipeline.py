@@ -107,10 +107,10 @@ def dmd_stage(teacher_ckpt: Path, ode_ckpt: Path, steps: int, name: str = "stude
 def score_samples(frames, batch: dict) -> dict:
     """SynthSync (true vs shuffled audio) and appearance (eval.appearance) of uint8 frames [B,T,H,W,3]
     generated for `batch` (its real `video`, `ref`, `mouth_box` and `audio`)."""
+    from eval.synthsync import batch_synthsync
     from lit_avatar.modules.sample_scores import appearance_of_batch
-    from lit_avatar.modules.teacher import sync_scores
 
-    sync = sync_scores(frames, batch["mouth_box"].numpy(), batch["audio"].float().numpy())
+    sync = batch_synthsync(frames, batch["mouth_box"].numpy(), batch["audio"].float().numpy())
     return {"synthsync_r": sync["r"], "synthsync_r_shuffled": sync["r_shuffled"], **appearance_of_batch(frames, batch)}
 
 

@@ -266,9 +266,9 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         flicker = boundary_flicker(video, fpb_video)
         self.log("val/boundary_flicker_ratio", flicker["ratio"], batch_size=n)
         if "audio" in sub and "mouth_box" in sub:
-            from lit_avatar.modules.teacher import sync_scores
+            from eval.synthsync import batch_synthsync
 
-            scores = sync_scores(frames, sub["mouth_box"].cpu().numpy(), sub["audio"].float().cpu().numpy())
+            scores = batch_synthsync(frames, sub["mouth_box"].cpu().numpy(), sub["audio"].float().cpu().numpy())
             self.log("val/synthsync_r", scores["r"], batch_size=n)
             self.log("val/synthsync_r_shuffled", scores["r_shuffled"], batch_size=n)
             from lit_avatar.modules.sample_scores import log_appearance

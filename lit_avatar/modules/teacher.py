@@ -299,15 +299,15 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
         if tb is not None:
             tb.add_image(f"val/samples_{batch_idx}", frame_grid(frames), step)
         if audio is not None and "mouth_box" in sub:
-            scores = sync_scores(frames, sub["mouth_box"].cpu().numpy(), audio)
+            from eval.synthsync import audio_envelope, batch_synthsync, mouth_opening
+
+            scores = batch_synthsync(frames, sub["mouth_box"].cpu().numpy(), audio)
             self.log("val/synthsync_r", scores["r"], batch_size=n)
             self.log("val/synthsync_r_shuffled", scores["r_shuffled"], batch_size=n)
             from lit_avatar.modules.sample_scores import log_appearance
 
             log_appearance(self, frames, sub, n)
             if tb is not None:
-                from eval.synthsync import audio_envelope, mouth_opening
-
                 box = sub["mouth_box"][0].tolist()
                 opening = mouth_opening(frames[0], box)
                 fig = sync_figure(opening, audio_envelope(audio[0], len(opening)), f"step {step}: r={scores['r']:.2f}")
@@ -323,21 +323,3 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
             if isinstance(logger, TensorBoardLogger):
                 return logger.experiment
         return None
-
-
-def sync_scores(frames, boxes, audio) -> dict[str, float]:
-    """Mean SynthSync r of generated clips against their own audio and against mismatched audio.
-
-    Mismatched audio is the next clip's (a rotation of the batch); a single clip is compared with its audio
-    reversed in time, which keeps the envelope's statistics but breaks its timing. The gap between the two
-    is the evidence of lip sync; the shuffled figure is the chance level for this kind of motion.
-    """
-    import numpy as np
-
-    from eval.synthsync import synthsync
-
-    b = frames.shape[0]
-    shuffled = np.roll(audio, 1, axis=0) if b > 1 else audio[:, ::-1]
-    r_true = [synthsync(frames[i], boxes[i].tolist(), audio[i])["r"] for i in range(b)]
-    r_shuf = [synthsync(frames[i], boxes[i].tolist(), shuffled[i])["r"] for i in range(b)]
-    return {"r": float(np.mean(r_true)), "r_shuffled": float(np.mean(r_shuf))}
