@@ -120,7 +120,7 @@ def sample_teacher(teacher, batch: dict, steps: int, audio_guidance: float = 2.0
     import torch
 
     from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule
-    from lit_avatar.modules.distill_utils import clip_inputs
+    from lit_avatar.modules.conditions import clip_inputs
 
     with torch.inference_mode():
         x0, conds = clip_inputs(batch, teacher.vae, teacher.audio_encoder)
@@ -163,8 +163,8 @@ def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict,
     import torch
 
     from lit_avatar.inference.loading import load_generator
-    from lit_avatar.modules.clip_rollout import rollout_clip
-    from lit_avatar.modules.distill_utils import clip_inputs
+    from lit_avatar.inference.clip_rollout import rollout_clip
+    from lit_avatar.modules.conditions import clip_inputs
     from lit_avatar.data.frames import to_uint8_frames
 
     student = load_generator(student_ckpt)

@@ -6,7 +6,7 @@ from lit_avatar.diffusion import AvatarGuidance, psb_levels, sample_euler, shift
 from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
 from lit_avatar.models.audio import MelAudioEncoder
 from lit_avatar.models.vae import PatchVAE
-from lit_avatar.modules.distill_utils import ClipConditions
+from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.ode_init import ODEInitModule, teacher_trajectory
 
 OPTS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[4, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))
@@ -140,7 +140,7 @@ def _context_draws(mci_enabled, seeds=range(16)):
 
 
 def _conds(module, b):
-    from lit_avatar.modules.distill_utils import clip_inputs
+    from lit_avatar.modules.conditions import clip_inputs
 
     return clip_inputs(b, module.vae, module.audio_encoder)[1]
 

@@ -7,8 +7,19 @@ mp4 with their audio track next to the run's logs.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
+
+
+def tensorboard_of(module: Any):
+    """The SummaryWriter of the module's TensorBoard logger, or None."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in getattr(module, "loggers", []) or []:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
 
 
 def frame_grid(frames: np.ndarray, max_frames: int = 8) -> np.ndarray:
