@@ -32,13 +32,6 @@ class LossHistory(pl.Callback):
         elif self.key in trainer.callback_metrics:
             self.losses.append(float(trainer.callback_metrics[self.key]))
 
-    def window_mean(self, start: int, stop: int) -> float:
-        """Mean loss over steps [start, stop) (0-based), the robust way to compare points of a noisy curve."""
-        part = self.losses[start:stop]
-        if not part:
-            raise ValueError(f"no recorded losses in steps [{start}, {stop}); have {len(self.losses)}")
-        return sum(part) / len(part)
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         path = self.path or (os.path.join(trainer.log_dir, "loss_history.json") if trainer.log_dir else None)
         if path is None or not trainer.is_global_zero:
