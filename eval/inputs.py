@@ -62,17 +62,28 @@ def match_videos(gen_dir: str | os.PathLike, real_dir: str | os.PathLike | None)
     return m
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in `path`, or a one-line UserError naming the file and what it should hold.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (e.g. "results").
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: cannot read {what} JSON ({err.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object ({what})")
+    return data
+
+
 def read_sidecar(video: Path) -> dict:
     """The optional X.json beside X.mp4 (mouth_box, face_box normalised; landmarks in pixels)."""
     path = video.with_suffix(".json")
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object like {{\"mouth_box\": [x0, y0, x1, y1]}}")
+    data = read_json_object(path, "sidecar")
     for key in ("mouth_box", "face_box"):
         if key in data and data[key] is None:  # `lit-avatar generate` writes null when no box was given
             del data[key]
