@@ -1,7 +1,8 @@
-"""Scores of generated samples against their batch: SynthSync (true vs shuffled audio) and appearance.
+"""Appearance of generated samples against their batch, the partner of SynthSync (true vs shuffled audio:
+eval.synthsync.batch_synthsync).
 
-One helper for the validation loops (TensorBoard: val/synthsync_r, val/appearance_ssim, ...) and the demo,
-so the numbers a user reads in either place are computed the same way.
+One helper for the validation loops (TensorBoard: val/appearance_ssim, ... beside val/synthsync_r) and the
+demo, so the numbers a user reads in either place are computed the same way.
 """
 from __future__ import annotations
 
