@@ -194,7 +194,8 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         num_blocks = -(-num_frames // fpb)
         idx = torch.empty(b, num_blocks, dtype=torch.long)
         for i in range(num_blocks):
-            visited = torch.tensor(psb_level_indices(opts.psb.steps, opts.psb.steps_for(i)))  # ends clean
+            # the block's PSB levels, the clean one last
+            visited = torch.tensor(psb_level_indices(opts.psb.steps, opts.psb.steps_for(i)))
             idx[:, i] = visited[torch.randint(len(visited), (b,), generator=generator)]
         return idx.repeat_interleave(fpb, dim=1)[:, :num_frames]
 

@@ -20,6 +20,7 @@ from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import build_adamw, linear_warmup
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
+from lit_avatar.seeding import step_generator
 
 
 class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
@@ -197,8 +198,6 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
     def _step_generator(self, batch_idx: int) -> torch.Generator:
         """Draws of a training batch from (seed, step, rank, micro-batch): ranks differ, a resumed run
         repeats them, and accumulated micro-batches of one step differ."""
-        from lit_avatar.seeding import step_generator
-
         if self._trainer is None:
             return step_generator(self.hparams.seed, 0)
         accumulate = max(int(self.trainer.accumulate_grad_batches), 1)
