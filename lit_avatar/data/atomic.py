@@ -55,7 +55,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, durable: boo
 
 
 def is_temp(name: str) -> bool:
-    """Whether a file name is a write_* helper's temp file (left behind only by a killed process)."""
+    """Whether a file name is a temp file with TEMP_SUFFIX (which only a killed process leaves behind)."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
