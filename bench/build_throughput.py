@@ -9,7 +9,7 @@ stage of a real build except the cost of a large detector network.
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser, Namespace
+from lit_avatar.command import CommandParser
 from lit_avatar.errors import output_folder
 import json
 import os

@@ -11,7 +11,7 @@ limit keeps what it finished; a section that fails records its error and the nex
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser, Namespace
+from lit_avatar.command import CommandParser
 from lit_avatar.errors import existing_file, output_file
 import contextlib
 import gc
@@ -25,6 +25,8 @@ import traceback
 from pathlib import Path
 
 import torch
+
+from lit_avatar.data.atomic import write_json_atomic
 
 # the 1.3B configuration of the issue: 480x832, PSB 8,6,4, MCI, URCR (21-frame horizon), blocks of 3
 FULL = {"preset": "wan2.1-1.3b", "height": "480", "width": "832", "scale": "full"}
@@ -45,12 +47,6 @@ def build_parser() -> CommandParser:
     p.add_argument("--skip", default="", help="comma-separated sections to skip: checks,eager,graphs,compiled,train")
     p.add_argument("--rows", default=None, help="print the BENCHMARKS.md rows of this JSON and exit")
     return p
-
-
-def _write(path: Path, result: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def environment(device: str) -> dict:
@@ -256,7 +252,7 @@ def main(argv: list[str]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     result: dict = {"benchmark": "gpu", "dry_run": dry, "command": "python -m bench.gpu " + " ".join(argv),
                     "environment": environment(device)}
-    _write(out, result)
+    write_json_atomic(out, result, default=str)
     sections = [
         ("checks", lambda: checks_section(scale, device, dry)),
         ("eager", lambda: stream_section(scale, device, args.latent_frames, args.stream_seconds, (), dry)),
@@ -285,7 +281,7 @@ def main(argv: list[str]) -> int:
         gc.collect()  # the section's networks, caches and graphs go before the next one builds its own
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
-        _write(out, result)
+        write_json_atomic(out, result, default=str)
         print(f"[bench.gpu] {name} done in {result[name]['section_wall_s']:.1f} s", file=sys.stderr, flush=True)
     print(rows(result))
     return 0

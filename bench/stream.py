@@ -449,12 +449,9 @@ def main(argv: list[str]) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        from pathlib import Path
+        from lit_avatar.data.atomic import write_text_atomic
 
-        from lit_avatar.data.atomic import atomic_path
-
-        with atomic_path(args.out) as tmp:
-            Path(tmp).write_text(text + "\n")
+        write_text_atomic(args.out, text + "\n")
     return 0
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from data_tools.clips import ClipOptions, SourceReport, process_source
 from data_tools.filters import REASONS
-from data_tools.shards import (DONE_SUFFIX, PART_SUFFIX, ShardSink, discard_unfinished, done_path, read_done,
-                               write_json_atomic)
+from data_tools.shards import DONE_SUFFIX, PART_SUFFIX, ShardSink, discard_unfinished, done_path, read_done
 from data_tools.sources import ShardJob, plan_jobs, scan_sources
+from lit_avatar.data.atomic import write_json_atomic
 from lit_avatar.errors import UserError, output_folder
 
 PLAN_FILE = "build_plan.json"
@@ -181,7 +181,7 @@ def run_job(job: ShardJob, out_dir: str) -> dict[str, Any]:
         reports.append(report.as_dict())
     done = {"job": job.prefix, "split": job.split, "sources": [s.name for s in job.sources],
             "parts": sink.close(), "reports": reports}
-    write_json_atomic(done_path(Path(out_dir), job.prefix), done)
+    write_json_atomic(done_path(Path(out_dir), job.prefix), done, durable=True)
     return done
 
 
@@ -211,7 +211,7 @@ def _check_plan(out: Path, fingerprint: dict[str, Any]) -> None:
             raise UserError(f"--out {out}: holds a build made with other options or sources ({PLAN_FILE}); "
                             "expected the same command to resume it, or an empty folder")
     else:
-        write_json_atomic(path, fingerprint)
+        write_json_atomic(path, fingerprint, durable=True)
 
 
 def _progress(total: int, enabled: bool):
@@ -306,7 +306,7 @@ def build(argv: list[str]) -> dict[str, Any]:
                 bar.update(len(done["sources"]))
     bar.close()
     manifest = assemble_manifest(out, jobs, options, time.perf_counter() - started)
-    write_json_atomic(out / MANIFEST_FILE, manifest)
+    write_json_atomic(out / MANIFEST_FILE, manifest, durable=True)
     return manifest
 
 

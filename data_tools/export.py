@@ -14,8 +14,7 @@ Every file is written atomically. Samples that cannot be decoded are skipped and
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser, Namespace
-import json
+from lit_avatar.command import CommandParser
 import logging
 import os
 from pathlib import Path
@@ -23,17 +22,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from lit_avatar.data.atomic import atomic_path
+from lit_avatar.data.atomic import write_bytes_atomic, write_json_atomic
 from lit_avatar.data.schema import SAMPLE_RATE, SAMPLES_PER_FRAME, SampleError, decode_sample, encode_image
 from lit_avatar.errors import UserError
 
 log = logging.getLogger(__name__)
 FOLDERS = ("real", "refs", "audio")
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as stream:
-        stream.write(data)
 
 
 def _shard_samples(url: str) -> Iterator[dict[str, Any]]:
@@ -91,18 +85,17 @@ def export_sample(raw: dict[str, Any], out: Path, seconds: float | None = None) 
 
     video_path = out / "real" / f"{key}.mp4"
     if not cut and probe(bytes(raw["mp4"]), name=f"{key}.mp4")["has_audio"]:
-        _write_bytes(video_path, bytes(raw["mp4"]))
+        write_bytes_atomic(video_path, bytes(raw["mp4"]))
     else:
         write_video(video_path, frames, fps=fps, audio=audio, sample_rate=SAMPLE_RATE)
     ref = decoded["ref"]
     if ref is None:  # as the loader does: the frame farthest in time from the (exported) window
         ref = decoded["video"][-1] if cut else decoded["video"][0]
-    _write_bytes(out / "refs" / f"{key}.png", encode_image(ref, "png"))
-    _write_bytes(out / "audio" / f"{key}.wav", encode_audio(audio, SAMPLE_RATE, codec="wav"))
+    write_bytes_atomic(out / "refs" / f"{key}.png", encode_image(ref, "png"))
+    write_bytes_atomic(out / "audio" / f"{key}.wav", encode_audio(audio, SAMPLE_RATE, codec="wav"))
     sidecar = {"mouth_box": [float(v) for v in meta["mouth_box"]], "face_box": normalised_face_box(meta),
                "identity": meta["identity"], "source": meta["source"], "fps": fps, "num_frames": count}
-    with atomic_path(out / "real" / f"{key}.json") as tmp, open(tmp, "w") as stream:
-        json.dump(sidecar, stream, indent=2)
+    write_json_atomic(out / "real" / f"{key}.json", sidecar)
     return key
 
 

@@ -1,28 +1,28 @@
-"""Byte-reproducible tar shards of bounded size, finished atomically and marked done per job.
+"""Byte-reproducible tar shards, finished atomically; the build's bounded parts, marked done per job.
 
 Why byte-reproducible: a build that is killed and resumed must give the same shards as one that
 never stopped, and the easiest proof is equal bytes. Tar headers therefore carry a fixed mtime,
-owner and mode (webdataset's TarWriter would stamp the current time unless told otherwise), members
-are written in sorted order, and parts roll over at deterministic sample boundaries.
+owner and mode, members are written in sorted order, and parts roll over at deterministic sample
+boundaries. `ShardFile` is the one shard writer (the build's ShardSink and SynthTalk write through it):
+plain tarfile rather than webdataset's TarWriter, which writes the same layout but imports torch in
+every build worker.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
 import tarfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+from lit_avatar.data.atomic import TEMP_SUFFIX, atomic_path, is_temp
 
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to whole records
 DONE_SUFFIX = ".done.json"
 PART_SUFFIX = ".tar"
-TMP_MARK = ".tmp-"
-# test hook: exit abruptly (like a kill) after this many samples were written in this process
-DIE_AFTER_ENV = "LIT_AVATAR_BUILD_DIE_AFTER_SAMPLES"
-_written_in_process = 0
 
 
 def member_bytes(sample: dict[str, Any]) -> int:
@@ -39,14 +39,6 @@ def member_bytes(sample: dict[str, Any]) -> int:
     return total
 
 
-def _maybe_die() -> None:
-    global _written_in_process
-    _written_in_process += 1
-    limit = os.environ.get(DIE_AFTER_ENV)
-    if limit and _written_in_process >= int(limit):
-        os._exit(77)  # no cleanup, no flush of other files: what a kill leaves behind
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -55,11 +47,59 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class ShardFile:
+    """One tar shard in the webdataset layout, under its name only once closed without error.
+
+        with ShardFile(path) as shard:
+            for sample in samples:
+                shard.write(sample)
+
+    Args:
+        path: the shard's final name.
+        durable: fsync before it takes the name (see lit_avatar.data.atomic.atomic_path).
+    """
+
+    def __init__(self, path: str | Path, durable: bool = False) -> None:
+        self._stack = ExitStack()
+        tmp = self._stack.enter_context(atomic_path(path, suffix=TEMP_SUFFIX, durable=durable))
+        self._handle = self._stack.enter_context(open(tmp, "wb"))
+        self._tar = tarfile.open(fileobj=self._handle, mode="w|", format=tarfile.USTAR_FORMAT)
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """Members `<key>.<ext>` in sorted order, with fixed header fields (what makes bytes repeat).
+
+        Args:
+            sample: webdataset sample dict (`schema.encode_sample`); keys starting with "_" are skipped.
+        """
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if not k.startswith("_")):
+            data = sample[ext]
+            data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = "lit-avatar"
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        """Finish the archive and give it its name."""
+        self.__exit__(None, None, None)
+
+    def __enter__(self) -> "ShardFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self._tar.close()  # the end-of-archive blocks
+        self._stack.__exit__(exc_type, exc, tb)  # closes the file, then names it or removes it
+        return False
+
+
 class ShardSink:
     """Writes the samples of one job into `<prefix>-NN.tar` parts of at most `max_bytes` each.
 
-    Each part is written under a temporary name and renamed when complete, so a part file that
-    exists is whole; a sample larger than `max_bytes` gets a part of its own.
+    Each part is a ShardFile, so a part file that exists is whole; a sample larger than `max_bytes`
+    gets a part of its own.
 
     Args:
         out_dir: the build's output folder.
@@ -72,43 +112,24 @@ class ShardSink:
         self.prefix = prefix
         self.max_bytes = max_bytes
         self.parts: list[dict[str, Any]] = []
-        self._writer = None
-        self._handle = None
-        self._tmp: Path | None = None
+        self._shard: ShardFile | None = None
         self._size = 0
         self._count = 0
 
+    def _part_name(self) -> str:
+        return f"{self.prefix}-{len(self.parts):02d}{PART_SUFFIX}"
+
     def _open(self) -> None:
-        name = f"{self.prefix}-{len(self.parts):02d}{PART_SUFFIX}"
-        self._tmp = self.out_dir / f".{name}{TMP_MARK}{os.getpid()}"
-        self._handle = open(self._tmp, "wb")
-        # plain tarfile rather than webdataset's TarWriter: same layout, and no torch import per worker
-        self._writer = tarfile.open(fileobj=self._handle, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._shard = ShardFile(self.out_dir / self._part_name(), durable=True)
         self._size, self._count = 2 * TAR_BLOCK, 0  # the end-of-archive blocks
 
-    def _add(self, sample: dict[str, Any]) -> None:
-        """Members `<key>.<ext>` in sorted order, with fixed header fields (what makes bytes repeat)."""
-        key = sample["__key__"]
-        for ext in sorted(k for k in sample if not k.startswith("_")):
-            data = sample[ext]
-            data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o444
-            info.uid = info.gid = 0
-            info.uname = info.gname = "lit-avatar"
-            self._writer.addfile(info, io.BytesIO(data))
-
     def _finish(self) -> None:
-        self._writer.close()
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        name = f"{self.prefix}-{len(self.parts):02d}{PART_SUFFIX}"
+        self._shard.close()
+        self._shard = None
+        name = self._part_name()
         final = self.out_dir / name
-        os.replace(self._tmp, final)
         self.parts.append({"file": name, "samples": self._count, "bytes": final.stat().st_size,
                            "sha256": sha256_file(final)})
-        self._writer = self._handle = self._tmp = None
 
     def write(self, sample: dict[str, Any]) -> None:
         """Append one sample (from `schema.encode_sample`), starting a new part when this one is full.
@@ -118,36 +139,23 @@ class ShardSink:
         """
         size = member_bytes(sample)
         padded = -(-(self._size + size) // TAR_RECORD) * TAR_RECORD
-        if self._writer is not None and self._count and padded > self.max_bytes:
+        if self._shard is not None and self._count and padded > self.max_bytes:
             self._finish()
-        if self._writer is None:
+        if self._shard is None:
             self._open()
-        self._add(sample)
+        self._shard.write(sample)
         self._size += size
         self._count += 1
-        _maybe_die()
 
     def close(self) -> list[dict[str, Any]]:
         """Finish the open part; returns every part written (file, samples, bytes, sha256)."""
-        if self._writer is not None:
+        if self._shard is not None:
             self._finish()
         return self.parts
 
 
 def done_path(out_dir: Path, prefix: str) -> Path:
     return Path(out_dir) / f"{prefix}{DONE_SUFFIX}"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON to a temp name in the same folder, then os.replace: readers never see half a file."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def read_done(out_dir: Path, prefix: str) -> dict[str, Any] | None:
@@ -176,7 +184,7 @@ def discard_unfinished(out_dir: Path, prefixes: list[str]) -> int:
     removed = 0
     out_dir = Path(out_dir)
     for path in out_dir.iterdir():
-        if TMP_MARK in path.name:
+        if is_temp(path.name):
             path.unlink()
             removed += 1
     for prefix in prefixes:

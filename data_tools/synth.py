@@ -9,8 +9,7 @@ time outside the clip. Everything is a pure function of (seed, clip index), so s
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser, Namespace
-import json
+from lit_avatar.command import CommandParser
 import math
 import os
 import time
@@ -20,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from data_tools.synth_face import Identity, blink_factors, head_motion, motion_offsets, mouth_box, render, sample_identity
+from data_tools.shards import ShardFile
 from data_tools.synth_speech import opening_per_frame, synth_speech
-from lit_avatar.data.atomic import atomic_path
+from lit_avatar.data.atomic import write_json_atomic
 from lit_avatar.data.schema import FPS, SAMPLE_RATE, SCHEMA_VERSION, encode_sample
 from lit_avatar.errors import UserError, output_folder
 
@@ -86,22 +86,6 @@ def clip_sample(clip: SynthClip) -> dict:
     return encode_sample(clip.key, mp4, meta, audio=clip.audio, ref=clip.ref)
 
 
-def _write_shard(path: Path, samples: list[dict]) -> None:
-    """Write one tar atomically: a crash leaves no partial shard under the final name."""
-    import webdataset as wds
-
-    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "wb") as stream:
-        writer = wds.TarWriter(stream)
-        for sample in samples:
-            writer.write(sample)
-        writer.close()
-
-
-def _atomic_json(path: Path, payload: dict) -> None:
-    with atomic_path(path, suffix=".tmp") as tmp, open(tmp, "w") as stream:
-        json.dump(payload, stream, indent=2)
-
-
 def write_synthtalk(out: str | os.PathLike, clips: int, seconds: float = 1.0, shards: int = 1, size: int = 32,
                     seed: int = 0, val_identities: int = 0, identities: int | None = None) -> dict:
     """Write a SynthTalk set and return its manifest.
@@ -148,15 +132,16 @@ def write_synthtalk(out: str | os.PathLike, clips: int, seconds: float = 1.0, sh
         names = []
         for shard in range(shard_count):
             members = indices[shard::shard_count]  # round robin spreads identities over shards
-            samples = [clip_sample(make_clip(seed, i, i % count, seconds, size)) for i in members]
             name = f"{split}-{shard:06d}.tar"
-            _write_shard(out / name, samples)
+            with ShardFile(out / name) as writer:
+                for i in members:
+                    writer.write(clip_sample(make_clip(seed, i, i % count, seconds, size)))
             names.append(name)
         manifest["splits"][split] = {
             "shards": names, "clips": len(indices),
             "identities": sorted({f"synth{i % count:05d}" for i in indices})}
     manifest["seconds_to_generate"] = round(time.perf_counter() - started, 3)
-    _atomic_json(out / "manifest.json", manifest)
+    write_json_atomic(out / "manifest.json", manifest)
     return manifest
 
 

@@ -8,7 +8,7 @@ make the dark-pixel lip-sync measure of `eval.synthsync` exact.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,9 +38,6 @@ class Identity:
     mouth_max_half_height: float  # in face y-radii
     mouth_color: tuple[float, float, float]
     pitch: float  # voice f0, Hz
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def _colour(rng: np.random.Generator, low: float, high: float) -> tuple[float, float, float]:

@@ -6,12 +6,12 @@ video hides that, so any per-frame or per-window metric is reported per window o
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from lit_avatar.data.atomic import TEMP_SUFFIX, atomic_path
 from lit_avatar.errors import UserError
 
 
@@ -148,17 +148,12 @@ def plot_overlay(runs: Mapping[str, Mapping[str, DriftCurve]], path: str | os.Pa
 
 
 def _save_png(fig, path: str) -> None:
-    """Write a matplotlib figure as PNG atomically (a temp file beside it, then os.replace) and close it."""
+    """Write a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-    os.close(fd)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        fig.savefig(tmp, format="png", dpi=80)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=TEMP_SUFFIX) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)

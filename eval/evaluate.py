@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.inputs import load_audio_for, load_reference, match_videos, read_sidecar, write_json_atomic
+from eval.inputs import load_audio_for, load_reference, match_videos, read_sidecar
+from lit_avatar.data.atomic import write_json_atomic
 from lit_avatar.errors import UserError
 
 ALL_METRICS = ("fid", "fvd", "sync", "csim", "drift", "synthsync", "appearance")
@@ -151,11 +152,11 @@ class FaceGeometry:
 def face_geometry(frames: np.ndarray, sidecar: dict, detector) -> FaceGeometry:
     """The sidecar's face_box (normalised) when there is one, else the detector's track (eval.faces)."""
     from eval.csim import landmarks_from_box
-    from eval.faces import face_track
+    from eval.faces import face_track, normalised_to_pixels
 
     t, h, w, _ = frames.shape
     if "face_box" in sidecar:
-        box = np.asarray(sidecar["face_box"], np.float64) * np.array([w, h, w, h])
+        box = normalised_to_pixels(sidecar["face_box"], w, h)
         return FaceGeometry(np.repeat(box[None], t, 0), np.repeat(landmarks_from_box(box)[None], t, 0), "sidecar")
     boxes, marks, found = face_track(frames, detector)
     if marks is None:

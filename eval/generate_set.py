@@ -8,7 +8,7 @@ its sidecar. Runs generate in a subprocess per clip: eval never imports the trai
 """
 from __future__ import annotations
 
-import argparse
+from lit_avatar.command import CommandParser
 import subprocess
 import sys
 from pathlib import Path
@@ -52,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
-    p = argparse.ArgumentParser(prog="python -m eval.generate_set", description=__doc__.split("\n\n")[0])
+    p = CommandParser(prog="python -m eval.generate_set", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="generator checkpoint")
     p.add_argument("--audio", required=True, help="folder of NAME.wav (one video per file)")
     p.add_argument("--refs", required=True, help="folder of NAME.png reference images (+ optional NAME.json)")
     p.add_argument("--real", help="folder whose NAME.json sidecars give mouth boxes")
     p.add_argument("--out", required=True, help="output folder for NAME.mp4 + NAME.json")
     p.add_argument("--skip-existing", action="store_true", help="keep videos already in --out")
-    args = p.parse_args(argv)
+    args = p.parse(argv)
     try:
         jobs = plan(args.audio, args.refs, args.out, args.real)
         Path(args.out).mkdir(parents=True, exist_ok=True)

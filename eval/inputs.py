@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,17 +62,28 @@ def match_videos(gen_dir: str | os.PathLike, real_dir: str | os.PathLike | None)
     return m
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in `path`, or a one-line UserError naming the file and what it should hold.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (e.g. "results").
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: cannot read {what} JSON ({err.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object ({what})")
+    return data
+
+
 def read_sidecar(video: Path) -> dict:
     """The optional X.json beside X.mp4 (mouth_box, face_box normalised; landmarks in pixels)."""
     path = video.with_suffix(".json")
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object like {{\"mouth_box\": [x0, y0, x1, y1]}}")
+    data = read_json_object(path, "sidecar")
     for key in ("mouth_box", "face_box"):
         if key in data and data[key] is None:  # `lit-avatar generate` writes null when no box was given
             del data[key]
@@ -121,46 +131,3 @@ def load_reference(name: str, refs_dir: str | os.PathLike | None) -> np.ndarray 
 
             return read_video(p)[0][0]
     return None
-
-
-def _finite(obj):
-    """NaN/inf -> None recursively: strict JSON readers reject NaN, and None reads as "not computed"."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _finite(obj.item())
-    return obj
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON (non-finite numbers as null) through a temp file in the same folder and os.replace."""
-    data = _finite(data)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write text atomically (same folder temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -19,9 +19,9 @@ def _nan_to_none(x: float) -> float | None:
 
 
 class FeaturePool:
-    """Running sums of real and generated features (as eval.metrics.FrechetFeatureMetric keeps them, in
-    numpy so the CLI does not import torchmetrics), plus the raw features while they are few: then the
-    distance comes from the features (exact, and far cheaper than a DxD eigenproblem when N < D).
+    """Running sums of real and generated features (float64, so features can arrive in any split), plus the
+    raw features while they are few: then the distance comes from the features (exact, and far cheaper
+    than a DxD eigenproblem when N < D).
 
     Args:
         dim: feature dimension.

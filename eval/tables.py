@@ -19,13 +19,13 @@ A table is a YAML file (experiments/tables/*.yaml):
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.inputs import write_text_atomic
+from eval.inputs import read_json_object
+from lit_avatar.data.atomic import write_text_atomic
 from lit_avatar.errors import UserError
 
 
@@ -92,16 +92,6 @@ def parse_columns(spec, config: Path) -> list[Column]:
     return cols
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: cannot read {what} JSON ({err.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object ({what})")
-    return data
-
-
 def _run_row(row: dict, config: Path) -> None:
     """Run a row's commands (list form, no shell) so that its results file appears."""
     commands = row.get("commands") or []
@@ -133,7 +123,7 @@ def row_values(row: dict, columns: list[Column], config: Path, run: bool) -> dic
         _run_row(row, config)
         if not path.is_file():
             raise UserError(f"{path}: row {row['name']!r} commands ran but did not write this results file")
-    agg = _read_json(path, "results").get("aggregate", {})
+    agg = read_json_object(path, "results").get("aggregate", {})
     out: dict[str, float | None] = {}
     for col in columns:
         v = agg.get(col.key)
@@ -141,7 +131,7 @@ def row_values(row: dict, columns: list[Column], config: Path, run: bool) -> dic
             if "fps" in row:
                 v = row["fps"]
             elif "fps_from" in row:
-                v = _read_json(Path(row["fps_from"]), "fps").get("fps")
+                v = read_json_object(Path(row["fps_from"]), "fps").get("fps")
         out[col.key] = float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
     return out
 
@@ -150,7 +140,7 @@ def row_marks(row: dict, columns: list[Column], interval_suffix: str | None, dif
     """Per column, what follows the value: " ± half-width" of its interval and "†" when it differs."""
     if not interval_suffix and not differs_suffix:
         return {c.key: "" for c in columns}
-    agg = _read_json(Path(row["results"]), "results").get("aggregate", {})
+    agg = read_json_object(Path(row["results"]), "results").get("aggregate", {})
     marks = {}
     for c in columns:
         text = ""

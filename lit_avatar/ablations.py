@@ -16,8 +16,6 @@ experiments/tables/ablations.yaml; this command only runs them:
 from __future__ import annotations
 
 from lit_avatar.command import CommandParser, Namespace, int_list
-import json
-import os
 import shlex
 import sys
 import time
@@ -120,9 +118,10 @@ def stream_and_score(ckpt: Path, streams: dict, seed: int, protocol: dict):
 
     from eval.stream_scores import score_streams
     from lit_avatar.inference.loading import load_generator
-    from lit_avatar.modules.clip_rollout import rollout_clip
-    from lit_avatar.modules.distill_utils import clip_inputs, step_generator
-    from lit_avatar.modules.sample_logging import to_uint8_frames
+    from lit_avatar.inference.clip_rollout import rollout_clip
+    from lit_avatar.modules.conditions import clip_inputs
+    from lit_avatar.seeding import step_generator
+    from lit_avatar.data.frames import to_uint8_frames
 
     bundle = load_generator(ckpt)
     batch = {k: streams[k] for k in ("video", "ref", "audio", "mouth_box")}
@@ -150,6 +149,7 @@ def write_outputs(out: Path, cfg: dict, per_seed: dict, curves: dict, horizon_s:
     from eval.stats import summarize
     from eval.stream_scores import mean_curve
     from eval.tables import build_table
+    from lit_avatar.data.atomic import write_json_atomic
 
     aggregates = summarize(per_seed, cfg["baseline"])
     results_dir = out / "results"
@@ -161,8 +161,7 @@ def write_outputs(out: Path, cfg: dict, per_seed: dict, curves: dict, horizon_s:
                   "rope_horizon_s": horizon_s, "command": command,
                   "drift": {k: c.to_dict() for k, c in mean_curves[variant].items()}}
         path = results_dir / f"{variant}.json"
-        path.with_suffix(".json.tmp").write_text(json.dumps(record, indent=1))
-        os.replace(path.with_suffix(".json.tmp"), path)
+        write_json_atomic(path, record)
         # one TensorBoard run per variant, the same tags in each, so the curves overlay
         log_tensorboard(mean_curves[variant], out / "tensorboard" / "drift" / variant, prefix="drift")
         name = next((r["name"] for r in cfg.get("rows", []) if r["name"].split()[0] == variant), variant)

@@ -91,7 +91,7 @@ def write_clips(result: dict, batch: dict, out: Path) -> dict:
     import numpy as np
 
     from lit_avatar.data.media import write_video
-    from lit_avatar.modules.sample_logging import to_uint8_frames
+    from lit_avatar.data.frames import to_uint8_frames
 
     real = to_uint8_frames(batch["video"])
     audio = batch["audio"].float().numpy()
@@ -155,7 +155,8 @@ def _loss_window(run_dir: Path, first: bool, k: int = 50) -> float | None:
     path = run_dir / "loss_history.json"
     if not path.is_file():
         return None
-    losses = json.loads(path.read_text())["losses"]
+    # the history stores a NaN loss as null (strict JSON)
+    losses = [float("nan") if v is None else v for v in json.loads(path.read_text())["losses"]]
     part = losses[:k] if first else losses[-k:]
     return sum(part) / len(part) if part else None
 

@@ -107,10 +107,10 @@ def dmd_stage(teacher_ckpt: Path, ode_ckpt: Path, steps: int, name: str = "stude
 def score_samples(frames, batch: dict) -> dict:
     """SynthSync (true vs shuffled audio) and appearance (eval.appearance) of uint8 frames [B,T,H,W,3]
     generated for `batch` (its real `video`, `ref`, `mouth_box` and `audio`)."""
+    from eval.synthsync import batch_synthsync
     from lit_avatar.modules.sample_scores import appearance_of_batch
-    from lit_avatar.modules.teacher import sync_scores
 
-    sync = sync_scores(frames, batch["mouth_box"].numpy(), batch["audio"].float().numpy())
+    sync = batch_synthsync(frames, batch["mouth_box"].numpy(), batch["audio"].float().numpy())
     return {"synthsync_r": sync["r"], "synthsync_r_shuffled": sync["r_shuffled"], **appearance_of_batch(frames, batch)}
 
 
@@ -120,7 +120,7 @@ def sample_teacher(teacher, batch: dict, steps: int, audio_guidance: float = 2.0
     import torch
 
     from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule
-    from lit_avatar.modules.distill_utils import clip_inputs
+    from lit_avatar.modules.conditions import clip_inputs
 
     with torch.inference_mode():
         x0, conds = clip_inputs(batch, teacher.vae, teacher.audio_encoder)
@@ -142,7 +142,7 @@ def _bar(desc: str):
 def check_teacher(teacher_ckpt: Path, batch: dict, steps: int = 16, seed: int = 0) -> dict:
     """Sample the teacher on held-out clips and score them (the demo stops here when the teacher failed)."""
     from lit_avatar.inference.loading import load_generator
-    from lit_avatar.modules.sample_logging import to_uint8_frames
+    from lit_avatar.data.frames import to_uint8_frames
 
     video = sample_teacher(load_generator(teacher_ckpt), batch, steps, seed=seed)
     return score_samples(to_uint8_frames(video), batch)
@@ -163,9 +163,9 @@ def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict,
     import torch
 
     from lit_avatar.inference.loading import load_generator
-    from lit_avatar.modules.clip_rollout import rollout_clip
-    from lit_avatar.modules.distill_utils import clip_inputs
-    from lit_avatar.modules.sample_logging import to_uint8_frames
+    from lit_avatar.inference.clip_rollout import rollout_clip
+    from lit_avatar.modules.conditions import clip_inputs
+    from lit_avatar.data.frames import to_uint8_frames
 
     student = load_generator(student_ckpt)
     teacher = load_generator(teacher_ckpt)

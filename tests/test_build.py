@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,19 +171,36 @@ def test_build_mixed_sources(tmp_path, raw):
     assert (video[:, 0, :, 16, 16] > 150).float().mean() > 0.9
 
 
+# A build that dies like a killed process (no cleanup, no flush) once its third sample is in a shard.
+KILLED_BUILD = """
+import os, sys
+from data_tools.build import main
+from data_tools.shards import ShardSink
+
+write, written = ShardSink.write, []
+
+def write_then_die(self, sample):
+    write(self, sample)
+    written.append(sample["__key__"])
+    if len(written) == 3:
+        os._exit(77)
+
+ShardSink.write = write_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_kill_and_resume_gives_the_same_shards(tmp_path, raw):
     # 128 px: x264 output is byte-reproducible at this size (tiny frames are not always)
     args = ["--size", "128", "--sources-per-job", "1"]
     whole = tmp_path / "whole"
     build(_args(raw, whole, *args, "--workers", "2"))  # spawned workers; the result must not depend on them
     broken = tmp_path / "resumed"
-    env = dict(os.environ, LIT_AVATAR_BUILD_DIE_AFTER_SAMPLES="3")
-    code = "import sys; from data_tools.build import main; sys.exit(main(sys.argv[1:]))"
-    killed = subprocess.run([sys.executable, "-c", code, *_args(raw, broken, *args)], env=env, cwd=REPO,
+    killed = subprocess.run([sys.executable, "-c", KILLED_BUILD, *_args(raw, broken, *args)], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert killed.returncode == 77, killed.stderr[-2000:]
     assert not (broken / "manifest.json").exists()
-    assert list(broken.glob(".*.tar.tmp-*")), "the kill should leave a half-written shard behind"
+    assert list(broken.glob(".*.tar.*.tmp")), "the kill should leave a half-written shard behind"
     assert len(list(broken.glob("*.done.json"))) < len(list(whole.glob("*.done.json")))
     build(_args(raw, broken, *args))
     assert _tar_hashes(broken) == _tar_hashes(whole) and len(_tar_hashes(whole)) >= 4

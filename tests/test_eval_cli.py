@@ -268,7 +268,7 @@ rows:
 
 
 def test_results_json_is_strict(tmp_path):
-    from eval.inputs import write_json_atomic
+    from lit_avatar.data.atomic import write_json_atomic
 
     write_json_atomic(tmp_path / "r.json", {"a": float("nan"), "b": [np.float64(1.5), float("inf")]})
     strict = json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: 1 / 0)

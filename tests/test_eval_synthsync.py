@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from eval.synthsync import audio_envelope, mouth_opening, synthsync
+from eval.synthsync import audio_envelope, batch_synthsync, mouth_opening, synthsync
 from lit_avatar.errors import UserError
 
 BOX = (0.25, 0.5, 0.75, 0.9)
@@ -90,6 +90,20 @@ def test_unrelated_audio_gives_low_r():
     t = 150
     out = synthsync(_draw(_signal(t, 3)), BOX, _audio_for(_signal(t, 4)), max_lag=0)
     assert abs(out["r"]) < 0.35
+
+
+def test_batch_synthsync_means_over_clips_against_own_and_mismatched_audio():
+    sigs = [_signal(40, s) for s in (0, 1, 2)]
+    frames = np.stack([_draw(s) for s in sigs])
+    audio = np.stack([_audio_for(s) for s in sigs])
+    boxes = np.array([BOX] * 3)
+    out = batch_synthsync(frames, boxes, audio)
+    assert out["r"] == pytest.approx(np.mean([synthsync(f, BOX, a)["r"] for f, a in zip(frames, audio)]))
+    mismatched = [synthsync(frames[i], BOX, audio[i - 1])["r"] for i in range(3)]  # the previous clip's audio
+    assert out["r_shuffled"] == pytest.approx(np.mean(mismatched))
+    assert out["r"] > 0.9 and out["r"] > out["r_shuffled"] + 0.5
+    alone = batch_synthsync(frames[:1], boxes[:1], audio[:1])  # one clip: its audio reversed in time
+    assert alone["r_shuffled"] == pytest.approx(synthsync(frames[0], BOX, audio[0][::-1])["r"])
 
 
 def test_bad_box_is_a_user_error():

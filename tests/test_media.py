@@ -1,5 +1,6 @@
 """Media I/O round trips through real encoders (H.264/AAC/PCM), on tiny inputs."""
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +125,22 @@ def test_failed_write_keeps_existing_file(tmp_path):
     with pytest.raises(UserError):
         write_video(path, np.zeros((2, 8, 8, 3), np.float32))
     assert path.read_bytes() == b"old"
+
+
+def test_atomic_helpers_make_folders_keep_the_old_file_on_error_and_mark_their_temps(tmp_path):
+    import json
+    import os
+
+    from lit_avatar.data.atomic import TEMP_SUFFIX, atomic_path, is_temp, write_json_atomic
+
+    path = tmp_path / "new" / "x.json"
+    write_json_atomic(path, {"a": np.float32(0.5), "b": float("nan")}, durable=True)
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": None}
+    with pytest.raises(RuntimeError), atomic_path(path, suffix=TEMP_SUFFIX) as tmp:
+        assert is_temp(os.path.basename(tmp)) and not is_temp("x.json")
+        Path(tmp).write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": None} and os.listdir(path.parent) == ["x.json"]
 
 
 @pytest.mark.parametrize("codec", ["flac", "wav"])

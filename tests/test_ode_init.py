@@ -2,12 +2,12 @@
 import torch
 from torch import nn
 
-from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule
+from lit_avatar.diffusion import AvatarGuidance, psb_levels, sample_euler, shifted_schedule
 from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
 from lit_avatar.models.audio import MelAudioEncoder
 from lit_avatar.models.vae import PatchVAE
-from lit_avatar.modules.distill_utils import ClipConditions
-from lit_avatar.modules.ode_init import ODEInitModule, student_levels, teacher_trajectory
+from lit_avatar.models.dit import ClipConditions
+from lit_avatar.modules.ode_init import ODEInitModule, teacher_trajectory
 
 OPTS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[4, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))
 
@@ -43,7 +43,7 @@ def test_trajectory_states_sit_on_the_student_levels_and_end_at_the_full_ode_sol
     traj = teacher_trajectory(teacher, AvatarGuidance(), conds, noise, OPTS, substeps=3)
     assert traj.shape == (5, 1, 12, 4, 4, 4) and torch.equal(traj[0], noise)
     fine = shifted_schedule(12, OPTS.shift)
-    torch.testing.assert_close(fine[::3], student_levels(OPTS))  # the fine grid contains the student levels
+    torch.testing.assert_close(fine[::3], psb_levels(OPTS.psb.steps, OPTS.shift))  # the fine grid contains the student levels
     levels_seen = sorted({round(c["t"][0].item(), 3) for c in teacher.calls}, reverse=True)
     assert len(levels_seen) == 12  # 4 student steps x 3 teacher substeps
     full = sample_euler(lambda x, s: teacher(x, s * 1000), noise, fine)
@@ -77,7 +77,7 @@ def test_regression_is_block_causal_with_per_block_student_levels_and_caches(tmp
     assert call["fpb"] == 2 and call["t"].shape == (2, 4)
     t = call["t"] / 1000
     assert torch.equal(t[:, 0], t[:, 1]) and torch.equal(t[:, 2], t[:, 3])  # one level per block
-    levels = student_levels(OPTS)
+    levels = psb_levels(OPTS.psb.steps, OPTS.shift)
     block1 = set(levels[[0, 2]].tolist())  # block 1: 2 steps of the same schedule (+ its clean end)
     seen = set()
     for seed in range(20):
@@ -140,7 +140,7 @@ def _context_draws(mci_enabled, seeds=range(16)):
 
 
 def _conds(module, b):
-    from lit_avatar.modules.distill_utils import clip_inputs
+    from lit_avatar.modules.conditions import clip_inputs
 
     return clip_inputs(b, module.vae, module.audio_encoder)[1]
 
@@ -154,7 +154,7 @@ def _expected_loss(level, x, v, clean, context):
 
 def test_ode_init_draws_the_clean_level_as_context_and_leaves_it_out_of_the_loss():
     """CausVid: a block may sit at its trajectory's clean end; later blocks attend to it, the loss skips it."""
-    levels = student_levels(OPTS)
+    levels = psb_levels(OPTS.psb.steps, OPTS.shift)
     clean_draws = 0
     for level, x, v, loss, clean in _context_draws(mci_enabled=False):
         context = level == 0
@@ -168,7 +168,7 @@ def test_ode_init_draws_the_clean_level_as_context_and_leaves_it_out_of_the_loss
 
 def test_ode_init_context_sits_at_the_mci_level_when_mci_is_on():
     """With MCI the inference cache holds the clean output corrupted to s_m: the draw trains that input."""
-    trajectory_levels = set(student_levels(OPTS).tolist())
+    trajectory_levels = set(psb_levels(OPTS.psb.steps, OPTS.shift).tolist())
     seen_context = 0
     for level, x, v, loss, clean in _context_draws(mci_enabled=True):
         context = torch.tensor([[lv not in trajectory_levels for lv in row] for row in level.tolist()])

@@ -7,7 +7,7 @@ from lit_avatar.models.audio import MelAudioEncoder
 from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.presets import get_preset
 from lit_avatar.models.vae import PatchVAE
-from lit_avatar.modules.distill_utils import clip_inputs
+from lit_avatar.modules.conditions import clip_inputs
 
 OPTS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[3, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))
 
@@ -51,7 +51,7 @@ def test_gradient_flows_only_through_the_exit_forward():
 
     gen.forward_cached = spy
     x0, conds = clip_inputs(batch(), module.vae, module.audio_encoder)
-    from lit_avatar.modules.clip_rollout import rollout_clip
+    from lit_avatar.inference.clip_rollout import rollout_clip
 
     x, rollout = rollout_clip(gen, OPTS, conds, tuple(x0.shape), exit_steps=[1, 0],
                               generator=torch.Generator().manual_seed(0), training=True)

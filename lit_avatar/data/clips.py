@@ -11,16 +11,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from lit_avatar.data.frames import to_unit_range
 from lit_avatar.data.schema import SAMPLES_PER_FRAME, SampleError
 from lit_avatar.errors import UserError
 
 META_FIELDS = ("key", "identity", "source", "fps")
-
-
-def _to_unit_range(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [..., H, W, 3] -> float [..., 3, H, W] in [-1, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
-    return tensor.movedim(-1, -3)
 
 
 def _square(video: torch.Tensor, box: list[float], size: int | None) -> tuple[torch.Tensor, list[float]]:
@@ -98,7 +93,7 @@ def make_clip(decoded: dict[str, Any], clip_frames: int, size: int | None, start
         frames = decoded["video"][local:local + clip_frames] if decoded["video"] is not None else None
         if frames is None or local < 0 or len(frames) < clip_frames:
             raise SampleError(f"sample {key}: video has fewer frames than json num_frames={num_frames}")
-        video, box = _square(_to_unit_range(frames), box, size)
+        video, box = _square(to_unit_range(frames), box, size)
         out["video"] = video.movedim(0, 1).contiguous()  # [T,3,H,W] -> [3,T,H,W]
     if "ref_latent" not in out:
         out["ref"] = _reference(decoded, start, clip_frames, size, meta)
@@ -120,7 +115,7 @@ def _reference(decoded: dict[str, Any], start: int, clip_frames: int, size: int 
             raise SampleError(f"sample {decoded['key']}: no ref.png/ref.jpg and no whole video to take one from")
         frames = decoded["video"]
         image = frames[0] if start >= len(frames) - (start + clip_frames) else frames[-1]
-    ref, _ = _square(_to_unit_range(image), list(meta["mouth_box"]), size)
+    ref, _ = _square(to_unit_range(image), list(meta["mouth_box"]), size)
     return ref.contiguous()
 
 

@@ -313,7 +313,7 @@ def encode_video(frames: np.ndarray, fps: float = 25, audio: np.ndarray | None =
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 25, audio: np.ndarray | None = None,
                 sample_rate: int = 16000, crf: int = 18, pad_odd: bool = False) -> None:
-    """Write H.264 (yuv420p) video with optional AAC audio, atomically (temp file, then os.replace).
+    """Write H.264 (yuv420p) video with optional AAC audio, atomically (lit_avatar.data.atomic).
 
     Args:
         path: output file; its suffix picks the container (.mp4, .mkv, .mov).

@@ -111,7 +111,7 @@ def validate_meta(meta: Mapping[str, Any], key: str) -> None:
 def encode_sample(key: str, mp4: bytes, meta: Mapping[str, Any], audio: np.ndarray | None = None,
                   ref: np.ndarray | None = None, ref_ext: str = "ref.png",
                   arrays: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """One sample as the dict `webdataset.TarWriter.write` takes.
+    """One sample as a shard writer takes it (`data_tools.shards.ShardFile`, `webdataset.TarWriter`).
 
     Args:
         key: unique sample key, no dots (e.g. "id0003_c0012").

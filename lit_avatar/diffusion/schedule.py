@@ -42,6 +42,27 @@ def subset_indices(total_steps: int, num_steps: int) -> list[int]:
     return [round(i * total_steps / num_steps) for i in range(num_steps + 1)]
 
 
+def psb_levels(steps: Sequence[int], shift: float = 1.0) -> torch.Tensor:
+    """The one schedule every PSB step list is a subset of: float32 [max(steps) + 1], 1 -> 0.
+
+    Args:
+        steps: PSB step counts per block index (see `psb_step_lists`).
+        shift: timestep shift.
+    """
+    return shifted_schedule(max(steps), shift)
+
+
+def psb_level_indices(steps: Sequence[int], num_steps: int) -> list[int]:
+    """The entries of `psb_levels(steps)` that a block denoised with `num_steps` steps visits, from pure
+    noise (0) to clean (max(steps)).
+
+    Args:
+        steps: PSB step counts per block index.
+        num_steps: the block's step count.
+    """
+    return subset_indices(max(steps), num_steps)
+
+
 def psb_step_lists(steps: Sequence[int], shift: float = 1.0, num_blocks: int | None = None) -> list[torch.Tensor]:
     """Per-block sigma lists for Progressive Step Bootstrapping.
 
@@ -63,9 +84,5 @@ def psb_step_lists(steps: Sequence[int], shift: float = 1.0, num_blocks: int | N
     if not steps or min(steps) < 1:
         raise ValueError(f"steps: expected a non-empty list of positive step counts, got {steps}")
     num_blocks = len(steps) if num_blocks is None else num_blocks
-    full = shifted_schedule(max(steps), shift)
-    lists = []
-    for i in range(num_blocks):
-        n = steps[min(i, len(steps) - 1)]
-        lists.append(full[subset_indices(max(steps), n)])
-    return lists
+    levels = psb_levels(steps, shift)
+    return [levels[psb_level_indices(steps, steps[min(i, len(steps) - 1)])] for i in range(num_blocks)]

@@ -9,7 +9,6 @@ given) are written atomically: an error never leaves a partial file behind.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lit_avatar.command import CommandParser, Namespace, int_list
+from lit_avatar.command import CommandParser, int_list
 from lit_avatar.errors import UserError, existing_file, output_file
 
 FPS = 25
@@ -142,13 +141,6 @@ def latency_summary(records: list[dict], first_frame_seconds: float | None, wall
     }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    from lit_avatar.data.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2) + "\n")
-
-
 def main(argv: list[str]) -> int:
     """Run `lit-avatar generate` (see --help)."""
     args = build_parser().parse(argv)
@@ -167,6 +159,7 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from lit_avatar.data.atomic import write_json_atomic
     from lit_avatar.data.media import VideoWriter, read_audio
     from lit_avatar.inference.loading import load_generator
     from lit_avatar.inference.streamer import AvatarStreamer
@@ -222,7 +215,7 @@ def main(argv: list[str]) -> int:
         "rollout": dataclasses.asdict(options), "latency": summary,
     }
     try:
-        _write_json(out.with_suffix(".json"), sidecar)
+        write_json_atomic(out.with_suffix(".json"), sidecar)
     except BaseException:
         out.unlink(missing_ok=True)  # the pair is one output: never leave the video without its sidecar
         raise

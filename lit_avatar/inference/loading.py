@@ -22,7 +22,8 @@ from lit_avatar.inference.options import MCIOptions, PSBOptions, RolloutOptions,
 KINDS = ("teacher", "ode_init", "student")
 RECORD_KEY = "lit_avatar"
 
-__all__ = ["GeneratorBundle", "describe", "generator_record", "instantiate", "load_generator", "rollout_options_from"]
+__all__ = ["GeneratorBundle", "describe", "generator_record", "instantiate", "load_generator", "load_stage_weights",
+           "rollout_options_from", "video_size_of"]
 
 
 def _plain(value: Any) -> Any:
@@ -157,6 +158,13 @@ def generator_record(kind: str, model: nn.Module, vae: nn.Module, audio_encoder:
     return record
 
 
+def video_size_of(batch: dict) -> tuple[int, int] | None:
+    """Training frame size [H, W] of a batch (what `generator_record` stores as `video_size`)."""
+    if "video" in batch:
+        return tuple(int(v) for v in batch["video"].shape[-2:])
+    return None
+
+
 def rollout_options_from(data: dict | None, label: str = "rollout") -> RolloutOptions:
     """RolloutOptions from their asdict() form (None -> defaults).
 
@@ -199,6 +207,55 @@ def _read_checkpoint(path: str) -> dict:
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
     return checkpoint
+
+
+def _state_dict_of(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, generator record or {}) of a Lightning checkpoint, a plain state dict or safetensors."""
+    if not os.path.isfile(path):
+        raise UserError(f"weights {path!r}: file not found; expected a Lightning .ckpt or a .safetensors file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path), {}
+    checkpoint = _read_checkpoint(path)
+    if "state_dict" in checkpoint:
+        return checkpoint["state_dict"], checkpoint.get(RECORD_KEY) or {}
+    return checkpoint, {}
+
+
+def load_stage_weights(module: nn.Module, path: str, prefix: str | None = None) -> str:
+    """Load a network's weights from an earlier stage's checkpoint (teacher -> ODE init -> DMD).
+
+    Args:
+        module: the network to fill (an AvatarDiT).
+        path: a Lightning checkpoint of an earlier stage, or a plain/safetensors state dict.
+        prefix: state-dict prefix to take, e.g. "ema_model." or "model."; default: the checkpoint's
+            generator record `weights_prefix`, else "ema_model." when present, else "model.", else none.
+
+    Returns:
+        the prefix used.
+    """
+    if any(p.is_meta for p in module.parameters()):
+        return prefix or ""  # meta-device instantiation (config tests): nothing to fill
+    state, record = _state_dict_of(path)
+    if prefix is None:
+        prefix = record.get("weights_prefix")
+    if prefix is None:
+        for candidate in ("ema_model.", "model.", "generator_ema.", "generator."):
+            if any(k.startswith(candidate) for k in state):
+                prefix = candidate
+                break
+        else:
+            prefix = ""
+    picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not picked:
+        raise UserError(f"weights {path!r}: no entries under prefix {prefix!r}")
+    missing, unexpected = module.load_state_dict(picked, strict=False)
+    if missing or unexpected:
+        raise UserError(f"weights {path!r} (prefix {prefix!r}): {len(missing)} missing keys (e.g. "
+                        f"{missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+                        "expected a checkpoint of the same model preset")
+    return prefix
 
 
 def load_generator(path: str, device: str | torch.device = "cpu") -> GeneratorBundle:

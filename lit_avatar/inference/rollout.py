@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lit_avatar.diffusion.schedule import psb_step_lists
+from lit_avatar.diffusion.schedule import psb_level_indices, psb_levels
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.models.attention import KVCache
 
@@ -77,9 +77,8 @@ class Rollout:
     def sigmas_for(self, block: int) -> torch.Tensor:
         n = self.options.psb.steps_for(block)
         if n not in self._schedules:
-            full = max(self.options.psb.steps)
-            # Every list is a subset of one shifted schedule of max(steps) steps (PSB definition).
-            self._schedules[n] = psb_step_lists([full, n], self.options.shift)[1]
+            steps = self.options.psb.steps
+            self._schedules[n] = psb_levels(steps, self.options.shift)[psb_level_indices(steps, n)]
         return self._schedules[n]
 
     def _sigma_values(self, block: int) -> list[float]:

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from lit_avatar.data.frames import to_uint8_frames
 from lit_avatar.errors import UserError
 from lit_avatar.inference.audio_stream import SAMPLES_PER_FRAME, BlockAudioFeatures
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.inference.rollout import Rollout
 from lit_avatar.inference.stage_timer import StageTimer
 
-__all__ = ["AvatarStreamer", "block_span", "reference_tensor", "to_uint8_frames"]
+__all__ = ["AvatarStreamer", "block_span", "reference_tensor"]
 
 
 def block_span(block: int, frames_per_block: int, temporal_factor: int) -> tuple[int, int]:
@@ -57,12 +58,6 @@ def reference_tensor(image: torch.Tensor | np.ndarray) -> torch.Tensor:
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"float reference must be [3, H, W] in [-1, 1], got {tuple(image.shape)}")
     return image.float()[None]
-
-
-def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] on the host."""
-    pixels = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(1, 2, 3, 0).contiguous().cpu().numpy()
 
 
 class AvatarStreamer:
@@ -159,7 +154,7 @@ class AvatarStreamer:
         self.timer.mark("dit_s")
         video = self.decoder(latents.to(self._dtype()))
         self.timer.mark("vae_s")
-        frames = to_uint8_frames(video)  # the host copy also waits for the device
+        frames = to_uint8_frames(video)[0]  # the host copy also waits for the device
         seconds = time.perf_counter() - begin
         cpu_seconds = time.process_time() - cpu_begin  # this process's CPU time: blind to other processes' load
         if frames.shape[0] != count:

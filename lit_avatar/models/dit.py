@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +30,27 @@ def sinusoidal_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
     args = timesteps.float()[..., None] * torch.exp(exponent)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+@dataclass
+class ClipConditions:
+    """What AvatarDiT scores a clip under: windowed audio features, reference latent, text.
+
+    Null values (for CFG) follow INTERFACES.md: zeros for audio and reference, None for text.
+    """
+
+    audio: torch.Tensor | None
+    ref: torch.Tensor | None
+    text: torch.Tensor | None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"audio": self.audio, "ref": self.ref, "text": self.text}
+
+    def without_audio(self, drop_ref: bool = False, drop_text: bool = False) -> "ClipConditions":
+        """The 'unconditional' side of audio guidance (optionally dropping reference and text as well)."""
+        audio = None if self.audio is None else torch.zeros_like(self.audio)
+        ref = self.ref if not drop_ref or self.ref is None else torch.zeros_like(self.ref)
+        return ClipConditions(audio, ref, None if drop_text else self.text)
 
 
 class FP32LayerNorm(nn.LayerNorm):

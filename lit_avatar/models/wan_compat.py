@@ -7,7 +7,6 @@ because the original release also ships a `diffusion_pytorch_model.safetensors` 
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -87,41 +86,6 @@ def read_wan_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if any(k.startswith("condition_embedder.") for k in state):
         state = diffusers_to_original(state)
     return state
-
-
-def config_overrides_from_checkpoint(path: str | Path) -> dict:
-    """DiTConfig fields read from the checkpoint's config.json (diffusers or original), if present."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    if (folder / "transformer" / "config.json").is_file() and not (folder / "config.json").is_file():
-        folder = folder / "transformer"
-    cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        return {}
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{cfg_file}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    if "num_attention_heads" in raw:  # diffusers
-        fields = {
-            "dim": raw["num_attention_heads"] * raw["attention_head_dim"], "num_heads": raw["num_attention_heads"],
-            "num_layers": raw.get("num_layers"), "ffn_dim": raw.get("ffn_dim"), "freq_dim": raw.get("freq_dim"),
-            "text_dim": raw.get("text_dim"), "in_channels": raw.get("in_channels"),
-            "out_channels": raw.get("out_channels"), "eps": raw.get("eps"),
-            "cross_attn_norm": raw.get("cross_attn_norm"),
-            "patch_size": tuple(raw["patch_size"]) if "patch_size" in raw else None,
-        }
-    elif "num_heads" in raw and "dim" in raw:  # original Wan
-        fields = {
-            "dim": raw["dim"], "num_heads": raw["num_heads"], "num_layers": raw.get("num_layers"),
-            "ffn_dim": raw.get("ffn_dim"), "freq_dim": raw.get("freq_dim"), "text_dim": raw.get("text_dim"),
-            "in_channels": raw.get("in_dim"), "out_channels": raw.get("out_dim"), "eps": raw.get("eps"),
-            "cross_attn_norm": raw.get("cross_attn_norm"),
-            "patch_size": tuple(raw["patch_size"]) if "patch_size" in raw else None,
-        }
-    else:
-        return {}
-    return {k: v for k, v in fields.items() if v is not None}
 
 
 def load_wan_weights(model: nn.Module, path: str | Path) -> list[str]:

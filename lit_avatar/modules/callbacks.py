@@ -1,11 +1,12 @@
 """Small training callbacks."""
 from __future__ import annotations
 
-import json
 import os
 
 import lightning.pytorch as pl
 import torch
+
+from lit_avatar.data.atomic import write_json_atomic
 
 
 class LossHistory(pl.Callback):
@@ -31,19 +32,8 @@ class LossHistory(pl.Callback):
         elif self.key in trainer.callback_metrics:
             self.losses.append(float(trainer.callback_metrics[self.key]))
 
-    def window_mean(self, start: int, stop: int) -> float:
-        """Mean loss over steps [start, stop) (0-based), the robust way to compare points of a noisy curve."""
-        part = self.losses[start:stop]
-        if not part:
-            raise ValueError(f"no recorded losses in steps [{start}, {stop}); have {len(self.losses)}")
-        return sum(part) / len(part)
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         path = self.path or (os.path.join(trainer.log_dir, "loss_history.json") if trainer.log_dir else None)
         if path is None or not trainer.is_global_zero:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"key": self.key, "losses": self.losses}, f)
-        os.replace(tmp, path)
+        write_json_atomic(path, {"key": self.key, "losses": self.losses}, indent=None)

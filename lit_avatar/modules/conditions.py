@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lit_avatar.models.dit import ClipConditions
+
 
 def latents_of(batch: dict, vae: nn.Module) -> torch.Tensor:
     """Clean latents [B, C, t, h, w]: precomputed `latents`, else the frozen VAE's encoding of `video`."""
@@ -33,6 +35,15 @@ def audio_feats_of(batch: dict, audio_encoder: nn.Module | None, num_frames: int
         return None
     with torch.no_grad():
         return audio_encoder(batch["audio"].float(), num_frames=num_frames).float()
+
+
+def clip_inputs(batch: dict, vae: nn.Module, audio_encoder: nn.Module | None) -> tuple[torch.Tensor, ClipConditions]:
+    """Clean latents [B,C,t,h,w] and their conditions, through the frozen VAE and audio encoder."""
+    x0 = latents_of(batch, vae)
+    tf = int(getattr(vae, "temporal_factor", 1))
+    num_frames = batch["video"].shape[2] if "video" in batch else 1 + tf * (x0.shape[2] - 1)
+    conds = ClipConditions(audio_feats_of(batch, audio_encoder, num_frames), ref_latent_of(batch, vae), batch.get("text"))
+    return x0, conds
 
 
 def drop_conditions(

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lit_avatar.diffusion import SigmaSampler, add_noise, to_timestep, velocity_target
-from lit_avatar.modules.distill_utils import ClipConditions
+from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.losses import weighted_mse
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_avatar.diffusion import SigmaSampler, add_noise, to_timestep, x0_from_velocity
-from lit_avatar.modules.distill_utils import ClipConditions
+from lit_avatar.models.dit import ClipConditions
 
 
 def dmd_gradient(x: torch.Tensor, pred_real: torch.Tensor, pred_fake: torch.Tensor) -> torch.Tensor:

@@ -15,22 +15,20 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule, to_timestep, x0_from_velocity
+from lit_avatar.data.atomic import atomic_path
+from lit_avatar.diffusion import (AvatarGuidance, psb_level_indices, psb_levels, sample_euler, shifted_schedule,
+                                  to_timestep, x0_from_velocity)
 from lit_avatar.errors import UserError
-from lit_avatar.inference.loading import generator_record
+from lit_avatar.inference.loading import generator_record, load_stage_weights, video_size_of
 from lit_avatar.inference.options import RolloutOptions
+from lit_avatar.models.dit import ClipConditions
+from lit_avatar.modules.conditions import clip_inputs
 from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
-from lit_avatar.modules.distill_utils import (ClipConditions, clip_inputs, load_stage_weights, step_generator,
-                                              video_size_of)
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import build_adamw, linear_warmup
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
-
-
-def student_levels(options: RolloutOptions) -> torch.Tensor:
-    """The shared schedule every PSB list is a subset of: float32 [max(steps) + 1], 1 -> 0."""
-    return shifted_schedule(max(options.psb.steps), options.shift)
+from lit_avatar.seeding import step_generator
 
 
 @torch.no_grad()
@@ -83,10 +81,8 @@ class TrajectoryCache:
         return torch.load(path, weights_only=True) if os.path.isfile(path) else None
 
     def save(self, key: str, trajectory: torch.Tensor) -> None:
-        path = self.path(key)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(trajectory.detach().cpu().clone(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(self.path(key)) as tmp:
+            torch.save(trajectory.detach().cpu().clone(), tmp)
 
 
 class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
@@ -193,14 +189,13 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         A block drawn clean stands for context the student wrote earlier: later blocks attend to it, as
         they do at inference, but it is left out of the loss (`regression_loss`).
         """
-        from lit_avatar.diffusion import subset_indices
-
         opts = self.rollout_options
-        fpb, full = opts.frames_per_block, max(opts.psb.steps)
+        fpb = opts.frames_per_block
         num_blocks = -(-num_frames // fpb)
         idx = torch.empty(b, num_blocks, dtype=torch.long)
         for i in range(num_blocks):
-            visited = torch.tensor(subset_indices(full, opts.psb.steps_for(i)))  # ends with the clean level
+            # the block's PSB levels, the clean one last
+            visited = torch.tensor(psb_level_indices(opts.psb.steps, opts.psb.steps_for(i)))
             idx[:, i] = visited[torch.randint(len(visited), (b,), generator=generator)]
         return idx.repeat_interleave(fpb, dim=1)[:, :num_frames]
 
@@ -227,7 +222,7 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
         traj = self.trajectories(batch, tuple(x0.shape), conds)
         b, _, t, h, w = x0.shape
-        levels = student_levels(self.rollout_options).to(self.device)
+        levels = psb_levels(self.rollout_options.psb.steps, self.rollout_options.shift).to(self.device)
         idx = self.draw_levels(b, t, generator).to(self.device)  # [B, t]
         frames = torch.arange(t, device=self.device)
         states = traj.permute(1, 3, 0, 2, 4, 5)  # [B, t, K+1, C, h, w]

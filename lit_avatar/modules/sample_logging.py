@@ -7,15 +7,19 @@ mp4 with their audio track next to the run's logs.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
-import torch
 
 
-def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """[B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
-    frames = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return frames.permute(0, 2, 3, 4, 1).cpu().numpy()
+def tensorboard_of(module: Any):
+    """The SummaryWriter of the module's TensorBoard logger, or None."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in getattr(module, "loggers", []) or []:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
 
 
 def frame_grid(frames: np.ndarray, max_frames: int = 8) -> np.ndarray:

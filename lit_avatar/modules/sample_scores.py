@@ -1,7 +1,8 @@
-"""Scores of generated samples against their batch: SynthSync (true vs shuffled audio) and appearance.
+"""Appearance of generated samples against their batch, the partner of SynthSync (true vs shuffled audio:
+eval.synthsync.batch_synthsync).
 
-One helper for the validation loops (TensorBoard: val/synthsync_r, val/appearance_ssim, ...) and the demo,
-so the numbers a user reads in either place are computed the same way.
+One helper for the validation loops (TensorBoard: val/appearance_ssim, ... beside val/synthsync_r) and the
+demo, so the numbers a user reads in either place are computed the same way.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def appearance_of_batch(frames: np.ndarray, batch: dict) -> dict[str, float]:
     """eval.appearance over uint8 frames [B,T,H,W,3] generated for `batch` (its `video`, `ref`, `mouth_box`);
     {} when the batch lacks them (e.g. precomputed latents)."""
     from eval.appearance import batch_appearance
-    from lit_avatar.modules.sample_logging import to_uint8_frames
+    from lit_avatar.data.frames import to_uint8_frames
 
     if not all(k in batch for k in ("video", "ref", "mouth_box")):
         return {}

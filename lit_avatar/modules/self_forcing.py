@@ -23,19 +23,32 @@ from torch import nn
 
 from lit_avatar.errors import UserError
 from lit_avatar.diffusion import SigmaSampler
-from lit_avatar.inference.loading import generator_record
+from lit_avatar.inference.clip_rollout import block_step_counts, rollout_clip
+from lit_avatar.inference.loading import generator_record, load_stage_weights, video_size_of
 from lit_avatar.inference.options import RolloutOptions
+from lit_avatar.models.dit import ClipConditions
+from lit_avatar.modules.conditions import clip_inputs
 from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
-from lit_avatar.modules.clip_rollout import block_step_counts, rollout_clip
 from lit_avatar.modules.critic import critic_flow_loss, critic_from_teacher
-from lit_avatar.modules.distill_utils import (ClipConditions, clip_inputs, draw_exit_steps,
-                                              load_stage_weights, step_generator,
-                                              video_size_of, tensorboard_of)
 from lit_avatar.modules.dmd import DMDLoss
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map
 from lit_avatar.modules.optim import build_adamw
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
+from lit_avatar.seeding import step_generator
+
+
+def draw_exit_steps(step_counts: list[int], same_for_all_blocks: bool, generator: torch.Generator) -> list[int]:
+    """One exit step per block, uniform over that block's steps.
+
+    With `same_for_all_blocks` one uniform u in [0, 1) is shared and block i exits at floor(u * n_i), so
+    blocks with equal step counts exit at the same index (Self-Forcing's option) and PSB blocks with more
+    steps still exit uniformly over their own list.
+    """
+    if same_for_all_blocks:
+        u = torch.rand((), generator=generator).item()
+        return [min(int(u * n), n - 1) for n in step_counts]
+    return [int(torch.randint(n, (), generator=generator)) for n in step_counts]
 
 
 def _no_closure() -> None:
@@ -254,7 +267,8 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         return self.vae.decode(latents).float().clamp(-1, 1)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        from lit_avatar.modules.sample_logging import frame_grid, to_uint8_frames, write_clips
+        from lit_avatar.data.frames import to_uint8_frames
+        from lit_avatar.modules.sample_logging import frame_grid, tensorboard_of, write_clips
         from lit_avatar.modules.rollout_metrics import boundary_flicker
 
         n = min(self.hparams.val_max_samples, next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
@@ -265,9 +279,9 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         flicker = boundary_flicker(video, fpb_video)
         self.log("val/boundary_flicker_ratio", flicker["ratio"], batch_size=n)
         if "audio" in sub and "mouth_box" in sub:
-            from lit_avatar.modules.teacher import sync_scores
+            from eval.synthsync import batch_synthsync
 
-            scores = sync_scores(frames, sub["mouth_box"].cpu().numpy(), sub["audio"].float().cpu().numpy())
+            scores = batch_synthsync(frames, sub["mouth_box"].cpu().numpy(), sub["audio"].float().cpu().numpy())
             self.log("val/synthsync_r", scores["r"], batch_size=n)
             self.log("val/synthsync_r_shuffled", scores["r_shuffled"], batch_size=n)
             from lit_avatar.modules.sample_scores import log_appearance

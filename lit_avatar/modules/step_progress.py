@@ -5,12 +5,13 @@ shows no total and no ETA. Demo and ablation stages train by `max_steps`; this b
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 import lightning.pytorch as pl
+
+from lit_avatar.data.atomic import write_json_atomic
 
 
 class StepProgress(pl.Callback):
@@ -58,9 +59,6 @@ class StepProgress(pl.Callback):
         self._close()
         if trainer.is_global_zero and trainer.log_dir and self.step_seconds:
             times = sorted(self.step_seconds[1:] or self.step_seconds)  # the first step pays for warm-up
-            path = os.path.join(trainer.log_dir, "step_times.json")
-            os.makedirs(trainer.log_dir, exist_ok=True)
-            with open(f"{path}.tmp", "w") as f:
-                json.dump({"steps": len(self.step_seconds), "median_s": times[len(times) // 2],
-                           "mean_s": sum(times) / len(times)}, f)
-            os.replace(f"{path}.tmp", path)
+            write_json_atomic(os.path.join(trainer.log_dir, "step_times.json"),
+                              {"steps": len(self.step_seconds), "median_s": times[len(times) // 2],
+                               "mean_s": sum(times) / len(times)})

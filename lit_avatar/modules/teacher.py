@@ -11,6 +11,7 @@ from torch import nn
 from lit_avatar.errors import UserError
 from lit_avatar.diffusion import AvatarGuidance, SigmaSampler, add_noise, sample_euler, shifted_schedule, velocity_target
 from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
+from lit_avatar.inference.loading import generator_record, video_size_of
 from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.vae import VideoVAE
 from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
@@ -19,6 +20,7 @@ from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import build_adamw, linear_warmup
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
+from lit_avatar.seeding import step_generator
 
 
 class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
@@ -185,8 +187,7 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
     # ----- Lightning hooks -----
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if "video" in batch:
-            self._video_size = tuple(int(v) for v in batch["video"].shape[-2:])
+        self._video_size = video_size_of(batch) or self._video_size
         loss = self.flow_loss(batch, generator=self._step_generator(batch_idx))
         b = next(iter(v for v in batch.values() if torch.is_tensor(v))).shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
@@ -197,8 +198,6 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
     def _step_generator(self, batch_idx: int) -> torch.Generator:
         """Draws of a training batch from (seed, step, rank, micro-batch): ranks differ, a resumed run
         repeats them, and accumulated micro-batches of one step differ."""
-        from lit_avatar.modules.distill_utils import step_generator
-
         if self._trainer is None:
             return step_generator(self.hparams.seed, 0)
         accumulate = max(int(self.trainer.accumulate_grad_batches), 1)
@@ -232,8 +231,6 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the generator record (docs/INTERFACES.md) so `lit-avatar generate` can rebuild the teacher."""
-        from lit_avatar.inference.loading import generator_record
-
         prefix = "ema_model." if self.ema_model is not None else "model."
         try:
             checkpoint["lit_avatar"] = generator_record(
@@ -286,27 +283,28 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
 
     def _log_samples(self, batch: dict, batch_idx: int) -> None:
         """Sample clips with the EMA weights and log them with their SynthSync scores."""
-        from lit_avatar.modules.sample_logging import frame_grid, sync_figure, to_uint8_frames, write_clips
+        from lit_avatar.data.frames import to_uint8_frames
+        from lit_avatar.modules.sample_logging import frame_grid, sync_figure, tensorboard_of, write_clips
 
         n = min(self.hparams.val_max_samples, next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
         sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "meta"}
         gen = torch.Generator().manual_seed(self.hparams.seed + 1000 + batch_idx)
         frames = to_uint8_frames(self.sample(sub, generator=gen))
         audio = sub["audio"].float().cpu().numpy() if "audio" in sub else None
-        tb = self._tensorboard()
+        tb = tensorboard_of(self)
         step = self.global_step
         if tb is not None:
             tb.add_image(f"val/samples_{batch_idx}", frame_grid(frames), step)
         if audio is not None and "mouth_box" in sub:
-            scores = sync_scores(frames, sub["mouth_box"].cpu().numpy(), audio)
+            from eval.synthsync import audio_envelope, batch_synthsync, mouth_opening
+
+            scores = batch_synthsync(frames, sub["mouth_box"].cpu().numpy(), audio)
             self.log("val/synthsync_r", scores["r"], batch_size=n)
             self.log("val/synthsync_r_shuffled", scores["r_shuffled"], batch_size=n)
             from lit_avatar.modules.sample_scores import log_appearance
 
             log_appearance(self, frames, sub, n)
             if tb is not None:
-                from eval.synthsync import audio_envelope, mouth_opening
-
                 box = sub["mouth_box"][0].tolist()
                 opening = mouth_opening(frames[0], box)
                 fig = sync_figure(opening, audio_envelope(audio[0], len(opening)), f"step {step}: r={scores['r']:.2f}")
@@ -314,29 +312,3 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
         if self.trainer.is_global_zero and self.logger is not None and self.logger.log_dir:
             folder = os.path.join(self.logger.log_dir, "samples")
             write_clips(folder, f"step{step:06d}_b{batch_idx}", frames, audio)
-
-    def _tensorboard(self):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        return None
-
-
-def sync_scores(frames, boxes, audio) -> dict[str, float]:
-    """Mean SynthSync r of generated clips against their own audio and against mismatched audio.
-
-    Mismatched audio is the next clip's (a rotation of the batch); a single clip is compared with its audio
-    reversed in time, which keeps the envelope's statistics but breaks its timing. The gap between the two
-    is the evidence of lip sync; the shuffled figure is the chance level for this kind of motion.
-    """
-    import numpy as np
-
-    from eval.synthsync import synthsync
-
-    b = frames.shape[0]
-    shuffled = np.roll(audio, 1, axis=0) if b > 1 else audio[:, ::-1]
-    r_true = [synthsync(frames[i], boxes[i].tolist(), audio[i])["r"] for i in range(b)]
-    r_shuf = [synthsync(frames[i], boxes[i].tolist(), shuffled[i])["r"] for i in range(b)]
-    return {"r": float(np.mean(r_true)), "r_shuffled": float(np.mean(r_shuf))}

@@ -12,7 +12,8 @@ from torch import nn
 
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.inference.rollout import Rollout
-from lit_avatar.modules.distill_utils import ClipConditions, generator_on
+from lit_avatar.models.dit import ClipConditions
+from lit_avatar.seeding import generator_on
 
 
 def block_step_counts(options: RolloutOptions, num_blocks: int) -> list[int]:
