@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 # e.g. make ablations ABLATIONS_ARGS=--quick (one seed, short streams)
 ABLATIONS_ARGS ?=
 
-.PHONY: venv test test-all test-serve-live browser demo ablations tensorboard bench gpu-wheels clean
+
+.PHONY: venv lint test test-all test-serve-live browser demo ablations tensorboard bench gpu-wheels clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +21,14 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-test: venv
+# ruff (configured in pyproject.toml); `make test` runs it first, so CI fails on a lint error too
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
-test-all: venv
+test-all: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Debian's chromium for the browser tests of `lit-avatar serve` (tests/test_serve_live.py, marked slow)
