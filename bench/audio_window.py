@@ -43,16 +43,16 @@ def tiny_wav2vec2_config(**overrides):
 
 def build_parser() -> CommandParser:
     p = CommandParser(prog="python -m bench.audio_window", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/audio_window")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="runs/audio_window", help="output folder")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--clips", type=int, default=160, help="SynthTalk training clips of 2 s")
-    p.add_argument("--teacher-steps", type=int, default=500)
-    p.add_argument("--ode-steps", type=int, default=150)
+    p.add_argument("--teacher-steps", type=int, default=500, help="teacher training steps")
+    p.add_argument("--ode-steps", type=int, default=150, help="ODE-init training steps")
     p.add_argument("--eval-clips", type=int, default=4, help="held-out clips streamed per window")
-    p.add_argument("--eval-seconds", type=float, default=8.0)
+    p.add_argument("--eval-seconds", type=float, default=8.0, help="length of each evaluated clip in seconds")
     p.add_argument("--contexts", default="0.5,1,2", help="seconds of audio before a block")
     p.add_argument("--lookaheads", default="3,8", help="video frames of audio after a block")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of data, training and sampling")
     return p
 
 

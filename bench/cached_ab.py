@@ -54,13 +54,13 @@ def child(args: Namespace) -> None:
 def main(argv: list[str]) -> int:
     p = CommandParser(prog="python -m bench.cached_ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--old-ref", default="89eef6f", help="git revision of the old code")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--blocks", type=int, default=30)
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--rounds", type=int, default=3, help="alternating A/B rounds")
+    p.add_argument("--blocks", type=int, default=30, help="blocks streamed per round")
+    p.add_argument("--preset", default="tiny", help="model preset")
     p.add_argument("--latent", type=int, default=32, help="latent side (tokens per frame = (latent/2)^2)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per block (+1 cache write)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--child", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--child", action="store_true", help="internal: run one side in this process")
     args = p.parse(argv)
     if args.child:
         child(args)

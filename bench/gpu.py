@@ -36,7 +36,7 @@ TINY = {"preset": "micro", "height": "64", "width": "64", "scale": "tiny"}
 
 def build_parser() -> CommandParser:
     p = CommandParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/gpu_bench/gpu_bench.json")
+    p.add_argument("--out", default="runs/gpu_bench/gpu_bench.json", help="result JSON (written atomically after every section)")
     p.add_argument("--dry-run", action="store_true", help="tiny scale, few blocks, on whatever device is here")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--latent-frames", type=int, default=2000, help="eager stream length (memory must stay flat)")

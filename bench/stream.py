@@ -22,6 +22,7 @@ MelAudioEncoder instead of wav2vec2, a PatchVAE (or no VAE with --vae none) inst
 """
 from __future__ import annotations
 
+from bench.options import add_model_options
 from lit_avatar.command import CommandParser, Namespace, int_list
 import json
 import math
@@ -41,12 +42,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def build_parser() -> CommandParser:
     parser = CommandParser(prog="lit-avatar bench stream", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="tiny", help="model preset (tiny, wan2.1-1.3b, ...)")
-    parser.add_argument("--height", type=int, default=32, help="video height in pixels (tiny: 32, as its prototype)")
-    parser.add_argument("--width", type=int, default=32, help="video width in pixels")
-    parser.add_argument("--latent-frames", type=int, default=10000, help="latent frames to stream")
-    parser.add_argument("--frames-per-block", type=int, default=3)
-    parser.add_argument("--psb-steps", default="8,6,4", help="denoising steps per block index")
+    add_model_options(parser, preset="tiny", height=32, width=32, latent_frames=10000,
+                      latent_frames_help="latent frames to stream")
     parser.add_argument("--horizon", type=int, default=21, help="URCR max_frames and the KV-vs-recompute horizon")
     parser.add_argument("--compare-blocks", type=int, default=10, help="blocks timed per method for KV vs recompute "
                         "(0 skips the comparison)")
@@ -57,7 +54,6 @@ def build_parser() -> CommandParser:
                         help="wav2vec2: the wav2vec2 architecture (transformers, random weights); mel: log-mel")
     parser.add_argument("--scale", choices=["full", "tiny"], default="full",
                         help="configs of --vae wan / --audio wav2vec2: full (Wan2.1 VAE, wav2vec2-base) or tiny (CI)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["auto", *sorted(_DTYPES)], default="auto",
                         help="weights' dtype; auto: bfloat16 on CUDA, float32 on CPU (what generate uses)")
     parser.add_argument("--max-seconds", type=float, default=None,
@@ -69,7 +65,6 @@ def build_parser() -> CommandParser:
     parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block (as generate --compile)")
     parser.add_argument("--cuda-graphs", action="store_true", help="denoising forwards replayed from CUDA graphs "
                         "(as generate --cuda-graphs; on a CPU the eager stand-in, for tests)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser

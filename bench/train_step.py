@@ -13,6 +13,7 @@ the critic; the time per generator update of the recipe (critic_steps=5) is step
 """
 from __future__ import annotations
 
+from bench.options import add_model_options
 from lit_avatar.command import CommandParser, Namespace, int_list
 import json
 import sys
@@ -28,18 +29,12 @@ STAGES = ("teacher", "ode_init", "self_forcing")
 
 def build_parser() -> CommandParser:
     p = CommandParser(prog="lit-avatar bench train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="wan2.1-1.3b")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--latent-frames", type=int, default=21, help="latent frames per training clip (21 = 81 video frames)")
-    p.add_argument("--frames-per-block", type=int, default=3)
-    p.add_argument("--psb-steps", default="8,6,4")
+    add_model_options(p, preset="wan2.1-1.3b", height=480, width=832, latent_frames=21,
+                      latent_frames_help="latent frames per training clip (21 = 81 video frames)")
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ", ".join(STAGES))
     p.add_argument("--steps", type=int, default=2, help="training steps timed per stage")
     p.add_argument("--spatial-factor", type=int, default=8, help="VAE spatial factor (latent = pixels / this)")
     p.add_argument("--audio-feature-dim", type=int, default=None, help="default: the preset's (wav2vec2-base: 9216)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the JSON here")
     return p
 

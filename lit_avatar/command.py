@@ -14,7 +14,13 @@ import sys
 import textwrap
 from typing import Any, Iterable, Sequence
 
-from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, DefaultHelpFormatter, Namespace
+try:
+    from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, DefaultHelpFormatter, Namespace
+except ImportError:  # the bare GPU machine (bench/gpu.sh): the same flags, without --config files
+    from argparse import ArgumentDefaultsHelpFormatter as DefaultHelpFormatter
+    from argparse import ArgumentError, ArgumentParser, Namespace
+
+    ActionConfigFile = None
 
 from lit_avatar.errors import UserError
 
@@ -45,6 +51,8 @@ class CommandParser(ArgumentParser):
         """`options_file`: the flag of the options file (`lit-avatar table` has its own `--config`)."""
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(prog=prog, description=description, exit_on_error=False, **kwargs)
+        if ActionConfigFile is None:
+            return
         self.add_argument(options_file, action=ActionConfigFile,
                           help="YAML/JSON file of options (keys: option names with underscores); later "
                           "options override it")
@@ -53,10 +61,12 @@ class CommandParser(ArgumentParser):
         """Parse `argv` (default: the command line); `--help`/`--print_config` exit 0, a mistake raises a
         one-line UserError."""
         argv = list(sys.argv[1:] if argv is None else argv)
+        known = option_strings(self)
+        argv = [_dashed(token, known) for token in argv]
         try:
             return self.parse_args(argv)
         except ArgumentError as err:
-            raise UserError(one_line(err, self.prog, option_strings(self), argv)) from None
+            raise UserError(one_line(err, self.prog, known, argv)) from None
 
 
 def option_strings(parser: ArgumentParser) -> list[str]:
@@ -69,6 +79,15 @@ def option_strings(parser: ArgumentParser) -> list[str]:
             if isinstance(sub, ArgumentParser):
                 found += option_strings(sub)
     return sorted(set(found))
+
+
+def _dashed(token: str, known: list[str]) -> str:
+    """`--psb_steps[=v]` -> `--psb-steps[=v]` where only the dashed spelling is an option (both are accepted)."""
+    if not token.startswith("--"):
+        return token
+    name, sep, value = token.partition("=")
+    dashed = "--" + name[2:].replace("_", "-")
+    return dashed + sep + value if name not in known and dashed in known else token
 
 
 def closest_option(token: str, known: Iterable[str]) -> str | None:
@@ -96,10 +115,25 @@ def one_line(err: BaseException, prog: str = "lit-avatar", known: Iterable[str] 
     match = re.match(r'Parser key "([^"]+)":?(.*)', first)
     if match:
         return _key_error(match.group(1), match.group(2).strip(), lines[1:], known, argv)
+    match = re.match(r"argument ([^:]+): invalid (\w+) value: (.*)", first)  # plain argparse's wording
+    if match:
+        return f"{match.group(1).split('/')[0]} {match.group(3)}: expected {_KINDS.get(match.group(2), match.group(2))}"
+    match = re.match(r"argument ([^:]+): invalid choice: (.*) \(choose from (.*)\)", first)
+    if match:
+        return f"{match.group(1).split('/')[0]} {match.group(2)}: expected one of {match.group(3).replace(chr(39), '')}"
     match = re.match(r"argument ([^:]+): (.*)", first)
     if match:
         return f"{match.group(1).split('/')[0]}: {match.group(2)}"
-    return " ".join(lines)
+    return _naming_config_files(" ".join(lines), argv)
+
+
+def _naming_config_files(message: str, argv: Sequence[str]) -> str:
+    """A complaint about config content that does not say which file: add the --config files given."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    if files and "config" in message.lower() and not any(f in message for f in files):
+        return f"{message} (in --config {', '.join(files)})"
+    return message
 
 
 def _flag_for(key: str, known: Iterable[str]) -> str:

@@ -176,11 +176,13 @@ def test_every_command_has_three_mistakes():
 
 
 def test_old_spellings_and_options_files_agree(tmp_path, capsys):
-    """`--psb-steps` (today's spelling) and `psb_steps` in a --config file give the same settings."""
+    """`--psb-steps` (today's spelling), `--psb_steps` and `psb_steps` in a --config file: the same settings."""
     options = tmp_path / "stream.yaml"
     options.write_text("psb_steps: '8,6'\nlatent_frames: 12\n")
     assert run(["bench", "stream", "--config", str(options), "--print_config"]) == 0
     from_file = capsys.readouterr().out
     assert run(["bench", "stream", "--psb-steps", "8,6", "--latent-frames", "12", "--print_config"]) == 0
+    assert capsys.readouterr().out == from_file
+    assert run(["bench", "stream", "--psb_steps=8,6", "--latent_frames", "12", "--print_config"]) == 0
     assert capsys.readouterr().out == from_file
     assert "psb_steps: 8,6" in from_file.replace("'", "")

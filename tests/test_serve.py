@@ -312,13 +312,13 @@ def test_serve_command_errors_are_one_line(files, capsys):
     (folder / "junk.png").write_bytes(b"\x89PNG not really")
     sock, port = _busy_port()
     cases = [
-        (["--ckpt", str(folder / "missing.ckpt"), "--ref", files["ref"]], "missing.ckpt: checkpoint not found"),
+        (["--ckpt", str(folder / "missing.ckpt"), "--ref", files["ref"]], "missing.ckpt: not found; expected a causal"),
         (["--ckpt", files["ckpt"], "--ref", str(folder / "junk.png")], "junk.png: cannot read as an image"),
         (["--ckpt", files["teacher"], "--ref", files["ref"]], "teacher checkpoint"),
         (["--ckpt", files["ckpt"], "--ref", files["ref"], "--port", "70000"], "--port 70000: expected 0..65535"),
         (["--ckpt", files["ckpt"], "--ref", files["ref"], "--max-sessions", "0"], "--max-sessions 0: expected >= 1"),
         (["--ckpt", files["ckpt"], "--ref", files["ref"], "--image-format", "gif"], "--image-format 'gif'"),
-        (["--ckpt", files["ckpt"], "--ref", files["ref"], "--size", "15x15"], "output size 15x15 must be positive multiples of 4"),
+        (["--ckpt", files["ckpt"], "--ref", files["ref"], "--size", "15x15"], "--size '15x15': expected sides that are positive multiples of 4"),
         (["--ckpt", files["ckpt"], "--ref", files["ref"], "--port", str(port)], f"--port {port}: cannot listen"),
     ]
     try:

@@ -119,4 +119,5 @@ def test_cli_synth_and_missing_build(tmp_path, capsys):
                  "--size", "24"]) == 0
     assert (tmp_path / "s" / "train-000000.tar").is_file()
     assert "train: 2 clips" in capsys.readouterr().out
-    assert main(["nope"]) == 2
+    with pytest.raises(UserError, match="lit-avatar data 'nope': unknown command"):
+        main(["nope"])
