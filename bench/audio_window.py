@@ -18,7 +18,6 @@ Writes OUT/audio_window.json and prints the rows for BENCHMARKS.md.
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser, Namespace
 import json
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from lit_avatar.command import CommandParser, Namespace
 
 # a small wav2vec2 with the base model's layout where it shapes the edge effect: the 7-layer conv feature
 # encoder (320x down-sampling, group norm over time in the first layer), the 128-tap positional conv

@@ -9,14 +9,15 @@ stage of a real build except the cost of a large detector network.
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser
-from lit_avatar.errors import output_folder
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lit_avatar.command import CommandParser
+from lit_avatar.errors import output_folder
 
 
 def make_sources(folder: Path, count: int, seconds: float, width: int, height: int) -> float:

@@ -8,7 +8,6 @@ steady-state block time.
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser, Namespace
 import json
 import os
 import statistics
@@ -17,6 +16,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lit_avatar.command import CommandParser, Namespace
 
 ROOT = Path(__file__).resolve().parents[1]
 

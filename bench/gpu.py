@@ -11,8 +11,6 @@ limit keeps what it finished; a section that fails records its error and the nex
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser
-from lit_avatar.errors import existing_file, output_file
 import contextlib
 import gc
 import io
@@ -26,7 +24,9 @@ from pathlib import Path
 
 import torch
 
+from lit_avatar.command import CommandParser
 from lit_avatar.data.atomic import write_json_atomic
+from lit_avatar.errors import existing_file, output_file
 
 # the 1.3B configuration of the issue: 480x832, PSB 8,6,4, MCI, URCR (21-frame horizon), blocks of 3
 FULL = {"preset": "wan2.1-1.3b", "height": "480", "width": "832", "scale": "full"}

@@ -22,8 +22,6 @@ MelAudioEncoder instead of wav2vec2, a PatchVAE (or no VAE with --vae none) inst
 """
 from __future__ import annotations
 
-from bench.options import add_model_options
-from lit_avatar.command import CommandParser, Namespace, int_list
 import json
 import math
 import os
@@ -35,6 +33,8 @@ import time
 import numpy as np
 import torch
 
+from bench.options import add_model_options
+from lit_avatar.command import CommandParser, Namespace, int_list
 from lit_avatar.errors import UserError, output_file
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -13,8 +13,6 @@ the critic; the time per generator update of the recipe (critic_steps=5) is step
 """
 from __future__ import annotations
 
-from bench.options import add_model_options
-from lit_avatar.command import CommandParser, Namespace, int_list
 import json
 import sys
 import time
@@ -22,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from bench.options import add_model_options
+from lit_avatar.command import CommandParser, Namespace, int_list
 from lit_avatar.errors import UserError, output_file
 
 STAGES = ("teacher", "ode_init", "self_forcing")

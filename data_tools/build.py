@@ -7,7 +7,6 @@ does not depend on the number of workers or on interruptions.
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser, Namespace
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from data_tools.clips import ClipOptions, SourceReport, process_source
 from data_tools.filters import REASONS
 from data_tools.shards import DONE_SUFFIX, PART_SUFFIX, ShardSink, discard_unfinished, done_path, read_done
 from data_tools.sources import ShardJob, plan_jobs, scan_sources
+from lit_avatar.command import CommandParser, Namespace
 from lit_avatar.data.atomic import write_json_atomic
 from lit_avatar.errors import UserError, output_folder
 

@@ -14,14 +14,15 @@ Every file is written atomically. Samples that cannot be decoded are skipped and
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from lit_avatar.command import CommandParser
 from lit_avatar.data.atomic import write_bytes_atomic, write_json_atomic
 from lit_avatar.data.schema import SAMPLE_RATE, SAMPLES_PER_FRAME, SampleError, decode_sample, encode_image
 from lit_avatar.errors import UserError

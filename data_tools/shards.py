@@ -85,7 +85,7 @@ class ShardFile:
         """Finish the archive and give it its name."""
         self.__exit__(None, None, None)
 
-    def __enter__(self) -> "ShardFile":
+    def __enter__(self) -> ShardFile:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -124,7 +124,7 @@ def split_of(identity: str, val_fraction: float, seed: int) -> str:
         val_fraction: expected share of identities in val, in [0, 1].
         seed: salt; changing it draws a different split.
     """
-    digest = hashlib.sha256(f"{seed}:{identity}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}:{identity}".encode()).digest()
     return "val" if int.from_bytes(digest[:8], "big") / 2.0 ** 64 < val_fraction else "train"
 
 

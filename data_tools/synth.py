@@ -9,7 +9,6 @@ time outside the clip. Everything is a pure function of (seed, clip index), so s
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser
 import math
 import os
 import time
@@ -18,9 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.synth_face import Identity, blink_factors, head_motion, motion_offsets, mouth_box, render, sample_identity
 from data_tools.shards import ShardFile
+from data_tools.synth_face import (
+    Identity,
+    blink_factors,
+    head_motion,
+    motion_offsets,
+    mouth_box,
+    render,
+    sample_identity,
+)
 from data_tools.synth_speech import opening_per_frame, synth_speech
+from lit_avatar.command import CommandParser
 from lit_avatar.data.atomic import write_json_atomic
 from lit_avatar.data.schema import FPS, SAMPLE_RATE, SCHEMA_VERSION, encode_sample
 from lit_avatar.errors import UserError, output_folder

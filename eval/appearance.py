@@ -20,8 +20,8 @@ SynthSync r exceeds the shuffled-audio r by at least 0.2 (real clips: about +0.9
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

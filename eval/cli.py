@@ -1,9 +1,9 @@
 """Command lines `lit-avatar eval` and `lit-avatar table` (registered in lit_avatar/cli.py)."""
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser
 import shlex
 
+from lit_avatar.command import CommandParser
 from lit_avatar.errors import UserError
 
 

@@ -7,7 +7,7 @@ come from the SCRFD detector of the same pack, from given landmarks, or (without
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -6,8 +6,8 @@ video hides that, so any per-frame or per-window metric is reported per window o
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 

@@ -6,7 +6,7 @@ Here: the per-frame track built from its detections, and the SyncNet crop in two
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -13,7 +13,7 @@ FVD has no single protocol in this field (REFERENCE.md "Evaluation protocols"); 
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch

@@ -8,12 +8,12 @@ its sidecar. Runs generate in a subprocess per clip: eval never imports the trai
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser
 import subprocess
 import sys
 from pathlib import Path
 
 from eval.inputs import AUDIO_EXTS, IMAGE_EXTS, list_media, read_sidecar
+from lit_avatar.command import CommandParser
 from lit_avatar.errors import UserError
 
 

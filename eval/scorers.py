@@ -5,7 +5,7 @@ pass over the networks.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -171,8 +171,14 @@ class SyncScorer:
 
     @torch.no_grad()
     def video(self, frames: np.ndarray, audio: np.ndarray, boxes_px: np.ndarray, fps: float) -> dict:
-        from eval.syncnet import (audio_windows, lip_windows, mfcc_features, num_windows, rgb_to_syncnet_crops,
-                                  sync_scores)
+        from eval.syncnet import (
+            audio_windows,
+            lip_windows,
+            mfcc_features,
+            num_windows,
+            rgb_to_syncnet_crops,
+            sync_scores,
+        )
 
         crops = rgb_to_syncnet_crops(frames, boxes_px, self.protocol)
         n = num_windows(len(crops), len(audio), fps)

@@ -7,8 +7,8 @@ share, and its Student-t interval says whether the variant differs beyond seed-t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

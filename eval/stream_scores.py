@@ -10,7 +10,7 @@ Inputs are arrays on the batch's clips (uint8 frames [B,T,H,W,3]), so a stream b
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

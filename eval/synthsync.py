@@ -6,7 +6,7 @@ mouth box is dark in each frame and correlate that with the audio's loudness env
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

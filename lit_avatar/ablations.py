@@ -15,11 +15,12 @@ experiments/tables/ablations.yaml; this command only runs them:
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser, Namespace, int_list
 import shlex
 import sys
 import time
 from pathlib import Path
+
+from lit_avatar.command import CommandParser, Namespace, int_list
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "experiments" / "tables" / "ablations.yaml"
@@ -117,11 +118,11 @@ def stream_and_score(ckpt: Path, streams: dict, seed: int, protocol: dict):
     import torch
 
     from eval.stream_scores import score_streams
-    from lit_avatar.inference.loading import load_generator
+    from lit_avatar.data.frames import to_uint8_frames
     from lit_avatar.inference.clip_rollout import rollout_clip
+    from lit_avatar.inference.loading import load_generator
     from lit_avatar.modules.conditions import clip_inputs
     from lit_avatar.seeding import step_generator
-    from lit_avatar.data.frames import to_uint8_frames
 
     bundle = load_generator(ckpt)
     batch = {k: streams[k] for k in ("video", "ref", "audio", "mouth_box")}

@@ -25,11 +25,12 @@ demo prints one plain line saying so and exits with code 1.
 """
 from __future__ import annotations
 
-from lit_avatar.command import CommandParser, Namespace
-from lit_avatar.errors import UserError, output_folder
 import json
 import time
 from pathlib import Path
+
+from lit_avatar.command import CommandParser, Namespace
+from lit_avatar.errors import UserError, output_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,8 +91,8 @@ def write_clips(result: dict, batch: dict, out: Path) -> dict:
     """Held-out clips as mp4 with audio: teacher and student, and real/teacher/student stacked in one video."""
     import numpy as np
 
-    from lit_avatar.data.media import write_video
     from lit_avatar.data.frames import to_uint8_frames
+    from lit_avatar.data.media import write_video
 
     real = to_uint8_frames(batch["video"])
     audio = batch["audio"].float().numpy()

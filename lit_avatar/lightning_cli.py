@@ -11,11 +11,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from jsonargparse import ArgumentError
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-
-from jsonargparse import ArgumentError
 
 from lit_avatar.command import one_line, option_strings
 from lit_avatar.errors import UserError

@@ -32,7 +32,7 @@ class Browser:
         self.process: subprocess.Popen | None = None
         self._ids = itertools.count(1)
 
-    async def __aenter__(self) -> "Browser":
+    async def __aenter__(self) -> Browser:
         import aiohttp
 
         self.process = subprocess.Popen(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.cli import COMMANDS as DATA_COMMANDS
 from bench.cli import BENCHMARKS
+from data_tools.cli import COMMANDS as DATA_COMMANDS
 from lit_avatar.cli import COMMANDS
 from lit_avatar.errors import run_main
 

@@ -10,6 +10,7 @@ from lit_avatar.diffusion import (
     add_noise,
     cfg,
     chained_cfg,
+    noise_from_velocity,
     psb_step_lists,
     sample_euler,
     shift_sigma,
@@ -17,7 +18,6 @@ from lit_avatar.diffusion import (
     subset_indices,
     velocity_target,
     x0_from_velocity,
-    noise_from_velocity,
 )
 
 

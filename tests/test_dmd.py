@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from lit_avatar.modules.critic import critic_flow_loss
+from lit_avatar.diffusion import SigmaSampler
 from lit_avatar.models.dit import ClipConditions
+from lit_avatar.modules.critic import critic_flow_loss
+from lit_avatar.modules.dmd import DMDLoss, dmd_gradient, dmd_surrogate
 from lit_avatar.modules.self_forcing import draw_exit_steps
 from lit_avatar.seeding import step_generator
-from lit_avatar.modules.dmd import DMDLoss, dmd_gradient, dmd_surrogate
-from lit_avatar.diffusion import SigmaSampler
 
 
 def test_dmd_gradient_matches_reference_formula_by_hand():

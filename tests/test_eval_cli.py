@@ -4,15 +4,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_eval_csim import _tiny_arcface
+from test_eval_fvd import TinyI3D
+from test_eval_synthsync import BOX, _audio_for, _draw, _signal
 
 from eval.cli import main_eval, main_table
 from eval.fid import FIDInceptionV3
 from eval.syncnet import SyncNet
 from lit_avatar.data import media
 from lit_avatar.errors import UserError
-from test_eval_csim import _tiny_arcface
-from test_eval_fvd import TinyI3D
-from test_eval_synthsync import BOX, _audio_for, _draw, _signal
 
 T = 16
 

@@ -4,9 +4,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from eval.csim import (ARCFACE_TEMPLATE, ArcFace, align_face, csim, landmarks_from_box, similarity_transform,
-                       warp_affine)
 from data_tools.faces import decode_scrfd, nms
+from eval.csim import ARCFACE_TEMPLATE, ArcFace, align_face, csim, landmarks_from_box, similarity_transform, warp_affine
 from eval.faces import crop_square
 from lit_avatar.errors import UserError
 

@@ -3,8 +3,16 @@ import numpy as np
 import pytest
 import torch
 
-from eval.syncnet import (SyncNet, audio_windows, embed, lip_windows, load_syncnet, mfcc_features, num_windows,
-                          sync_scores)
+from eval.syncnet import (
+    SyncNet,
+    audio_windows,
+    embed,
+    lip_windows,
+    load_syncnet,
+    mfcc_features,
+    num_windows,
+    sync_scores,
+)
 from lit_avatar.errors import UserError
 
 # written from syncnet_python's SyncNetModel: Sequential indices of the conv/bn/linear layers

@@ -17,7 +17,6 @@ from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.presets import get_preset
 from lit_avatar.models.vae import PatchVAE
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only spin
 
 

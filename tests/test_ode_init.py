@@ -5,8 +5,8 @@ from torch import nn
 from lit_avatar.diffusion import AvatarGuidance, psb_levels, sample_euler, shifted_schedule
 from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
 from lit_avatar.models.audio import MelAudioEncoder
-from lit_avatar.models.vae import PatchVAE
 from lit_avatar.models.dit import ClipConditions
+from lit_avatar.models.vae import PatchVAE
 from lit_avatar.modules.ode_init import ODEInitModule, teacher_trajectory
 
 OPTS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[4, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))

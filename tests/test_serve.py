@@ -8,15 +8,22 @@ import socket
 
 import numpy as np
 import pytest
-
-from serve_helpers import FRAME_HEADER, Recorder, decode_image, image_file, noise_audio, pcm16, run_peer, tiny_checkpoint
+from serve_helpers import (
+    FRAME_HEADER,
+    Recorder,
+    decode_image,
+    image_file,
+    noise_audio,
+    pcm16,
+    run_peer,
+    tiny_checkpoint,
+)
 
 from lit_avatar.cli import main as cli_main
 from lit_avatar.serve.cli import build_parser, build_server
 from lit_avatar.serve.intake import AudioIntake
 from lit_avatar.serve.options import ServeOptions
 from lit_avatar.serve.session import LiveSession
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only spin
 
@@ -287,7 +294,8 @@ def test_token_origin_and_static_files(files):
 
 def test_page_speaks_the_servers_protocol():
     """The one static page and the server agree on the frame header and message types."""
-    from lit_avatar.serve.app import FRAME_HEADER as SERVER_HEADER, STATIC
+    from lit_avatar.serve.app import FRAME_HEADER as SERVER_HEADER
+    from lit_avatar.serve.app import STATIC
 
     page = (STATIC / "index.html").read_text()
     assert SERVER_HEADER.format == FRAME_HEADER.format == "<Ii" and SERVER_HEADER.size == 8

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cdp import Browser, chromium_available
 from serve_helpers import Recorder, decode_image, image_file, noise_audio, run_peer, tiny_checkpoint
 

@@ -59,9 +59,9 @@ def test_checkpoint_whose_keys_do_not_fit(capsys, tmp_path):
 def test_video_without_audio(capsys, tmp_path):
     """A real student checkpoint, so the audio file (a video without an audio stream) is what fails."""
     from PIL import Image
+    from test_generate import _checkpoint
 
     from lit_avatar.data.media import write_video
-    from test_generate import _checkpoint
 
     ckpt = _checkpoint(tmp_path / "student.ckpt")
     silent = tmp_path / "silent.mp4"

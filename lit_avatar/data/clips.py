@@ -6,7 +6,8 @@ audio sample `start * 640` belongs to frame `start`) is testable on plain arrays
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

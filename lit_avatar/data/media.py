@@ -259,7 +259,7 @@ class VideoWriter:
     def frames_written(self) -> int:
         return self._muxer.frames if self._muxer is not None else 0
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         from contextlib import ExitStack
 
         self._stack = ExitStack()

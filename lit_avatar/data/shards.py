@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from lit_avatar.errors import UserError
 

@@ -13,8 +13,13 @@ from lit_avatar.diffusion.flow import (
 )
 from lit_avatar.diffusion.guiders import AvatarGuidance, cfg, chained_cfg
 from lit_avatar.diffusion.sampler import sample_euler
-from lit_avatar.diffusion.schedule import (psb_level_indices, psb_levels, psb_step_lists, shifted_schedule,
-                                           subset_indices)
+from lit_avatar.diffusion.schedule import (
+    psb_level_indices,
+    psb_levels,
+    psb_step_lists,
+    shifted_schedule,
+    subset_indices,
+)
 from lit_avatar.diffusion.sigma_sampling import SigmaSampler
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Classifier-free guidance, as small pieces that compose with the sampler's denoiser callable."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -1,7 +1,7 @@
 """The Euler ODE sampler for flow matching."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 

@@ -1,7 +1,7 @@
 """Sampling schedules: shifted sigma lists and the Progressive Step Bootstrapping (PSB) step lists."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -18,8 +18,9 @@ inputs at every replay, so a varying input that was not copied in shows up as a 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -142,7 +142,7 @@ class Wav2Vec2AudioEncoder(nn.Module):
     @classmethod
     def from_pretrained(
         cls, path: str, layers: Literal["all", "last"] = "all", window: int = WINDOW
-    ) -> "Wav2Vec2AudioEncoder":
+    ) -> Wav2Vec2AudioEncoder:
         """Load from a local folder (same as the constructor; the name HF users expect).
 
         Args:
@@ -154,8 +154,8 @@ class Wav2Vec2AudioEncoder(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: "Wav2Vec2Config", layers: Literal["all", "last"] = "all", window: int = WINDOW
-    ) -> "Wav2Vec2AudioEncoder":
+        cls, config: Wav2Vec2Config, layers: Literal["all", "last"] = "all", window: int = WINDOW
+    ) -> Wav2Vec2AudioEncoder:
         """Randomly initialised encoder from a Wav2Vec2Config, for tests and shape checks.
 
         Args:
@@ -179,7 +179,7 @@ class Wav2Vec2AudioEncoder(nn.Module):
         config = model.config
         self.feature_dim = config.hidden_size * (config.num_hidden_layers if layers == "all" else 1)
 
-    def train(self, mode: bool = True) -> "Wav2Vec2AudioEncoder":
+    def train(self, mode: bool = True) -> Wav2Vec2AudioEncoder:
         """Stay in eval mode: the encoder is frozen, so dropout and SpecAugment must never run."""
         super().train(mode)
         self.model.eval()

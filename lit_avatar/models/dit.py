@@ -46,7 +46,7 @@ class ClipConditions:
     def as_kwargs(self) -> dict[str, Any]:
         return {"audio": self.audio, "ref": self.ref, "text": self.text}
 
-    def without_audio(self, drop_ref: bool = False, drop_text: bool = False) -> "ClipConditions":
+    def without_audio(self, drop_ref: bool = False, drop_text: bool = False) -> ClipConditions:
         """The 'unconditional' side of audio guidance (optionally dropping reference and text as well)."""
         audio = None if self.audio is None else torch.zeros_like(self.audio)
         ref = self.ref if not drop_ref or self.ref is None else torch.zeros_like(self.ref)

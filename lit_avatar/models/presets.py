@@ -72,7 +72,7 @@ class DiTConfig:
     def head_dim(self) -> int:
         return self.dim // self.num_heads
 
-    def replace(self, **overrides: Any) -> "DiTConfig":
+    def replace(self, **overrides: Any) -> DiTConfig:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:

@@ -132,7 +132,7 @@ class PatchVAE(nn.Module):
         # frame 0 is the last slot of latent 0 (latent j covers frames tf*j-(tf-1)..tf*j)
         return video[:, :, tf - 1 :] if starts_at_zero else video
 
-    def stream_decoder(self) -> "PatchStreamDecoder":
+    def stream_decoder(self) -> PatchStreamDecoder:
         """A decoder for consecutive latent chunks whose outputs concatenate to `decode` of the whole."""
         return PatchStreamDecoder(self)
 
@@ -223,7 +223,7 @@ class WanVAE(nn.Module):
     @classmethod
     def from_pretrained(
         cls, path: str, subfolder: str | None = None, dtype: DTypeName | torch.dtype = "float32", sample: bool = False
-    ) -> "WanVAE":
+    ) -> WanVAE:
         """Load from a local folder (same as the constructor; the name diffusers users expect).
 
         Args:
@@ -235,7 +235,7 @@ class WanVAE(nn.Module):
         return cls(path, subfolder=subfolder, dtype=dtype, sample=sample)
 
     @classmethod
-    def from_model(cls, vae: nn.Module, sample: bool = False) -> "WanVAE":
+    def from_model(cls, vae: nn.Module, sample: bool = False) -> WanVAE:
         """Wrap an AutoencoderKLWan already in memory (tests, or weights converted elsewhere).
 
         Args:
@@ -268,7 +268,7 @@ class WanVAE(nn.Module):
         self.register_buffer("latents_mean", mean, persistent=False)
         self.register_buffer("latents_std", std, persistent=False)
 
-    def train(self, mode: bool = True) -> "WanVAE":
+    def train(self, mode: bool = True) -> WanVAE:
         """Stay in eval mode: the VAE is frozen."""
         super().train(mode)
         self.vae.eval()
@@ -306,7 +306,7 @@ class WanVAE(nn.Module):
         video = self.vae.decode(self._denormalize(latents)).sample
         return video.clamp(-1.0, 1.0).to(latents.dtype)
 
-    def stream_decoder(self) -> "WanStreamDecoder":
+    def stream_decoder(self) -> WanStreamDecoder:
         """A decoder for consecutive latent chunks that keeps the causal convolution cache between them."""
         return WanStreamDecoder(self)
 
