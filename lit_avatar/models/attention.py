@@ -52,18 +52,26 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with RMS qk-norm and 3-D RoPE; keys may be prefixed by cached ones."""
+class _Projections(nn.Module):
+    """q/k/v/o projections with RMS qk-norm, named as in Wan's checkpoints (k and v read `context_dim`)."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None, eps: float = 1e-6):
         super().__init__()
+        context_dim = context_dim or dim
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
+        self.k = nn.Linear(context_dim, dim)
+        self.v = nn.Linear(context_dim, dim)
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
+
+
+class SelfAttention(_Projections):
+    """Self-attention with RMS qk-norm and 3-D RoPE; keys may be prefixed by cached ones."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__(dim, num_heads, eps=eps)
 
     def forward(
         self,
@@ -100,19 +108,8 @@ class SelfAttention(nn.Module):
         return self.o(sdpa(q, keys, values)), k, v
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Cross-attention to a context (text); K/V can be computed once and reused."""
-
-    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None, eps: float = 1e-6):
-        super().__init__()
-        context_dim = context_dim or dim
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(context_dim, dim)
-        self.v = nn.Linear(context_dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))
