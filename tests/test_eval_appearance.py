@@ -23,7 +23,7 @@ def _verdict(frames, clip):
 
 def test_real_clip_passes_both(clip):
     app, verdict, r = _verdict(clip.frames, clip)
-    assert app["ssim_outside_mouth"] == pytest.approx(1.0, abs=1e-6)
+    assert app["ssim_outside_mouth"] == pytest.approx(1.0, abs=1e-5)  # SSIM runs in float32
     assert app["psnr_outside_mouth"] > 60
     assert app["ref_ssim"] > 0.9  # the same person and background as the reference
     assert verdict.passed and verdict.reason == "" and verdict.credited_r == pytest.approx(r)
@@ -32,7 +32,7 @@ def test_real_clip_passes_both(clip):
 def test_frozen_reference_frame_fails_sync_only(clip):
     frozen = np.repeat(clip.ref[None], len(clip.frames), 0)
     app, verdict, r = _verdict(frozen, clip)
-    assert app["ssim_outside_mouth"] > 0.9 and app["ref_ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert app["ssim_outside_mouth"] > 0.9 and app["ref_ssim"] == pytest.approx(1.0, abs=1e-5)
     assert verdict.appearance_pass and not verdict.sync_pass
     assert "no lip sync" in verdict.reason
 
@@ -69,7 +69,7 @@ def test_ssim_matches_torchmetrics_on_full_frames_and_psnr_formula():
     tb = torch.from_numpy(b).permute(0, 3, 1, 2).double() / 255
     _, full = structural_similarity_index_measure(ta, tb, data_range=1.0, reduction="none", return_full_image=True)
     expected = (full.mean(1).numpy() * mask).sum((1, 2)) / mask.sum()
-    np.testing.assert_allclose(ssim, expected, rtol=1e-10)
+    np.testing.assert_allclose(ssim, expected, rtol=1e-6)  # the float64 reference; ours runs SSIM in float32
     assert mask.sum() < 24 * 24  # the padded box does mask some pixels
     ref_psnr = [float(peak_signal_noise_ratio(ta[i:i + 1] * torch.from_numpy(mask), tb[i:i + 1] * torch.from_numpy(mask),
                                               data_range=1.0)) for i in range(3)]
