@@ -68,8 +68,9 @@ def save_encoder(folder: Path, seed: int) -> Path:
 
 def overlay(path: Path, encoder_dir: Path, feature_dim: int, stage: str) -> Path:
     """A YAML stacked on the tiny recipe: wav2vec2 instead of log-mel, the DiT's audio width to match."""
-    model = "{class_path: lit_avatar.models.dit.AvatarDiT, init_args: {preset: tiny, overrides: {audio_feature_dim: %d}}}" % feature_dim
-    encoder = "{class_path: lit_avatar.models.audio.Wav2Vec2AudioEncoder, init_args: {path: %s, layers: all}}" % encoder_dir
+    model = ("{class_path: lit_avatar.models.dit.AvatarDiT, init_args: {preset: tiny, "
+             f"overrides: {{audio_feature_dim: {feature_dim}}}}}}}")
+    encoder = f"{{class_path: lit_avatar.models.audio.Wav2Vec2AudioEncoder, init_args: {{path: {encoder_dir}, layers: all}}}}"
     nets = [f"    model: {model}"] if stage == "teacher" else [f"    generator: {model}", f"    teacher: {model}"]
     path.write_text("model:\n  init_args:\n" + "\n".join(nets) + f"\n    audio_encoder: {encoder}\n")
     return path

@@ -166,7 +166,10 @@ def render(identity: Identity, size: int, offsets: np.ndarray, opening: np.ndarr
     count = len(opening)
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size
     u, v = grid[None, None, :], grid[None, :, None]
-    col = lambda x: np.asarray(x, dtype=np.float32).reshape(-1, 1, 1)  # noqa: E731 - per-frame column
+
+    def col(x):  # one value per frame, as a column that broadcasts over the frame
+        return np.asarray(x, dtype=np.float32).reshape(-1, 1, 1)
+
     (c0, c1), angle = identity.background, identity.background_angle
     ramp = np.clip(0.5 + (u - 0.5) * np.cos(angle) + (v - 0.5) * np.sin(angle), 0, 1)[0]
     background = np.asarray(c0, np.float32) + ramp[..., None] * (np.asarray(c1, np.float32) - np.asarray(c0, np.float32))

@@ -189,7 +189,7 @@ def run_eval(opts: EvalOptions) -> dict:
         videos[name] = _score_video(name, matching, scorers, detector, opts, read_video, drift_on, drift_dir, tb_dir)
 
     aggregate: dict = {"num_videos": len(videos)}
-    for metric, scorer in scorers.items():
+    for scorer in scorers.values():
         aggregate.update(scorer.aggregate())
     if drift_on:
         aggregate.update(_drift_aggregate(videos))

@@ -5,8 +5,6 @@ pass over the networks.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
@@ -278,8 +276,11 @@ class SynthSyncScorer:
         from eval.synthsync import lagged_correlation
 
         opening, env = self.last
-        fn: Callable[[int, int], float] = lambda s, e: lagged_correlation(opening[s:e], env[s:e], 0)
-        return windowed_drift(len(opening), fn, fps, window_s)
+
+        def window_r(s: int, e: int) -> float:
+            return lagged_correlation(opening[s:e], env[s:e], 0)
+
+        return windowed_drift(len(opening), window_r, fps, window_s)
 
     def aggregate(self) -> dict:
         if not self.rows:

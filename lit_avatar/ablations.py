@@ -105,7 +105,10 @@ def held_out_streams(defaults: Namespace, info: dict, clips: int, seconds: float
     count = int(info.get("identities", max(2, defaults.clips // 4, defaults.val_identities + 1)))
     held_out = list(range(count - defaults.val_identities, count))
     made = [make_clip(defaults.seed, 3_000_000 + i, held_out[i % len(held_out)], seconds, 32) for i in range(clips)]
-    to_video = lambda a: torch.from_numpy(np.stack(a)).float().div(127.5).sub(1)  # uint8 -> [-1, 1]
+
+    def to_video(frames):  # uint8 -> [-1, 1]
+        return torch.from_numpy(np.stack(frames)).float().div(127.5).sub(1)
+
     return {"video": to_video([c.frames for c in made]).permute(0, 4, 1, 2, 3),
             "ref": to_video([c.ref for c in made]).permute(0, 3, 1, 2),
             "audio": torch.from_numpy(np.stack([c.audio for c in made])).float(),

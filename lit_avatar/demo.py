@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{files['frame_grid']}")
     print(f"  logs, checkpoints  {logs} (make tensorboard, or tensorboard --logdir {logs}); library log {log_file}")
     print(f"  time               {timings}")
-    for who, (reason, _) in verdicts.items():
+    for reason, _ in verdicts.values():
         if reason:
             return fail(reason, summary)
     return 0

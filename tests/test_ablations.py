@@ -59,7 +59,10 @@ def test_write_outputs_gives_every_variant_the_same_drift_tags(tmp_path):
            "columns": [{"key": "synthsync_r_credited", "header": "r", "better": "higher", "fmt": ".3f"}],
            "rows": [{"name": "full (all)", "results": "x"}, {"name": "no_mci (clean)", "results": "y"}]}
     bounds = [(0, 25), (25, 50), (50, 75)]
-    curve = lambda vals: {"synthsync_r": curve_from_windows(bounds, vals), "brightness": curve_from_windows(bounds, vals)}
+
+    def curve(vals):
+        return {"synthsync_r": curve_from_windows(bounds, vals), "brightness": curve_from_windows(bounds, vals)}
+
     per_seed = {"full": {"synthsync_r_credited": [0.88, 0.85, 0.90]},
                 "no_mci": {"synthsync_r_credited": [0.80, 0.78, 0.83]}}
     curves = {"full": [curve([0.9, 0.8, 0.7])] * 3, "no_mci": [curve([0.9, 0.6, 0.5])] * 3}

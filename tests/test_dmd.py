@@ -98,7 +98,10 @@ def test_critic_flow_loss_is_zero_for_the_true_velocity():
     conds = ClipConditions(None, None, None)
     assert critic_flow_loss(Oracle(), samples, conds, sampler, torch.Generator().manual_seed(0)).item() < 1e-8
     critic = nn.Conv3d(3, 3, 1)
-    wrapped = lambda x, t, **kw: critic(x)  # noqa: E731
+
+    def wrapped(x, t, **kw):
+        return critic(x)
+
     loss = critic_flow_loss(wrapped, samples.requires_grad_(), conds, sampler, torch.Generator().manual_seed(0))
     loss.backward()
     assert critic.weight.grad.abs().sum() > 0 and samples.grad is None  # samples are detached

@@ -112,7 +112,7 @@ def test_onnx_detector_letterbox_and_decode(tmp_path):
 
     size, strides, na = 64, (8, 16, 32), 2
     outs = {}
-    for k, s in enumerate(strides):
+    for s in strides:
         n = (size // s) ** 2 * na
         score, box, kps = np.zeros((n, 1), np.float32), np.zeros((n, 4), np.float32), np.zeros((n, 10), np.float32)
         if s == 16:

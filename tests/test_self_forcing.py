@@ -241,7 +241,7 @@ def test_both_optimizers_step_through_the_precision_plugin_and_clip_by_the_logge
     trainer.fit(module, PositionedBatches([batch(seed=i) for i in range(3)]))
     assert trainer.global_step == 3 and module.generator_updates == 2
     assert precision.steps == [0, 1, 1, 0, 1]  # generator at steps 0 and 2, critic at every step
-    for index, raw_norm, params in norms.rows[-2:]:  # the gradients left by the last step of each network
+    for _, raw_norm, params in norms.rows[-2:]:  # the gradients left by the last step of each network
         clipped = float(torch.stack([p.grad.norm() for p in params]).norm())
         assert raw_norm > 1e-2 and clipped == pytest.approx(1e-3, rel=1e-3)
     logged = trainer.callback_metrics
