@@ -109,7 +109,8 @@ def test_yaml_swaps_optimizer_and_schedule_and_training_uses_them(synth_shards, 
                                    "--trainer.limit_val_batches=0"))
     (optimizer,) = cli.trainer.optimizers
     assert type(optimizer) is torch.optim.SGD and cli.trainer.global_step == 2
-    assert [(g["initial_lr"], g["momentum"], g["weight_decay"]) for g in optimizer.param_groups] == [(0.05, 0.5, 0.0)] * 2
+    settings = [(g["initial_lr"], g["momentum"], g["weight_decay"]) for g in optimizer.param_groups]
+    assert settings == [(0.05, 0.5, 0.0)] * 2
     assert [config.scheduler.__class__.__name__ for config in cli.trainer.lr_scheduler_configs] == ["LinearWarmup"]
     # the learning rate logged at the second step, then the one after two warm-up steps
     assert cli.trainer.callback_metrics["train/lr"].item() == pytest.approx(0.05 * 2 / 4)
@@ -145,7 +146,7 @@ def test_wan_recipe_on_meta_device():
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.gradient_clip_val == 1.0
     parser = ArgumentParser()
     parser.add_argument("--strategy", type=Strategy)
-    built = parser.instantiate_classes(parser.parse_object({"strategy": cfg.trainer.strategy.as_dict()})).strategy
+    built = parser.instantiate(parser.parse_object({"strategy": cfg.trainer.strategy.as_dict()})).strategy
     assert isinstance(built, ModelParallelStrategy) and not built._save_distributed_checkpoint
 
 

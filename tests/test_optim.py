@@ -130,7 +130,7 @@ def dumped_defaults(module_class) -> dict:
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(module_class, "model")
-    return yaml.safe_load(parser.dump(parser.get_defaults(), skip_validation=True, skip_none=False))["model"]
+    return yaml.safe_load(parser.dump(parser.get_defaults(), skip_validation=True, skip_unset=False))["model"]
 
 
 @pytest.mark.parametrize("module_path, keys", [
@@ -148,7 +148,8 @@ def test_defaults_show_in_the_config_as_class_path_and_init_args(module_path, ke
     defaults = dumped_defaults(getattr(importlib.import_module(module_name), class_name))
     for key, class_path in keys.items():
         assert defaults[key]["class_path"] == class_path, key
-    assert defaults["optimizer"]["init_args"]["lr"] == 1e-4 and defaults["optimizer"]["init_args"]["weight_decay"] == 0.01
+    adamw = defaults["optimizer"]["init_args"]
+    assert adamw["lr"] == 1e-4 and adamw["betas"] == [0.9, 0.999] and adamw["weight_decay"] == 0.01
 
 
 def test_dmd_defaults_show_in_the_config_by_import_path():
