@@ -2,9 +2,14 @@
 Tests marked `requires_cuda` run where torch sees a GPU (`pytest -m requires_cuda`) and are skipped elsewhere."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# jsonargparse warns of a deprecation once per process, usually first from inside Lightning (ignored); every
+# time, our own calls of it meet pyproject's error filter whatever ran before
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "all")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
