@@ -17,7 +17,8 @@ pytestmark = pytest.mark.requires_cuda
 
 CUDA = "cuda"
 # 2-frame blocks, PSB [3, 2], a URCR reset every 3 blocks: 10 blocks visit every code path of the loop
-OPTIONS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[3, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))
+OPTIONS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[3, 2]),
+                         urcr=URCROptions(max_frames=6, keep_frames=2))
 LATENT = (1, 12, 2, 16, 16)  # [B, C, frames_per_block, h, w] of the tiny preset
 
 
