@@ -75,6 +75,19 @@ def test_default_optimizer_and_warmup_are_the_former_fixed_ones(make, network, w
     assert lrs_over(optimizer, scheduler, steps) == formula == lrs_over(old, old_scheduler, steps)  # exactly
 
 
+def test_callable_types_are_lightning_cli_ones():
+    """Spelled in optim.py (no jsonargparse on the GPU machine), the same types LightningCLI documents."""
+    from typing import get_args
+
+    from lightning.pytorch import cli
+
+    from lit_avatar.modules.optim import LRSchedulerCallable, OptimizerCallable
+
+    assert OptimizerCallable == cli.OptimizerCallable
+    (ours_in, ours_out), (theirs_in, theirs_out) = get_args(LRSchedulerCallable), get_args(cli.LRSchedulerCallable)
+    assert ours_in == theirs_in and all(any(issubclass(t, o) for o in get_args(ours_out)) for t in get_args(theirs_out))
+
+
 def test_linear_warmup_state_dict_is_the_former_lambdalr_one():
     """Checkpoints of runs made before keep resuming: same keys, and no callable stored."""
     model = net(0)

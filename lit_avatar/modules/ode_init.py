@@ -13,7 +13,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule, to_timestep, x0_from_velocity
@@ -25,7 +24,7 @@ from lit_avatar.modules.distill_utils import (ClipConditions, clip_inputs, load_
                                               video_size_of)
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
-from lit_avatar.modules.optim import LinearWarmup, optimizer_config
+from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 
 

@@ -1,15 +1,24 @@
 """What the stages' injected optimizers and schedules share: decay on matrices only, and a linear warm-up.
 
-The modules take `OptimizerCallable` / `LRSchedulerCallable` (lightning.pytorch.cli), so an experiment YAML
-names any torch optimizer and schedule; these are the pieces their defaults and the YAMLs use.
+The modules take `OptimizerCallable` / `LRSchedulerCallable`, so an experiment YAML names any torch optimizer
+and schedule; these are the pieces their defaults and the YAMLs use.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Callable, Union
+
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lit_avatar.errors import UserError
+
+# The types of lightning.pytorch.cli's OptimizerCallable and LRSchedulerCallable (its ReduceLROnPlateau is a
+# subclass of torch's), spelled here: that module imports jsonargparse, which the bare GPU machine lacks
+# (bench/gpu.sh), and the training modules must import there.
+OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+LRSchedulerCallable = Callable[[torch.optim.Optimizer], Union[LRScheduler, ReduceLROnPlateau]]
 
 
 def param_groups(model: nn.Module) -> list[dict]:

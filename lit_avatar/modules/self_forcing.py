@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_avatar.errors import UserError
@@ -35,7 +34,8 @@ from lit_avatar.modules.distill_utils import (ClipConditions, clip_inputs, draw_
 from lit_avatar.modules.dmd import DMDLoss
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map
-from lit_avatar.modules.optim import dmd_critic_adamw, dmd_generator_adamw, optimizer_config
+from lit_avatar.modules.optim import (LRSchedulerCallable, OptimizerCallable, dmd_critic_adamw, dmd_generator_adamw,
+                                      optimizer_config)
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 
 

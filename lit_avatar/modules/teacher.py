@@ -6,7 +6,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_avatar.errors import UserError
@@ -18,7 +17,7 @@ from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.conditions import audio_feats_of, drop_conditions, latents_of, ref_latent_of
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
-from lit_avatar.modules.optim import LinearWarmup, optimizer_config
+from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 
 
