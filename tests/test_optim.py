@@ -118,16 +118,16 @@ def test_dmd_defaults_are_the_former_adamw_without_momentum_and_no_schedule():
 
 
 def test_dmd_steps_each_schedule_with_its_own_optimizer():
-    """critic_steps 2 over 3 steps: the generator updates at steps 0 and 2, the critic at every step."""
+    """critic_steps 2 over 2 steps: the generator updates at step 0, the critic at both."""
     from tests.test_self_forcing import _fit, make_module
 
     module = make_module(critic_steps=2, generator_lr_scheduler=lambda opt: LinearWarmup(opt, warmup_steps=4),
                          critic_lr_scheduler=lambda opt: LinearWarmup(opt, warmup_steps=8))
-    trainer = _fit(module, 3)
+    trainer = _fit(module, 2)
     generator, critic = trainer.optimizers
-    assert [config.scheduler.last_epoch for config in trainer.lr_scheduler_configs] == [2, 3]
-    assert generator.param_groups[0]["lr"] == old_warmup_lr(2e-6, 4, 2)
-    assert critic.param_groups[0]["lr"] == old_warmup_lr(4e-7, 8, 3)
+    assert [config.scheduler.last_epoch for config in trainer.lr_scheduler_configs] == [1, 2]
+    assert generator.param_groups[0]["lr"] == old_warmup_lr(2e-6, 4, 1)
+    assert critic.param_groups[0]["lr"] == old_warmup_lr(4e-7, 8, 2)
 
 
 def test_dmd_refuses_a_plateau_schedule_by_name():
