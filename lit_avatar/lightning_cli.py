@@ -27,7 +27,7 @@ class SaveConfigEverywhere(SaveConfigCallback):
     """The stock callback writes config.yaml into the log dir; this one also stores it in checkpoints."""
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CONFIG_CHECKPOINT_KEY] = self.parser.dump(self.config, skip_none=False)
+        checkpoint[CONFIG_CHECKPOINT_KEY] = self.parser.dump(self.config, skip_unset=False)
 
 
 class AvatarCLI(LightningCLI):

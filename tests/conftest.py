@@ -1,9 +1,28 @@
-"""Shared fixtures. `synth_shards` writes one tiny SynthTalk set per test session for everyone to read."""
+"""Shared fixtures. `synth_shards` writes one tiny SynthTalk set per test session for everyone to read.
+Tests marked `requires_cuda` run where torch sees a GPU (`pytest -m requires_cuda`) and are skipped elsewhere."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# jsonargparse warns of a deprecation once per process, usually first from inside Lightning (ignored); every
+# time, our own calls of it meet pyproject's error filter whatever ran before
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "all")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    needs_gpu = [item for item in items if item.get_closest_marker("requires_cuda")]
+    if not needs_gpu:
+        return  # torch is imported only when a GPU test was collected
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="requires_cuda: torch.cuda.is_available() is False on this machine")
+    for item in needs_gpu:
+        item.add_marker(skip)
 
 
 @pytest.fixture

@@ -86,11 +86,37 @@ def test_stacked_configs_later_wins(tmp_path, capsys):
     from lit_avatar.lightning_cli import main
 
     override = tmp_path / "o.yaml"
-    override.write_text("model:\n  init_args:\n    mouth_weight: 1.0\n    lr: 3.0e-4\n")
+    override.write_text("model:\n  init_args:\n    mouth_weight: 1.0\n    optimizer:\n      init_args: {lr: 3.0e-4}\n")
     assert main(["fit", "--config", str(TINY), "--config", str(override), "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["init_args"]["mouth_weight"] == 1.0 and printed["model"]["init_args"]["lr"] == 3.0e-4
+    optimizer = printed["model"]["init_args"]["optimizer"]
+    assert printed["model"]["init_args"]["mouth_weight"] == 1.0 and optimizer["init_args"]["lr"] == 3.0e-4
+    # one init arg overridden; the optimizer class and its other arguments stay the base file's
+    assert optimizer["class_path"] == "torch.optim.AdamW" and optimizer["init_args"]["betas"] == [0.9, 0.99]
     assert printed["model"]["init_args"]["model"]["init_args"]["preset"] == "tiny"
+
+
+def test_yaml_swaps_optimizer_and_schedule_and_training_uses_them(synth_shards, tmp_path):
+    """An override file, no code: the teacher trains with SGD at its own learning rate under a 4-step warm-up."""
+    from lit_avatar.lightning_cli import AvatarCLI
+
+    override = tmp_path / "sgd.yaml"
+    override.write_text(yaml.safe_dump({"model": {"init_args": {
+        "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.0}},
+        "lr_scheduler": {"class_path": "lit_avatar.modules.optim.LinearWarmup", "init_args": {"warmup_steps": 4}},
+    }}}))
+    cli = AvatarCLI(args=tiny_args(synth_shards, tmp_path, "--config", str(override), "--trainer.max_steps=2",
+                                   "--trainer.limit_val_batches=0"))
+    (optimizer,) = cli.trainer.optimizers
+    assert type(optimizer) is torch.optim.SGD and cli.trainer.global_step == 2
+    settings = [(g["initial_lr"], g["momentum"], g["weight_decay"]) for g in optimizer.param_groups]
+    assert settings == [(0.05, 0.5, 0.0)] * 2
+    assert [config.scheduler.__class__.__name__ for config in cli.trainer.lr_scheduler_configs] == ["LinearWarmup"]
+    # the learning rate logged at the second step, then the one after two warm-up steps
+    assert cli.trainer.callback_metrics["train/lr"].item() == pytest.approx(0.05 * 2 / 4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 3 / 4)
+    trained = [p for p in cli.model.model.parameters() if p.requires_grad]
+    assert all("momentum_buffer" in optimizer.state[p] for p in trained)  # SGD's own state: it took the steps
 
 
 def test_wan_recipe_on_meta_device():
@@ -120,7 +146,7 @@ def test_wan_recipe_on_meta_device():
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.gradient_clip_val == 1.0
     parser = ArgumentParser()
     parser.add_argument("--strategy", type=Strategy)
-    built = parser.instantiate_classes(parser.parse_object({"strategy": cfg.trainer.strategy.as_dict()})).strategy
+    built = parser.instantiate(parser.parse_object({"strategy": cfg.trainer.strategy.as_dict()})).strategy
     assert isinstance(built, ModelParallelStrategy) and not built._save_distributed_checkpoint
 
 

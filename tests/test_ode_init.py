@@ -8,6 +8,7 @@ from lit_avatar.models.audio import MelAudioEncoder
 from lit_avatar.models.dit import ClipConditions
 from lit_avatar.models.vae import PatchVAE
 from lit_avatar.modules.ode_init import ODEInitModule, teacher_trajectory
+from lit_avatar.modules.optim import LinearWarmup
 
 OPTS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[4, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))
 
@@ -101,7 +102,8 @@ def test_fit_two_steps_with_a_micro_dit_and_record(tmp_path):
     cfg = get_preset("micro", audio_feature_dim=40)
     torch.manual_seed(0)
     module = ODEInitModule(AvatarDiT(config=cfg), AvatarDiT(config=cfg), rollout=OPTS, vae=PatchVAE(2),
-                           audio_encoder=MelAudioEncoder(), teacher_substeps=1, warmup_steps=1)
+                           audio_encoder=MelAudioEncoder(), teacher_substeps=1,
+                           lr_scheduler=lambda optimizer: LinearWarmup(optimizer, warmup_steps=1))
     before = [p.clone() for p in module.generator.parameters()]
     loader = torch.utils.data.DataLoader([batch(seed=i) for i in range(2)], batch_size=None)
     trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -1,4 +1,6 @@
 """Self-Forcing DMD: the gradient flows only through the exit step; a few manual-optimisation steps."""
+import functools
+
 import pytest
 import torch
 
@@ -18,6 +20,11 @@ def micro_dit(seed):
     for block in model.blocks:  # a live audio path, so audio CFG is not a no-op
         torch.nn.init.normal_(block.audio_attn.o.weight, std=0.05)
     return model
+
+
+def adamw(lr: float):
+    """The stage's default optimizer (AdamW, betas (0, 0.999), weight decay 0.01) at another learning rate."""
+    return functools.partial(torch.optim.AdamW, lr=lr, betas=(0.0, 0.999), weight_decay=0.01)
 
 
 def make_module(**kwargs):
@@ -74,8 +81,8 @@ def test_training_steps_update_generator_every_critic_steps_and_save_a_student_r
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    module = make_module(critic_steps=2, generator_lr=1e-3, critic_lr=1e-3, ema_decay=0.5, ema_start_step=0,
-                         val_max_samples=2)
+    module = make_module(critic_steps=2, generator_optimizer=adamw(1e-3), critic_optimizer=adamw(1e-3), ema_decay=0.5,
+                         ema_start_step=0, val_max_samples=2)
     gen0 = [p.detach().clone() for p in module.generator.parameters()]
     critic0 = [p.detach().clone() for p in module.critic.parameters()]
     teacher0 = [p.detach().clone() for p in module.teacher.parameters()]
@@ -149,7 +156,7 @@ def test_ema_start_counts_iterations_like_self_forcing():
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             after.append([p.detach().clone() for p in pl_module.generator.parameters()])
 
-    module = make_module(critic_steps=1, generator_lr=1e-2, ema_decay=0.5, ema_start_step=2)
+    module = make_module(critic_steps=1, generator_optimizer=adamw(1e-2), ema_decay=0.5, ema_start_step=2)
     _fit(module, 3, [Snapshot()])
     assert module.generator_updates == 3
     for ema, w1, w2 in zip(module.generator_ema.parameters(), after[1], after[2]):
@@ -184,7 +191,7 @@ def _critic_inputs(module, steps=1):
 
 
 def test_critic_trains_on_a_fresh_rollout_of_the_updated_generator_by_default():
-    module = make_module(critic_steps=2, generator_lr=1e-2)
+    module = make_module(critic_steps=2, generator_optimizer=adamw(1e-2))
     assert module.hparams.critic_sample == "fresh"
     rollouts, critic_samples = _critic_inputs(module)
     (x_gen, w_before), (x_fresh, w_after) = rollouts  # the generator's rollout, then the critic's
@@ -194,7 +201,7 @@ def test_critic_trains_on_a_fresh_rollout_of_the_updated_generator_by_default():
 
 
 def test_critic_reuse_option_trains_on_the_generator_pre_update_sample():
-    module = make_module(critic_steps=2, generator_lr=1e-2, critic_sample="reuse")
+    module = make_module(critic_steps=2, generator_optimizer=adamw(1e-2), critic_sample="reuse")
     rollouts, critic_samples = _critic_inputs(module)
     assert len(rollouts) == 1 and torch.equal(critic_samples[0], rollouts[0][0])
 

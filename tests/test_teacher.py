@@ -11,7 +11,7 @@ from lit_avatar.models.vae import PatchVAE
 from lit_avatar.modules.conditions import drop_conditions
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
-from lit_avatar.modules.optim import build_adamw, linear_warmup
+from lit_avatar.modules.optim import LinearWarmup, param_groups
 
 
 class StandIn(nn.Module):
@@ -51,7 +51,7 @@ def make_batch(b=2, frames=5, size=16, seed=0):
 def make_teacher(**kwargs):
     from lit_avatar.modules.teacher import TeacherModule
 
-    kwargs.setdefault("warmup_steps", 1)
+    kwargs.setdefault("lr_scheduler", lambda optimizer: LinearWarmup(optimizer, warmup_steps=1))
     return TeacherModule(model=StandIn(), vae=PatchVAE(2), audio_encoder=MelAudioEncoder(), **kwargs)
 
 
@@ -109,12 +109,13 @@ def test_ema_update_and_start_step():
     torch.testing.assert_close(ema.weight, model.weight)
 
 
-def test_adamw_groups_and_warmup():
+def test_param_groups_decay_matrices_only_and_warmup_ramps():
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
-    opt = build_adamw(model, lr=1e-3, betas=(0.0, 0.99), weight_decay=0.1)
-    decays = sorted(g["weight_decay"] for g in opt.param_groups)
-    assert decays == [0.0, 0.1] and opt.param_groups[0]["betas"] == (0.0, 0.99)
-    sched = linear_warmup(opt, 4)
+    model[1].bias.requires_grad_(False)  # frozen parameters are left out
+    opt = torch.optim.AdamW(param_groups(model), lr=1e-3, betas=(0.0, 0.99), weight_decay=0.1)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0] and opt.param_groups[0]["betas"] == (0.0, 0.99)
+    assert [[p.ndim for p in g["params"]] for g in opt.param_groups] == [[2], [1, 1]]
+    sched = LinearWarmup(opt, 4)
     lrs = []
     for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])
@@ -166,7 +167,8 @@ def test_fit_updates_ema_logs_and_samples(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     torch.manual_seed(0)
-    teacher = make_teacher(ema_decay=0.5, sample_steps=2, val_max_samples=2, audio_guidance=2.0, lr=1e-2)
+    teacher = make_teacher(ema_decay=0.5, sample_steps=2, val_max_samples=2, audio_guidance=2.0,
+                           optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01))
     data = [make_batch(seed=i) for i in range(3)]
     loader = torch.utils.data.DataLoader(data, batch_size=None)
     logger = TensorBoardLogger(str(tmp_path), name="t")
@@ -199,7 +201,8 @@ def test_teacher_checkpoint_carries_the_generator_record(tmp_path):
 
     torch.manual_seed(0)
     teacher = TeacherModule(model=AvatarDiT(config=get_preset("micro", audio_feature_dim=40)), vae=PatchVAE(2),
-                            audio_encoder=MelAudioEncoder(), warmup_steps=1)
+                            audio_encoder=MelAudioEncoder(),
+                            lr_scheduler=lambda optimizer: LinearWarmup(optimizer, warmup_steps=1))
     trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)
     trainer.fit(teacher, torch.utils.data.DataLoader([make_batch(frames=4)], batch_size=None))

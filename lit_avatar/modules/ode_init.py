@@ -26,7 +26,7 @@ from lit_avatar.modules.conditions import clip_inputs
 from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
-from lit_avatar.modules.optim import build_adamw, linear_warmup
+from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 from lit_avatar.seeding import step_generator
 
@@ -102,10 +102,10 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         audio_guidance: teacher CFG scale of audio over reference(+text).
         ref_guidance: teacher CFG scale of reference(+text) over nothing.
         cache_dir: folder of cached trajectories (one .pt per sample); None samples them on the fly.
-        lr: AdamW learning rate.
-        betas: AdamW betas.
-        weight_decay: AdamW decoupled weight decay.
-        warmup_steps: linear warm-up steps.
+        optimizer: builds the student's optimizer from its parameter groups (weight matrices, then biases and
+            norms at weight decay 0); default AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01.
+        lr_scheduler: builds the schedule of that optimizer, stepped every optimizer step; default a linear
+            warm-up over 20 steps (LinearWarmup); None keeps the learning rate constant.
         mouth_weight: loss weight inside the mouth box (1 = off).
         ema_decay: EMA decay of the student; None disables it.
         ema_start_step: optimizer step from which the EMA averages.
@@ -128,10 +128,8 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         audio_guidance: float = 2.0,
         ref_guidance: float = 1.0,
         cache_dir: str | None = None,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.01,
-        warmup_steps: int = 20,
+        optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01),
+        lr_scheduler: LRSchedulerCallable | None = lambda optimizer: LinearWarmup(optimizer, warmup_steps=20),
         mouth_weight: float = 5.0,
         ema_decay: float | None = 0.99,
         ema_start_step: int = 0,
@@ -142,7 +140,12 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
             raise UserError(f"model.teacher_substeps={teacher_substeps}: expected >= 1")
         if vae is None:
             raise UserError("model.vae: a VideoVAE is required (PatchVAE for CPU runs)")
-        self.save_hyperparameters(ignore=["generator", "teacher", "vae", "audio_encoder", "rollout"])
+        # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
+        # the checkpoint names them
+        self.save_hyperparameters(ignore=["generator", "teacher", "vae", "audio_encoder", "rollout", "optimizer",
+                                          "lr_scheduler"])
+        self.make_optimizer = optimizer
+        self.make_lr_scheduler = lr_scheduler
         self.rollout_options = rollout if rollout is not None else RolloutOptions()
         if teacher_weights is not None:
             load_stage_weights(teacher, teacher_weights, weights_prefix)
@@ -278,10 +281,7 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         shard_networks(self, ("generator", "generator_ema", "teacher"))
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        optimizer = build_adamw(self.generator, hp.lr, hp.betas, hp.weight_decay)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": linear_warmup(optimizer, hp.warmup_steps), "interval": "step"}}
+        return optimizer_config(self.generator, self.make_optimizer, self.make_lr_scheduler)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         prefix = "generator_ema." if self.generator_ema is not None else "generator."

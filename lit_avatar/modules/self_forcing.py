@@ -33,7 +33,8 @@ from lit_avatar.modules.critic import critic_flow_loss, critic_from_teacher
 from lit_avatar.modules.dmd import DMDLoss
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map
-from lit_avatar.modules.optim import build_adamw
+from lit_avatar.modules.optim import (LRSchedulerCallable, OptimizerCallable, dmd_critic_adamw, dmd_generator_adamw,
+                                      optimizer_config)
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 from lit_avatar.seeding import step_generator
 
@@ -71,10 +72,15 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         teacher_weights: checkpoint of stage 1 loaded into the teacher and (when built here) the critic.
         generator_weights: checkpoint of the ODE-init stage (or the teacher) loaded into the generator.
         weights_prefix: state-dict prefix in those checkpoints; default: each checkpoint's record/EMA.
-        generator_lr: AdamW learning rate of the generator (REFERENCE.md: 2e-6 at scale).
-        critic_lr: AdamW learning rate of the critic (4e-7 at scale).
-        betas: AdamW betas of both (0, 0.999): no momentum, the critic's target moves every step.
-        weight_decay: AdamW decoupled weight decay on weight matrices.
+        generator_optimizer: builds the generator's optimizer from its parameter groups (weight matrices, then
+            biases and norms at weight decay 0); default AdamW, lr 2e-6, betas (0, 0.999), weight decay 0.01
+            (REFERENCE.md at scale).
+        critic_optimizer: builds the critic's optimizer likewise; default AdamW, lr 4e-7, betas (0, 0.999),
+            weight decay 0.01: no momentum, the critic's target moves every step.
+        generator_lr_scheduler: builds the generator optimizer's schedule, stepped every generator update;
+            None (default) keeps its learning rate constant.
+        critic_lr_scheduler: builds the critic optimizer's schedule, stepped every critic update (each
+            training step); None (default) keeps its learning rate constant.
         grad_clip: gradient norm clip of both networks (10); 0 disables.
         critic_steps: critic updates per generator update (5).
         critic_sample: what the critic trains on after a generator update: "fresh" (Self-Forcing) rolls the
@@ -111,10 +117,10 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         teacher_weights: str | None = None,
         generator_weights: str | None = None,
         weights_prefix: str | None = None,
-        generator_lr: float = 2e-6,
-        critic_lr: float = 4e-7,
-        betas: tuple[float, float] = (0.0, 0.999),
-        weight_decay: float = 0.01,
+        generator_optimizer: OptimizerCallable = dmd_generator_adamw,
+        critic_optimizer: OptimizerCallable = dmd_critic_adamw,
+        generator_lr_scheduler: LRSchedulerCallable | None = None,
+        critic_lr_scheduler: LRSchedulerCallable | None = None,
         grad_clip: float = 10.0,
         critic_steps: int = 5,
         critic_sample: Literal["fresh", "reuse"] = "fresh",
@@ -140,7 +146,13 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
             raise UserError(f"model.ema_decay: expected in [0, 1) or None, got {ema_decay}")
         if vae is None:
             raise UserError("model.vae: a VideoVAE is required (PatchVAE for CPU runs)")
-        self.save_hyperparameters(ignore=["generator", "teacher", "critic", "vae", "audio_encoder", "rollout"])
+        # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
+        # the checkpoint names them
+        self.save_hyperparameters(ignore=["generator", "teacher", "critic", "vae", "audio_encoder", "rollout",
+                                          "generator_optimizer", "critic_optimizer", "generator_lr_scheduler",
+                                          "critic_lr_scheduler"])
+        self.optimizer_builders = {"generator": (generator_optimizer, generator_lr_scheduler),
+                                "critic": (critic_optimizer, critic_lr_scheduler)}
         self.rollout_options = rollout if rollout is not None else RolloutOptions()
         if teacher_weights is not None:
             load_stage_weights(teacher, teacher_weights, weights_prefix)
@@ -226,6 +238,7 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
             # clips by the global norm) exactly as the Lightning wrapper's step does, minus the wrapper's
             # step count: global_step stays one per batch (one critic update).
             self.trainer.strategy.optimizer_step(gen_opt.optimizer, closure=_no_closure)
+            self._step_lr_scheduler(gen_opt.optimizer)
             self.generator_updates += 1
             if self.generator_ema is not None:
                 decay = ema_decay_at(step, self.hparams.ema_decay, self.hparams.ema_start_step)  # iterations
@@ -246,6 +259,7 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         critic_opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         critic_opt.step()
+        self._step_lr_scheduler(critic_opt.optimizer)
         self.log("train/critic_loss", loss.detach(), prog_bar=True, batch_size=b)
         self.log("train/generator_updates", float(self.generator_updates), batch_size=b)
 
@@ -253,10 +267,24 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         """Under ModelParallelStrategy: FSDP2 units per block of generator, critic, teacher and EMA."""
         shard_networks(self, ("generator", "generator_ema", "critic", "teacher"))
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        return [build_adamw(self.generator, hp.generator_lr, hp.betas, hp.weight_decay),
-                build_adamw(self.critic, hp.critic_lr, hp.betas, hp.weight_decay)]
+    def configure_optimizers(self) -> tuple[dict, dict]:
+        """The generator's optimizer first, then the critic's (training_step and the gradient hook rely on it)."""
+        configs = []
+        for name in ("generator", "critic"):
+            make_optimizer, make_lr_scheduler = self.optimizer_builders[name]
+            config = optimizer_config(getattr(self, name), make_optimizer, make_lr_scheduler)
+            scheduler = config.get("lr_scheduler", {}).get("scheduler")
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                raise UserError(f"model.{name}_lr_scheduler: ReduceLROnPlateau needs a monitored metric; the "
+                                "manually optimised DMD steps its schedules per update (use a step schedule)")
+            configs.append(config)
+        return tuple(configs)
+
+    def _step_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> None:
+        """Manual optimisation: Lightning leaves the schedules to the module; step the one of `optimizer`."""
+        for config in self.trainer.lr_scheduler_configs:
+            if config.scheduler.optimizer is optimizer:
+                config.scheduler.step()
 
     @torch.no_grad()
     def sample(self, batch: dict, step: int = 0, use_ema: bool = True) -> torch.Tensor:

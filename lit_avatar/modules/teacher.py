@@ -18,7 +18,7 @@ from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.conditions import audio_feats_of, drop_conditions, latents_of, ref_latent_of
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
-from lit_avatar.modules.optim import build_adamw, linear_warmup
+from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 from lit_avatar.seeding import step_generator
 
@@ -34,10 +34,10 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
         vae: the frozen VideoVAE that maps `video`/`ref` to latents and samples back to pixels.
         audio_encoder: the frozen AudioEncoder (MelAudioEncoder, Wav2Vec2AudioEncoder) for raw `audio`;
             None when batches carry `audio_feats`.
-        lr: AdamW peak learning rate.
-        betas: AdamW betas.
-        weight_decay: AdamW decoupled weight decay on weight matrices (not on biases and norms).
-        warmup_steps: linear learning-rate warm-up length in optimizer steps.
+        optimizer: builds the model's optimizer from its parameter groups (weight matrices, then biases and
+            norms at weight decay 0); default AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01.
+        lr_scheduler: builds the schedule of that optimizer, stepped every optimizer step; default a linear
+            warm-up over 100 steps (LinearWarmup); None keeps the learning rate constant.
         timestep_sampling: training noise-level distribution, "uniform" or "logit_normal".
         timestep_shift: shift k applied to the drawn levels; use the sampling schedule's shift.
         logit_normal_loc: mean of the logit-normal's normal.
@@ -73,10 +73,8 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
         model: AvatarDiT,
         vae: VideoVAE,
         audio_encoder: nn.Module | None = None,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.01,
-        warmup_steps: int = 100,
+        optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01),
+        lr_scheduler: LRSchedulerCallable | None = lambda optimizer: LinearWarmup(optimizer, warmup_steps=100),
         timestep_sampling: SigmaDistribution = "logit_normal",
         timestep_shift: float = 1.0,
         logit_normal_loc: float = 0.0,
@@ -111,7 +109,11 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
             raise UserError("model: motion_frames must be >= 0, mouth_weight > 0 and sample_steps >= 1")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise UserError(f"model.ema_decay: expected in [0, 1) or None, got {ema_decay}")
-        self.save_hyperparameters(ignore=["model", "vae", "audio_encoder"])
+        # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
+        # the checkpoint names them
+        self.save_hyperparameters(ignore=["model", "vae", "audio_encoder", "optimizer", "lr_scheduler"])
+        self.make_optimizer = optimizer
+        self.make_lr_scheduler = lr_scheduler
         self.model = model
         self.vae = vae
         self.audio_encoder = audio_encoder
@@ -241,9 +243,7 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
                             f"and the distillation stages read ({err})") from err
 
     def configure_optimizers(self) -> dict:
-        optimizer = build_adamw(self.model, self.hparams.lr, self.hparams.betas, self.hparams.weight_decay)
-        scheduler = linear_warmup(optimizer, self.hparams.warmup_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(self.model, self.make_optimizer, self.make_lr_scheduler)
 
     # ----- sampling -----
 
