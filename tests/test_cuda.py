@@ -82,7 +82,8 @@ def test_cuda_graph_replay_matches_eager():
     for seed in (1, 2):  # a second stream: new cache, graphs rebuilt
         eager, replayed = stream(model, 10, seed), stream(graphed, 10, seed)
         for i, (a, b) in enumerate(zip(eager, replayed)):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=lambda m: f"stream {seed}, block {i}: {m}")
+            where = f"stream {seed}, block {i}"
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=lambda m, where=where: f"{where}: {m}")
     # per stream 21 denoising forwards (3 + 9 x 2 steps); URCR cycles the positions, so 3 graphs serve them
     assert graphed.replays == 2 * 21 and graphed.captures == 2 * 3
 

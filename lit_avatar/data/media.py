@@ -13,14 +13,13 @@ import io
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
 from lit_avatar.data.atomic import atomic_path
 from lit_avatar.errors import UserError, existing_file
 
-MediaSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
+MediaSource = str | os.PathLike | bytes | bytearray | memoryview
 
 
 def _label(source: MediaSource, name: str | None) -> str:

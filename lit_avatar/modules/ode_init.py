@@ -16,15 +16,22 @@ import torch
 from torch import nn
 
 from lit_avatar.data.atomic import atomic_path
-from lit_avatar.diffusion import (AvatarGuidance, psb_level_indices, psb_levels, sample_euler, shifted_schedule,
-                                  to_timestep, x0_from_velocity)
+from lit_avatar.diffusion import (
+    AvatarGuidance,
+    psb_level_indices,
+    psb_levels,
+    sample_euler,
+    shifted_schedule,
+    to_timestep,
+    x0_from_velocity,
+)
 from lit_avatar.errors import UserError
 from lit_avatar.inference.loading import generator_record, load_stage_weights, video_size_of
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.conditions import clip_inputs
-from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks

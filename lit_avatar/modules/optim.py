@@ -5,8 +5,7 @@ and schedule; these are the pieces their defaults and the YAMLs use.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Callable, Union
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -18,7 +17,7 @@ from lit_avatar.errors import UserError
 # subclass of torch's), spelled here: that module imports jsonargparse, which the bare GPU machine lacks
 # (bench/gpu.sh), and the training modules must import there.
 OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
-LRSchedulerCallable = Callable[[torch.optim.Optimizer], Union[LRScheduler, ReduceLROnPlateau]]
+LRSchedulerCallable = Callable[[torch.optim.Optimizer], LRScheduler | ReduceLROnPlateau]
 
 
 def param_groups(model: nn.Module) -> list[dict]:

@@ -21,20 +21,25 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lit_avatar.errors import UserError
 from lit_avatar.diffusion import SigmaSampler
+from lit_avatar.errors import UserError
 from lit_avatar.inference.clip_rollout import block_step_counts, rollout_clip
 from lit_avatar.inference.loading import generator_record, load_stage_weights, video_size_of
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.conditions import clip_inputs
-from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.critic import critic_flow_loss, critic_from_teacher
 from lit_avatar.modules.dmd import DMDLoss
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.losses import box_weight_map
-from lit_avatar.modules.optim import (LRSchedulerCallable, OptimizerCallable, dmd_critic_adamw, dmd_generator_adamw,
-                                      optimizer_config)
+from lit_avatar.modules.optim import (
+    LRSchedulerCallable,
+    OptimizerCallable,
+    dmd_critic_adamw,
+    dmd_generator_adamw,
+    optimizer_config,
+)
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 from lit_avatar.seeding import step_generator
 
@@ -296,8 +301,8 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         from lit_avatar.data.frames import to_uint8_frames
-        from lit_avatar.modules.sample_logging import frame_grid, tensorboard_of, write_clips
         from lit_avatar.modules.rollout_metrics import boundary_flicker
+        from lit_avatar.modules.sample_logging import frame_grid, tensorboard_of, write_clips
 
         n = min(self.hparams.val_max_samples, next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
         sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "meta"}

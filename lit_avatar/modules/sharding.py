@@ -13,7 +13,7 @@ reduce them over the mesh, so every rank sees, logs and clips by the norm of the
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

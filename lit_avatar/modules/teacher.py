@@ -8,15 +8,22 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lit_avatar.errors import UserError
-from lit_avatar.diffusion import AvatarGuidance, SigmaSampler, add_noise, sample_euler, shifted_schedule, velocity_target
+from lit_avatar.diffusion import (
+    AvatarGuidance,
+    SigmaSampler,
+    add_noise,
+    sample_euler,
+    shifted_schedule,
+    velocity_target,
+)
 from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
+from lit_avatar.errors import UserError
 from lit_avatar.inference.loading import generator_record, video_size_of
 from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.vae import VideoVAE
-from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.conditions import audio_feats_of, drop_conditions, latents_of, ref_latent_of
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
