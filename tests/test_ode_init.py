@@ -1,5 +1,6 @@
 """ODE init: teacher trajectories at the student's levels, block-causal regression, trajectory cache."""
 import torch
+from batches import random_batch
 from torch import nn
 
 from lit_avatar.diffusion import AvatarGuidance, psb_levels, sample_euler, shifted_schedule
@@ -27,14 +28,6 @@ class Recorder(nn.Module):
                            "x": x.detach().clone(), "v": out.detach().clone()})
         return out
 
-
-def batch(b=2, frames=4, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {"video": torch.rand(b, 3, frames, size, size, generator=g) * 2 - 1,
-            "audio": torch.randn(b, frames * 640, generator=g) * 0.1,
-            "ref": torch.rand(b, 3, size, size, generator=g) * 2 - 1,
-            "mouth_box": torch.tensor([[0.25, 0.5, 0.75, 0.75]] * b),
-            "meta": {"key": [f"k{i}" for i in range(b)]}}
 
 
 def test_trajectory_states_sit_on_the_student_levels_and_end_at_the_full_ode_solution():
@@ -70,7 +63,7 @@ def test_regression_is_block_causal_with_per_block_student_levels_and_caches(tmp
     student, teacher = Recorder(), Recorder()
     module = ODEInitModule(student, teacher, rollout=OPTS, vae=PatchVAE(2), audio_encoder=MelAudioEncoder(),
                            teacher_substeps=2, cache_dir=str(tmp_path), audio_guidance=1.0)
-    b = batch()
+    b = random_batch()
     loss = module.regression_loss(b, torch.Generator().manual_seed(0))
     loss.backward()
     assert student.conv.weight.grad.abs().sum() > 0 and teacher.conv.weight.grad is None
@@ -105,7 +98,7 @@ def test_fit_two_steps_with_a_micro_dit_and_record(tmp_path):
                            audio_encoder=MelAudioEncoder(), teacher_substeps=1,
                            lr_scheduler=lambda optimizer: LinearWarmup(optimizer, warmup_steps=1))
     before = [p.clone() for p in module.generator.parameters()]
-    loader = torch.utils.data.DataLoader([batch(seed=i) for i in range(2)], batch_size=None)
+    loader = torch.utils.data.DataLoader([random_batch(seed=i) for i in range(2)], batch_size=None)
     trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.fit(module, loader)
@@ -131,7 +124,7 @@ def _context_draws(mci_enabled, seeds=range(16)):
     student = Recorder()
     module = ODEInitModule(student, Recorder(), rollout=opts, vae=PatchVAE(2), audio_encoder=MelAudioEncoder(),
                            teacher_substeps=1, mouth_weight=1.0)
-    b = batch()
+    b = random_batch()
     clean = module.trajectories(b, tuple(module.vae.encode(b["video"]).shape), _conds(module, b))[-1]
     out = []
     for seed in seeds:

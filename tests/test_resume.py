@@ -1,8 +1,9 @@
 """A run killed mid-way and resumed from its checkpoint continues exactly like an uninterrupted one:
 optimisers, EMA, critic, step count, generator-update count and data position."""
 import torch
+from batches import random_batch
 
-from tests.test_self_forcing import adamw, batch, make_module
+from tests.test_self_forcing import adamw, make_module
 
 
 class PositionedBatches:
@@ -42,7 +43,7 @@ def _trainer(max_steps, root, callbacks=()):
 def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    data = [batch(seed=i) for i in range(6)]
+    data = [random_batch(seed=i) for i in range(6)]
     kwargs = dict(critic_steps=2, generator_optimizer=adamw(1e-3), critic_optimizer=adamw(1e-3), ema_decay=0.5,
                   ema_start_step=0)
 

@@ -3,6 +3,7 @@ import functools
 
 import pytest
 import torch
+from batches import random_batch
 
 from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
 from lit_avatar.models.audio import MelAudioEncoder
@@ -37,14 +38,6 @@ def make_module(**kwargs):
                              audio_encoder=MelAudioEncoder(), **kwargs)
 
 
-def batch(b=2, frames=4, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {"video": torch.rand(b, 3, frames, size, size, generator=g) * 2 - 1,
-            "audio": torch.randn(b, frames * 640, generator=g) * 0.1,
-            "ref": torch.rand(b, 3, size, size, generator=g) * 2 - 1,
-            "mouth_box": torch.tensor([[0.25, 0.5, 0.75, 0.75]] * b),
-            "meta": {"key": [f"s{seed}_{i}" for i in range(b)]}}
-
 
 def test_gradient_flows_only_through_the_exit_forward():
     module = make_module()
@@ -57,7 +50,7 @@ def test_gradient_flows_only_through_the_exit_forward():
         return original(x, timestep, frame_positions, cache, audio_tokens, write_frames)
 
     gen.forward_cached = spy
-    x0, conds = clip_inputs(batch(), module.vae, module.audio_encoder)
+    x0, conds = clip_inputs(random_batch(), module.vae, module.audio_encoder)
     from lit_avatar.inference.clip_rollout import rollout_clip
 
     x, rollout = rollout_clip(gen, OPTS, conds, tuple(x0.shape), exit_steps=[1, 0],
@@ -86,11 +79,11 @@ def test_training_steps_update_generator_every_critic_steps_and_save_a_student_r
     gen0 = [p.detach().clone() for p in module.generator.parameters()]
     critic0 = [p.detach().clone() for p in module.critic.parameters()]
     teacher0 = [p.detach().clone() for p in module.teacher.parameters()]
-    loader = torch.utils.data.DataLoader([batch(seed=i) for i in range(3)], batch_size=None)
+    loader = torch.utils.data.DataLoader([random_batch(seed=i) for i in range(3)], batch_size=None)
     trainer = pl.Trainer(max_steps=3, logger=TensorBoardLogger(str(tmp_path), name="sf"), enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
                          num_sanity_val_steps=0)
-    trainer.fit(module, loader, torch.utils.data.DataLoader([batch(seed=9)], batch_size=None))
+    trainer.fit(module, loader, torch.utils.data.DataLoader([random_batch(seed=9)], batch_size=None))
     assert trainer.global_step == 3  # one critic update per batch
     assert module.generator_updates == 2  # steps 0 and 2
     assert any(not torch.equal(a, p) for a, p in zip(gen0, module.generator.parameters()))
@@ -138,7 +131,7 @@ def test_stage_weights_chain_teacher_to_student(tmp_path):
 def _fit(module, steps, callbacks=()):
     import lightning.pytorch as pl
 
-    loader = torch.utils.data.DataLoader([batch(seed=i) for i in range(steps)], batch_size=None)
+    loader = torch.utils.data.DataLoader([random_batch(seed=i) for i in range(steps)], batch_size=None)
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, callbacks=list(callbacks))
     trainer.fit(module, loader)
@@ -245,7 +238,7 @@ def test_both_optimizers_step_through_the_precision_plugin_and_clip_by_the_logge
     precision, norms = CountingPrecision(), RecordNorms()
     trainer = pl.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, plugins=[precision], callbacks=[norms])
-    trainer.fit(module, PositionedBatches([batch(seed=i) for i in range(3)]))
+    trainer.fit(module, PositionedBatches([random_batch(seed=i) for i in range(3)]))
     assert trainer.global_step == 3 and module.generator_updates == 2
     assert precision.steps == [0, 1, 1, 0, 1]  # generator at steps 0 and 2, critic at every step
     for _, raw_norm, params in norms.rows[-2:]:  # the gradients left by the last step of each network
