@@ -76,7 +76,7 @@ def _table_parser() -> CommandParser:
         "better direction.",
         options_file="--options",  # --config is the table YAML itself
     )
-    p.add_argument("--config", required=True, help="table YAML (experiments/tables/NAME.yaml)")
+    p.add_argument("--config", dest="table", required=True, help="table YAML (experiments/tables/NAME.yaml)")
     p.add_argument("--out", required=True, help="output .md or .tex (written atomically)")
     p.add_argument("--run", action="store_true",
                    help="for rows whose results file is missing, run the row's generate/eval commands first")
@@ -88,6 +88,6 @@ def main_table(argv: list[str]) -> int:
     from eval.tables import build_table
 
     args = _table_parser().parse(argv)
-    text = build_table(args.config, args.out, run=args.run, command="lit-avatar table " + shlex.join(argv))
+    text = build_table(args.table, args.out, run=args.run, command="lit-avatar table " + shlex.join(argv))
     print(f"wrote {args.out} ({text.count(chr(10))} lines)")
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,18 +170,25 @@ def best_rows(values: list[dict], columns: list[Column], eligible: list[bool]) -
     return best
 
 
+def _cells(i: int, vals: dict, columns: list[Column], best: dict[str, set[int]], marks: list[dict] | None,
+           missing: str, bold: Callable[[str], str], mark_text: Callable[[str], str] = str) -> list[str]:
+    """Row i's cells: the formatted value (`missing` when absent), bold where best, then its interval mark."""
+    cells = []
+    for c in columns:
+        v = vals[c.key]
+        text = missing if v is None else format(v, c.fmt)
+        text = bold(text) if i in best[c.key] else text
+        cells.append(text + (mark_text(marks[i][c.key]) if marks and v is not None else ""))
+    return cells
+
+
 def render_markdown(title: str, names: list[str], values: list[dict], columns: list[Column],
                     best: dict[str, set[int]], footer: str, marks: list[dict] | None = None) -> str:
     head = "| Method | " + " | ".join(f"{c.header} {c.arrow}" for c in columns) + " |"
     rule = "|---|" + "|".join("---:" for _ in columns) + "|"
     lines = [f"### {title}", "", head, rule] if title else [head, rule]
     for i, (name, vals) in enumerate(zip(names, values)):
-        cells = []
-        for c in columns:
-            v = vals[c.key]
-            text = "–" if v is None else format(v, c.fmt)
-            text = f"**{text}**" if i in best[c.key] else text
-            cells.append(text + (marks[i][c.key] if marks and v is not None else ""))
+        cells = _cells(i, vals, columns, best, marks, "–", lambda t: f"**{t}**")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", footer, ""])
 
@@ -198,13 +206,8 @@ def render_latex(title: str, names: list[str], values: list[dict], columns: list
              "Method & " + " & ".join(f"{_tex_escape(c.header)} {arrows[c.better]}" for c in columns) + r" \\",
              r"\midrule"]
     for i, (name, vals) in enumerate(zip(names, values)):
-        cells = []
-        for c in columns:
-            v = vals[c.key]
-            text = "--" if v is None else format(v, c.fmt)
-            text = rf"\textbf{{{text}}}" if i in best[c.key] else text
-            mark = marks[i][c.key] if marks and v is not None else ""
-            cells.append(text + mark.replace("±", r"$\pm$").replace("†", r"$^\dagger$"))
+        cells = _cells(i, vals, columns, best, marks, "--", lambda t: rf"\textbf{{{t}}}",
+                       lambda m: m.replace("±", r"$\pm$").replace("†", r"$^\dagger$"))
         lines.append(_tex_escape(name) + " & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if title:

@@ -54,7 +54,7 @@ class CommandParser(ArgumentParser):
         super().__init__(prog=prog, description=description, exit_on_error=False, **kwargs)
         if ActionConfigFile is None:
             return
-        self.add_argument(options_file, action=ActionConfigFile,
+        self.add_argument(options_file, action=ActionConfigFile, dest="config",
                           help="YAML/JSON file of options (keys: option names with underscores); later "
                           "options override it")
 
@@ -70,19 +70,19 @@ class CommandParser(ArgumentParser):
             raise UserError(one_line(err, self.prog, known, argv)) from None
 
 
-def option_strings(parser: ArgumentParser) -> list[str]:
-    """Every long option a parser (and its subcommands' parsers) accepts."""
-    found: list[str] = []
+def option_strings(parser: ArgumentParser) -> dict[str, str]:
+    """Every long option a parser (and its subcommands' parsers) accepts -> the key it sets."""
+    found: dict[str, str] = {}
     for action in parser._actions:
-        found += [s for s in action.option_strings if s.startswith("--")]
+        found.update({s: action.dest for s in action.option_strings if s.startswith("--")})
         for sub in (getattr(action, "choices", None) or {}).values() if isinstance(
                 getattr(action, "choices", None), dict) else ():
             if isinstance(sub, ArgumentParser):
-                found += option_strings(sub)
-    return sorted(set(found))
+                found.update(option_strings(sub))
+    return found
 
 
-def _dashed(token: str, known: list[str]) -> str:
+def _dashed(token: str, known: dict[str, str]) -> str:
     """`--psb_steps[=v]` -> `--psb-steps[=v]` where only the dashed spelling is an option (both are accepted)."""
     if not token.startswith("--"):
         return token
@@ -139,8 +139,9 @@ def _naming_config_files(message: str, argv: Sequence[str]) -> str:
 
 def _flag_for(key: str, known: Iterable[str]) -> str:
     """The command-line spelling of a parser key (`psb_steps` -> `--psb-steps` where that is the option)."""
+    dests = known if isinstance(known, dict) else {}
     for option in known:
-        if option[2:].replace("-", "_") == key:
+        if dests.get(option) == key or option[2:].replace("-", "_") == key:
             return option
     return f"--{key}"
 

@@ -26,14 +26,16 @@ def test_stats_match_numpy():
     np.testing.assert_allclose(cov2, cov, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("d,n", [(16, 200), (64, 300)])
-def test_eig_trace_equals_sqrtm_formula(d, n):
-    rng = np.random.default_rng(d)
-    mu1, s1 = _random_cov(rng, d, n)
-    mu2, s2 = _random_cov(rng, d, n)
+def _both_methods_match_scipy(mu1, s1, mu2, s2) -> None:
     ref = _scipy_reference(mu1, s1, mu2, s2)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-6)
     assert frechet_distance(mu1, s1, mu2, s2, method="sqrtm") == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("d,n", [(16, 200), (64, 300)])
+def test_eig_trace_equals_sqrtm_formula(d, n):
+    rng = np.random.default_rng(d)
+    _both_methods_match_scipy(*_random_cov(rng, d, n), *_random_cov(rng, d, n))
 
 
 def test_near_singular_covariances():
@@ -41,11 +43,7 @@ def test_near_singular_covariances():
     rng = np.random.default_rng(1)
     a = rng.standard_normal((20, 32))
     b = rng.standard_normal((20, 32)) + 0.5
-    mu1, s1 = feature_stats(a)
-    mu2, s2 = feature_stats(b)
-    ref = _scipy_reference(mu1, s1, mu2, s2)
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-6)
-    assert frechet_distance(mu1, s1, mu2, s2, method="sqrtm") == pytest.approx(ref, rel=1e-6)
+    _both_methods_match_scipy(*feature_stats(a), *feature_stats(b))
 
 
 def test_feature_route_equals_covariance_route():
