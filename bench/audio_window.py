@@ -70,7 +70,8 @@ def overlay(path: Path, encoder_dir: Path, feature_dim: int, stage: str) -> Path
     """A YAML stacked on the tiny recipe: wav2vec2 instead of log-mel, the DiT's audio width to match."""
     model = ("{class_path: lit_avatar.models.dit.AvatarDiT, init_args: {preset: tiny, "
              f"overrides: {{audio_feature_dim: {feature_dim}}}}}}}")
-    encoder = f"{{class_path: lit_avatar.models.audio.Wav2Vec2AudioEncoder, init_args: {{path: {encoder_dir}, layers: all}}}}"
+    encoder = ("{class_path: lit_avatar.models.audio.Wav2Vec2AudioEncoder, "
+               f"init_args: {{path: {encoder_dir}, layers: all}}}}")
     nets = [f"    model: {model}"] if stage == "teacher" else [f"    generator: {model}", f"    teacher: {model}"]
     path.write_text("model:\n  init_args:\n" + "\n".join(nets) + f"\n    audio_encoder: {encoder}\n")
     return path
@@ -92,7 +93,8 @@ def train(out: Path, args: Namespace) -> Path:
                                       ["--data.init_args.num_workers=0"]), data, logs, seed=args.seed)
     ode_yaml = overlay(out / "ode_w2v.yaml", encoder_dir, feature_dim, "ode")
     ode_ckpt, _ = fit_stage(Stage("ode_init", [str(ODE_CONFIG), str(ode_yaml)], args.ode_steps,
-                                  [f"--model.init_args.teacher_weights={teacher_ckpt}", "--data.init_args.num_workers=0"]),
+                                  [f"--model.init_args.teacher_weights={teacher_ckpt}",
+                                   "--data.init_args.num_workers=0"]),
                             data, logs, seed=args.seed)
     return ode_ckpt
 

@@ -5,7 +5,8 @@ from lit_avatar.command import dispatch
 
 BENCHMARKS = {
     "stream": ("bench.stream:main", "streaming latency, memory and KV cache vs recomputation (AvatarStreamer)"),
-    "train": ("bench.train_step:main", "one training step per stage (teacher, ODE init, Self-Forcing) with peak memory"),
+    "train": ("bench.train_step:main",
+              "one training step per stage (teacher, ODE init, Self-Forcing) with peak memory"),
     "gpu": ("bench.gpu:main", "everything bench/gpu.sh measures, in one process (--dry_run: tiny, on any device)"),
     "build": ("bench.build_throughput:main", "data build throughput"),
 }

@@ -36,7 +36,8 @@ TINY = {"preset": "micro", "height": "64", "width": "64", "scale": "tiny"}
 
 def build_parser() -> CommandParser:
     p = CommandParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/gpu_bench/gpu_bench.json", help="result JSON (written atomically after every section)")
+    p.add_argument("--out", default="runs/gpu_bench/gpu_bench.json", help="result JSON (written atomically after "
+                   "every section)")
     p.add_argument("--dry-run", action="store_true", help="tiny scale, few blocks, on whatever device is here")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--latent-frames", type=int, default=2000, help="eager stream length (memory must stay flat)")
@@ -64,7 +65,8 @@ def environment(device: str) -> dict:
     return info
 
 
-def stream_args(scale: dict, device: str, latent_frames: int, seconds: float, flags: tuple[str, ...], dry: bool) -> list[str]:
+def stream_args(scale: dict, device: str, latent_frames: int, seconds: float, flags: tuple[str, ...],
+                dry: bool) -> list[str]:
     """bench stream's arguments: the 1.3B path as a user runs it; flags: --compile, --cuda-graphs."""
     # warm-up blocks: 3 PSB lists + a reset's positions (URCR 21 / blocks of 3: a reset every 6 blocks);
     # compilation and graph capture happen there, not in the measured stream
@@ -203,7 +205,8 @@ def rows(result: dict) -> str:
         ("frames/s end to end (audio + DiT + VAE), whole stream", lambda s, r: _fmt(s.get("frames_per_second"), ".1f")),
         ("frames/s at steady state (median block)", lambda s, r: _fmt(s.get("steady_frames_per_second"), ".1f")),
         ("time to first frame, warm / cold (first stream of the process)",
-         lambda s, r: f"{_fmt(s.get('time_to_first_frame_s'))} / {_fmt(r.get('warmup', {}).get('time_to_first_frame_s'))} s"),
+         lambda s, r: f"{_fmt(s.get('time_to_first_frame_s'))} / "
+                      f"{_fmt(r.get('warmup', {}).get('time_to_first_frame_s'))} s"),
         ("steady block latency p50 / p90 / p99",
          lambda s, r: " / ".join(_fmt(steady(s, q)) for q in ("p50", "p90", "p99")) + " s"),
         ("reset block latency (median)", lambda s, r: _fmt(s.get("latency_s", {}).get("reset_median"), ".3f", " s")),

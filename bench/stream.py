@@ -90,7 +90,8 @@ class NullVAE(torch.nn.Module):
 
     def __init__(self, latent_channels: int, temporal_factor: int, spatial_factor: int) -> None:
         super().__init__()
-        self.latent_channels, self.temporal_factor, self.spatial_factor = latent_channels, temporal_factor, spatial_factor
+        self.latent_channels = latent_channels
+        self.temporal_factor, self.spatial_factor = temporal_factor, spatial_factor
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         b, _, t, h, w = video.shape
@@ -161,7 +162,8 @@ def build_parts(args: Namespace):
     overrides = {}
     if args.vae == "wan":
         vae = wan_vae(args.scale, device, dtype)
-        labels["vae"] = f"WanVAE: AutoencoderKLWan {'tiny' if args.scale == 'tiny' else 'Wan2.1'} config, random weights, causal stream decode"
+        labels["vae"] = (f"WanVAE: AutoencoderKLWan {'tiny' if args.scale == 'tiny' else 'Wan2.1'} config, "
+                         "random weights, causal stream decode")
         overrides.update(in_channels=vae.latent_channels, out_channels=vae.latent_channels,
                          temporal_factor=vae.temporal_factor)
     elif args.vae == "patch":
@@ -185,7 +187,8 @@ def build_parts(args: Namespace):
         encoder = MelAudioEncoder(n_mels=n_mels, normalize=False)
         if n_mels != base.audio_feature_dim:
             overrides["audio_feature_dim"] = n_mels
-            labels["audio"] = f"MelAudioEncoder stand-in ({n_mels} mels) for wav2vec2 ({base.audio_feature_dim} features)"
+            labels["audio"] = (f"MelAudioEncoder stand-in ({n_mels} mels) for wav2vec2 "
+                               f"({base.audio_feature_dim} features)")
         else:
             labels["audio"] = f"MelAudioEncoder ({n_mels} mels)"
     torch.manual_seed(args.seed)
@@ -429,7 +432,8 @@ def main(argv: list[str]) -> int:
         "benchmark": "stream", "preset": args.preset, "height": args.height, "width": args.width,
         "device": args.device, "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else
         _cpu_name(), "dtype": str(resolve_dtype(args.dtype, args.device)).removeprefix("torch."), **fast,
-        "compile": bool(args.compile), "cuda_graphs": bool(args.cuda_graphs), "audio": args.audio, "vae": args.vae, "threads": torch.get_num_threads(), "psb_steps": args.psb_steps,
+        "compile": bool(args.compile), "cuda_graphs": bool(args.cuda_graphs), "audio": args.audio, "vae": args.vae,
+        "threads": torch.get_num_threads(), "psb_steps": args.psb_steps,
         "frames_per_block": args.frames_per_block, "temporal_factor": vae.temporal_factor,
         "parameters": sum(p.numel() for p in model.parameters()), "stand_ins": labels,
         "load_average_start": os.getloadavg(), "command": "lit-avatar bench stream " + " ".join(argv),

@@ -172,7 +172,8 @@ def render(identity: Identity, size: int, offsets: np.ndarray, opening: np.ndarr
 
     (c0, c1), angle = identity.background, identity.background_angle
     ramp = np.clip(0.5 + (u - 0.5) * np.cos(angle) + (v - 0.5) * np.sin(angle), 0, 1)[0]
-    background = np.asarray(c0, np.float32) + ramp[..., None] * (np.asarray(c1, np.float32) - np.asarray(c0, np.float32))
+    start = np.asarray(c0, np.float32)
+    background = start + ramp[..., None] * (np.asarray(c1, np.float32) - start)
     image = np.repeat(background[None], count, axis=0).astype(np.float32)
     cx, cy = col(identity.face_center[0] + offsets[:, 0]), col(identity.face_center[1] + offsets[:, 1])
     rx, ry = identity.face_radii

@@ -78,7 +78,8 @@ def masked_ssim_psnr(gen: np.ndarray, target: np.ndarray, box: Sequence[float],
     if t.shape[0] == 1:
         t = t.expand(g.shape[0], -1, -1, -1)
     if t.shape[1:] != g.shape[1:]:
-        raise UserError(f"target frames: expected size {tuple(g.shape[2:])} like the generated ones, got {tuple(t.shape[2:])}")
+        raise UserError(f"target frames: expected size {tuple(g.shape[2:])} like the generated ones, "
+                        f"got {tuple(t.shape[2:])}")
     n = min(g.shape[0], t.shape[0])  # a real clip shorter than the stream: compare the overlap
     g, t = g[:n], t[:n]
     mask = torch.from_numpy(outside_mouth_mask(box, g.shape[2], g.shape[3])).double()
@@ -206,5 +207,6 @@ class AppearanceScorer:
         for key in ("ssim_outside_mouth", "psnr_outside_mouth", "ref_ssim", "synthsync_r_reversed_audio",
                     "synthsync_r_credited", "appearance_pass"):
             values = [float(r[key]) for r in self.rows if key in r]
-            out[key if key != "appearance_pass" else "appearance_pass_rate"] = float(np.mean(values)) if values else None
+            name = key if key != "appearance_pass" else "appearance_pass_rate"
+            out[name] = float(np.mean(values)) if values else None
         return out

@@ -296,7 +296,8 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
             reference = load_reference(name, opts.refs)
             if reference is None and real_frames is not None:
                 reference = real_frames[0]
-            row.update(scorers["appearance"].video(frames, sidecar["mouth_box"], real_frames, reference, audio, opts.fps))
+            row.update(scorers["appearance"].video(frames, sidecar["mouth_box"], real_frames, reference, audio,
+                                                   opts.fps))
             curve = scorers["appearance"].drift(opts.fps, opts.window) if drift_on else None
             if curve is not None:
                 curves["ref_ssim"] = curve

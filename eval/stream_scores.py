@@ -61,7 +61,8 @@ def score_streams(gen: np.ndarray, real: np.ndarray, refs: np.ndarray, boxes: Se
         ssim, psnr = masked_ssim_psnr(gen[i], real[i], boxes[i])
         ref_ssim, _ = masked_ssim_psnr(gen[i], refs[i], boxes[i])
         row = {"synthsync_r": _sync(gen[i], boxes[i], audio[i], 0, t, fps),
-               "synthsync_r_shuffled": _sync(gen[i], boxes[i], audio[(i + 1) % b] if b > 1 else audio[i][::-1], 0, t, fps),
+               "synthsync_r_shuffled": _sync(gen[i], boxes[i], audio[(i + 1) % b] if b > 1 else audio[i][::-1],
+                                             0, t, fps),
                "ssim_outside_mouth": float(ssim.mean()), "psnr_outside_mouth": float(psnr.mean()),
                "ref_ssim": float(ref_ssim.mean()),
                "first_ssim_outside_mouth": float(ssim[:first].mean()),

@@ -137,7 +137,8 @@ def row_values(row: dict, columns: list[Column], config: Path, run: bool) -> dic
     return out
 
 
-def row_marks(row: dict, columns: list[Column], interval_suffix: str | None, differs_suffix: str | None) -> dict[str, str]:
+def row_marks(row: dict, columns: list[Column], interval_suffix: str | None,
+              differs_suffix: str | None) -> dict[str, str]:
     """Per column, what follows the value: " ± half-width" of its interval and "†" when it differs."""
     if not interval_suffix and not differs_suffix:
         return {c.key: "" for c in columns}

@@ -41,7 +41,8 @@ def _parser() -> CommandParser:
     p.add_argument("--window", type=float, default=None, help="drift window in seconds (default: the protocol's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--demo-args", default="",
-                   help="extra `make demo` arguments for the shared data/teacher/ODE stages (e.g. '--teacher-steps 20')")
+                   help="extra `make demo` arguments for the shared data/teacher/ODE stages "
+                   "(e.g. '--teacher-steps 20')")
     return p
 
 

@@ -47,9 +47,11 @@ def build_parser() -> CommandParser:
     p.add_argument("--teacher-batch", type=int, default=8, help="teacher clips per step (the YAML has 16)")
     p.add_argument("--ode-steps", type=int, default=100, help="ODE-init steps")
     p.add_argument("--ode-batch", type=int, default=4, help="ODE-init clips per step (the YAML has 8)")
-    p.add_argument("--dmd-steps", type=int, default=150, help="DMD steps (critic updates; 1 in 5 also updates the generator)")
+    p.add_argument("--dmd-steps", type=int, default=150, help="DMD steps (critic updates; 1 in 5 also updates "
+                   "the generator)")
     p.add_argument("--dmd-batch", type=int, default=4, help="DMD clips per step (the YAML has 8)")
-    p.add_argument("--teacher-sample-steps", type=int, default=16, help="Euler steps of the teacher in the checks and the comparison")
+    p.add_argument("--teacher-sample-steps", type=int, default=16, help="Euler steps of the teacher in the checks "
+                   "and the comparison")
     p.add_argument("--sample-frames", type=int, default=50, help="frames per compared clip (25 fps)")
     p.add_argument("--num-samples", type=int, default=4, help="held-out clips compared")
     p.add_argument("--stream-seconds", type=float, default=60.0, help="length of the streamed video")
@@ -175,7 +177,8 @@ def _validate(args: Namespace) -> None:
 def _verdict_line(who: str, scores: dict) -> tuple[str, object]:
     from eval.appearance import judge
 
-    v = judge(scores["ssim_outside_mouth"], scores["synthsync_r"], scores["synthsync_r_shuffled"], who=f"the {who}'s samples")
+    v = judge(scores["ssim_outside_mouth"], scores["synthsync_r"], scores["synthsync_r_shuffled"],
+              who=f"the {who}'s samples")
     return v.reason, v
 
 
@@ -227,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     lap("teacher", t0)
     summary: dict = {"teacher_check": teacher_check, "teacher_loss_first50": _loss_window(teacher.parents[1], True),
                      "teacher_loss_last50": _loss_window(teacher.parents[1], False),
-                     "thresholds": {"appearance_ssim": APPEARANCE_PASS_SSIM, "synthsync_margin_over_shuffled": SYNC_PASS_MARGIN}}
+                     "thresholds": {"appearance_ssim": APPEARANCE_PASS_SSIM,
+                                    "synthsync_margin_over_shuffled": SYNC_PASS_MARGIN}}
     reason, _ = _verdict_line("teacher", teacher_check)
     print(f"      teacher check: appearance SSIM {teacher_check['ssim_outside_mouth']:.2f}, SynthSync r "
           f"{teacher_check['synthsync_r']:+.2f} (shuffled {teacher_check['synthsync_r_shuffled']:+.2f})", flush=True)
@@ -286,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  long stream        {stream['video']} ({stream['frames']} frames), SynthSync r "
           f"{stream['synthsync_r']:+.2f} (reversed audio {stream['synthsync_r_reversed_audio']:+.2f}, real video "
           f"{stream['synthsync_r_real']:+.2f}), appearance SSIM {stream['ssim_outside_mouth']:.2f}")
-    print(f"  clips (mp4+audio)  {out}/teacher_*.mp4, {out}/student_*.mp4; real/teacher/student: {files['comparison']}, "
-          f"{files['frame_grid']}")
+    print(f"  clips (mp4+audio)  {out}/teacher_*.mp4, {out}/student_*.mp4; real/teacher/student: "
+          f"{files['comparison']}, {files['frame_grid']}")
     print(f"  logs, checkpoints  {logs} (make tensorboard, or tensorboard --logdir {logs}); library log {log_file}")
     print(f"  time               {timings}")
     for reason, _ in verdicts.values():

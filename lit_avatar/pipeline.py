@@ -125,7 +125,8 @@ def sample_teacher(teacher, batch: dict, steps: int, audio_guidance: float = 2.0
     with torch.inference_mode():
         x0, conds = clip_inputs(batch, teacher.vae, teacher.audio_encoder)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        denoiser = AvatarGuidance(audio_scale=audio_guidance).denoiser(teacher.model, conds.audio, conds.ref, conds.text)
+        guidance = AvatarGuidance(audio_scale=audio_guidance)
+        denoiser = guidance.denoiser(teacher.model, conds.audio, conds.ref, conds.text)
         latents = sample_euler(denoiser, noise, shifted_schedule(steps, shift), progress=_bar("teacher sampling"))
         return teacher.vae.decode(latents).float().clamp(-1, 1)
 

@@ -23,7 +23,8 @@ def encoder():
 def _speechlike(seconds: float, seed: int = 0) -> torch.Tensor:
     t = np.arange(int(16000 * seconds)) / 16000
     rng = np.random.default_rng(seed)
-    wave = 0.3 * np.sin(2 * np.pi * 150 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.standard_normal(t.size)
+    tone = 0.3 * np.sin(2 * np.pi * 150 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    wave = tone + 0.05 * rng.standard_normal(t.size)
     return torch.from_numpy(wave.astype(np.float32))[None]
 
 

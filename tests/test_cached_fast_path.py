@@ -29,7 +29,8 @@ def _model(preset: str = "micro", **overrides) -> AvatarDiT:
     return model
 
 
-OPTIONS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[3, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))
+OPTIONS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[3, 2]),
+                         urcr=URCROptions(max_frames=6, keep_frames=2))
 
 
 def _cached_blocks(model: AvatarDiT, grad: bool, blocks: int = 4) -> list[torch.Tensor]:

@@ -68,8 +68,8 @@ def test_rollout_last_block_equals_masked_forward_with_urcr_off():
         # The last block's first denoising step, from the rollout's cache and from one masked forward.
         sigma0 = float(rollout.sigmas_for(blocks - 1)[0])
         last = slice(fpb * (blocks - 1), fpb * blocks)
-        v_cached = model.forward_cached(noises[-1], torch.full((b,), 1000 * sigma0), torch.arange(last.start, last.stop),
-                                        rollout.cache, tokens[:, last])
+        v_cached = model.forward_cached(noises[-1], torch.full((b,), 1000 * sigma0),
+                                        torch.arange(last.start, last.stop), rollout.cache, tokens[:, last])
         sequence = torch.cat(outs + [noises[-1]], dim=2)
         timesteps = torch.zeros(b, fpb * blocks)
         timesteps[:, last] = 1000 * sigma0

@@ -136,7 +136,8 @@ class _Recorder(torch.nn.Module):
         self.calls = []
 
     def forward(self, x, timestep, audio=None, ref=None, text=None):
-        self.calls.append((audio is not None and bool(audio.abs().sum() > 0), ref is not None and bool(ref.abs().sum() > 0)))
+        self.calls.append((audio is not None and bool(audio.abs().sum() > 0),
+                           ref is not None and bool(ref.abs().sum() > 0)))
         a = 10.0 if self.calls[-1][0] else 0.0
         r = 1.0 if self.calls[-1][1] else 0.0
         return torch.full_like(x, a + r) + 0 * timestep.reshape(-1, 1, 1, 1, 1)

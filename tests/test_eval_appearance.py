@@ -71,11 +71,13 @@ def test_ssim_matches_torchmetrics_on_full_frames_and_psnr_formula():
     expected = (full.mean(1).numpy() * mask).sum((1, 2)) / mask.sum()
     np.testing.assert_allclose(ssim, expected, rtol=1e-6)  # the float64 reference; ours runs SSIM in float32
     assert mask.sum() < 24 * 24  # the padded box does mask some pixels
-    ref_psnr = [float(peak_signal_noise_ratio(ta[i:i + 1] * torch.from_numpy(mask), tb[i:i + 1] * torch.from_numpy(mask),
-                                              data_range=1.0)) for i in range(3)]
+    mask_t = torch.from_numpy(mask)
+    ref_psnr = [float(peak_signal_noise_ratio(ta[i:i + 1] * mask_t, tb[i:i + 1] * mask_t, data_range=1.0))
+                for i in range(3)]
     # torchmetrics' PSNR averages over all pixels; masked pixels are 0 in both, so rescale its MSE
     scale = mask.size / mask.sum()
-    np.testing.assert_allclose(psnr, np.array(ref_psnr) - 10 * np.log10(scale), rtol=1e-6)  # torchmetrics sums in float32
+    # torchmetrics sums in float32
+    np.testing.assert_allclose(psnr, np.array(ref_psnr) - 10 * np.log10(scale), rtol=1e-6)
 
 
 def test_bad_box_is_a_user_error():
@@ -113,5 +115,6 @@ def test_eval_cli_reports_appearance_and_credits_sync_only_where_it_passes(tmp_p
     assert videos["copy"]["ssim_outside_mouth"] > 0.95 and videos["copy"]["appearance_pass"]
     assert videos["copy"]["synthsync_r_credited"] == pytest.approx(videos["copy"]["synthsync_r"])
     assert videos["noise"]["synthsync_r"] > 0.3  # fooled alone ...
-    assert videos["noise"]["ssim_outside_mouth"] < 0.2 and videos["noise"]["synthsync_r_credited"] == 0.0  # ... not credited
+    assert (videos["noise"]["ssim_outside_mouth"] < 0.2
+            and videos["noise"]["synthsync_r_credited"] == 0.0)  # ... not credited
     assert json.loads(out.read_text())["aggregate"]["appearance_pass_rate"] == 0.5

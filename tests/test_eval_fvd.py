@@ -77,7 +77,8 @@ def test_fvd_protocols_take_one_whole_frame_clip_or_every_cropped_clip():
     video[:, :, :10] = 255  # a white band at the left edge: kept by a whole-frame resize, cut by a centre crop
     one = protocol_clips(video, "stylegan-v")
     assert len(one) == 1 and one[0].shape == (3, 16, 224, 224)
-    assert torch.allclose(one[0][:, :, :, :5], torch.ones(1)) and not torch.equal(one[0], protocol_clips(video[1:], "stylegan-v")[0])
+    assert (torch.allclose(one[0][:, :, :, :5], torch.ones(1))
+            and not torch.equal(one[0], protocol_clips(video[1:], "stylegan-v")[0]))
     every = protocol_clips(video, "all-clips")
     assert len(every) == 2 and (every[0][:, :, :, :5] < 0.99).any()
     assert protocol_clips(video[:10], "stylegan-v") == []  # shorter than a clip: left out, as StyleGAN-V does

@@ -88,10 +88,12 @@ def _worker(rank: int, port: int, folder: str) -> None:
     gathered_norm = float(torch.sqrt(sum(g.double().square().sum() for g in full)))
     result["gathered_norm"] = gathered_norm
     result["global_norm"] = float(global_grad_norm(model.parameters()))
-    local_pre = float(torch.sqrt(sum(p.grad.to_local().double().square().sum() for p in model.parameters() if p.grad is not None)))
+    local_pre = float(torch.sqrt(sum(p.grad.to_local().double().square().sum() for p in model.parameters()
+                                     if p.grad is not None)))
     clip_total = torch.nn.utils.clip_grad_norm_(list(model.parameters()), max_norm=gathered_norm / 4)
     result["clip_total"] = float(clip_total.full_tensor() if hasattr(clip_total, "full_tensor") else clip_total)
-    local_post = float(torch.sqrt(sum(p.grad.to_local().double().square().sum() for p in model.parameters() if p.grad is not None)))
+    local_post = float(torch.sqrt(sum(p.grad.to_local().double().square().sum() for p in model.parameters()
+                                      if p.grad is not None)))
     result["clip_scale"] = local_post / local_pre
     result["norm_after_clip"] = float(global_grad_norm(model.parameters()))
 

@@ -37,7 +37,8 @@ def test_trajectory_states_sit_on_the_student_levels_and_end_at_the_full_ode_sol
     traj = teacher_trajectory(teacher, AvatarGuidance(), conds, noise, OPTS, substeps=3)
     assert traj.shape == (5, 1, 12, 4, 4, 4) and torch.equal(traj[0], noise)
     fine = shifted_schedule(12, OPTS.shift)
-    torch.testing.assert_close(fine[::3], psb_levels(OPTS.psb.steps, OPTS.shift))  # the fine grid contains the student levels
+    # the fine grid contains the student levels
+    torch.testing.assert_close(fine[::3], psb_levels(OPTS.psb.steps, OPTS.shift))
     levels_seen = sorted({round(c["t"][0].item(), 3) for c in teacher.calls}, reverse=True)
     assert len(levels_seen) == 12  # 4 student steps x 3 teacher substeps
     full = sample_euler(lambda x, s: teacher(x, s * 1000), noise, fine)

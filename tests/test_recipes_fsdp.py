@@ -131,7 +131,8 @@ def chain(tmp_path_factory) -> dict[str, Path]:
                        weights={"teacher_weights": teacher_ckpt,
                                 "generator_weights": str(_last(runs["ode"], "ode"))})
     runs["dmd_resumed"] = root / "dmd_resumed"
-    runs["resume_args"] = (inputs, {"teacher_weights": teacher_ckpt, "generator_weights": str(_last(runs["ode"], "ode"))})
+    runs["resume_args"] = (inputs, {"teacher_weights": teacher_ckpt,
+                                    "generator_weights": str(_last(runs["ode"], "ode"))})
     return runs
 
 

@@ -60,7 +60,8 @@ def _writes(model):
 
 
 def test_mci_off_writes_the_clean_output_at_s_zero():
-    model, rollout, outs = _run(dataclasses.replace(BASE, mci=MCIOptions(enabled=False), urcr=URCROptions(enabled=False)))
+    options = dataclasses.replace(BASE, mci=MCIOptions(enabled=False), urcr=URCROptions(enabled=False))
+    model, rollout, outs = _run(options)
     writes = _writes(model)
     assert len(writes) == len(outs)
     for (t, x, _), out in zip(writes, outs):

@@ -326,7 +326,8 @@ def test_serve_command_errors_are_one_line(files, capsys):
         (["--ckpt", files["ckpt"], "--ref", files["ref"], "--port", "70000"], "--port 70000: expected 0..65535"),
         (["--ckpt", files["ckpt"], "--ref", files["ref"], "--max-sessions", "0"], "--max-sessions 0: expected >= 1"),
         (["--ckpt", files["ckpt"], "--ref", files["ref"], "--image-format", "gif"], "--image-format 'gif'"),
-        (["--ckpt", files["ckpt"], "--ref", files["ref"], "--size", "15x15"], "--size '15x15': expected sides that are positive multiples of 4"),
+        (["--ckpt", files["ckpt"], "--ref", files["ref"], "--size", "15x15"],
+         "--size '15x15': expected sides that are positive multiples of 4"),
         (["--ckpt", files["ckpt"], "--ref", files["ref"], "--port", str(port)], f"--port {port}: cannot listen"),
     ]
     try:

@@ -40,10 +40,12 @@ def _audio(seconds: float, seed: int = 1) -> np.ndarray:
 
 
 REF = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-OPTIONS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[3, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))
+OPTIONS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[3, 2]),
+                         urcr=URCROptions(max_frames=6, keep_frames=2))
 
 
-def _stream(parts, audio: np.ndarray, chunk: int, options: RolloutOptions = OPTIONS) -> tuple[np.ndarray, AvatarStreamer]:
+def _stream(parts, audio: np.ndarray, chunk: int,
+            options: RolloutOptions = OPTIONS) -> tuple[np.ndarray, AvatarStreamer]:
     streamer = AvatarStreamer(*parts, options, REF, seed=7)
     frames = [streamer.push_audio(audio[i:i + chunk]) for i in range(0, len(audio), chunk)]
     frames.append(streamer.flush())
@@ -117,7 +119,8 @@ def test_latency_records_and_resets():
 
 def test_memory_stops_growing():
     parts = _parts(layers=1)
-    options = RolloutOptions(frames_per_block=1, psb=PSBOptions(steps=[1]), urcr=URCROptions(max_frames=5, keep_frames=2))
+    options = RolloutOptions(frames_per_block=1, psb=PSBOptions(steps=[1]),
+                             urcr=URCROptions(max_frames=5, keep_frames=2))
     streamer = AvatarStreamer(*parts, options, REF, seed=0, context_seconds=0.5, max_latency_records=16)
     audio = _audio(8.0)
     states = []

@@ -125,8 +125,8 @@ def test_param_groups_decay_matrices_only_and_warmup_ramps():
 
 
 def test_flow_loss_motion_prefix_and_mouth_weight():
-    teacher = make_teacher(motion_frames=2, motion_prob=1.0, motion_sigma_min=0.05, motion_sigma_max=0.1, audio_dropout=0.0,
-                           ref_dropout=0.0, all_dropout=0.0)
+    teacher = make_teacher(motion_frames=2, motion_prob=1.0, motion_sigma_min=0.05, motion_sigma_max=0.1,
+                           audio_dropout=0.0, ref_dropout=0.0, all_dropout=0.0)
     batch = make_batch(frames=5)
     loss = teacher.flow_loss(batch, generator=torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and math.isfinite(loss.item())
@@ -137,7 +137,8 @@ def test_flow_loss_motion_prefix_and_mouth_weight():
     assert torch.all(ts[:, 2:] == ts[:, 2:3])  # the rest at the sample's level
     assert call["audio"].shape == (2, 5, 5, 40) and call["ref"].shape == (2, 12, 1, 8, 8)
     # the prefix frames do not count: a model that is wrong only there has the loss of a perfect one
-    teacher2 = make_teacher(motion_frames=2, motion_prob=1.0, mouth_weight=1.0, audio_dropout=0.0, ref_dropout=0.0, all_dropout=0.0)
+    teacher2 = make_teacher(motion_frames=2, motion_prob=1.0, mouth_weight=1.0, audio_dropout=0.0, ref_dropout=0.0,
+                            all_dropout=0.0)
     g = torch.Generator().manual_seed(0)
     x0 = teacher2.vae.encode(batch["video"])
 
@@ -264,7 +265,8 @@ def test_precomputed_latents_and_audio_feats():
     model = StandIn()
     teacher = TeacherModule(model=model, vae=PatchVAE(2), audio_encoder=None, sample_steps=2, mouth_weight=1.0)
     g = torch.Generator().manual_seed(0)
-    batch = {"latents": torch.randn(2, 12, 5, 8, 8, generator=g), "ref_latent": torch.randn(2, 12, 1, 8, 8, generator=g),
+    batch = {"latents": torch.randn(2, 12, 5, 8, 8, generator=g),
+             "ref_latent": torch.randn(2, 12, 1, 8, 8, generator=g),
              "audio_feats": torch.randn(2, 5, 5, 40, generator=g)}
     loss = teacher.flow_loss(batch, dropout=False)
     assert math.isfinite(loss.item())

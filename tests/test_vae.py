@@ -158,7 +158,8 @@ def test_streamer_decodes_with_the_wan_causal_cache_like_the_whole_clip(wan_dir)
     torch.manual_seed(0)
     model = AvatarDiT(config=get_preset("micro", in_channels=Z_DIM, out_channels=Z_DIM, temporal_factor=4,
                                         num_layers=1)).eval()
-    options = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[2, 1]), urcr=URCROptions(max_frames=4, keep_frames=2))
+    options = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[2, 1]),
+                             urcr=URCROptions(max_frames=4, keep_frames=2))
     ref = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     streamer = AvatarStreamer(model, vae, None, options, ref, seed=0)
     latents, videos = [], []

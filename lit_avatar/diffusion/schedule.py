@@ -26,7 +26,8 @@ def shifted_schedule(num_steps: int, shift: float = 1.0, last_sigma: float | Non
     else:
         if not 0.0 <= last_sigma < 1.0:
             raise ValueError(f"last_sigma: expected in [0, 1), got {last_sigma}")
-        base = torch.cat([torch.linspace(1.0, last_sigma, num_steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+        base = torch.cat([torch.linspace(1.0, last_sigma, num_steps, dtype=torch.float64),
+                          torch.zeros(1, dtype=torch.float64)])
     return shift_sigma(base, shift).to(torch.float32)
 
 

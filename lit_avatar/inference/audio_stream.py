@@ -153,7 +153,8 @@ class PrecomputedAudioFeatures(BlockAudioFeatures):
 
 
 @torch.no_grad()
-def edge_error_curve(encoder: nn.Module, audio: torch.Tensor, window_frames: int, stride: int | None = None) -> list[dict]:
+def edge_error_curve(encoder: nn.Module, audio: torch.Tensor, window_frames: int,
+                     stride: int | None = None) -> list[dict]:
     """Relative error of features computed over a bounded window against the whole clip's, by distance from
     the window's nearer edge.
 

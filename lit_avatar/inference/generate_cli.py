@@ -37,7 +37,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--seconds", type=float, default=None, help="use only the first N seconds of audio")
     parser.add_argument("--psb-steps", default=None, help="denoising steps per block index, e.g. 8,6,4 "
                         "(default: the checkpoint's)")
-    parser.add_argument("--no-mci", action="store_true", help="write the context clean (Motion Condition Injection off)")
+    parser.add_argument("--no-mci", action="store_true", help="write the context clean (Motion Condition Injection "
+                        "off)")
     parser.add_argument("--no-urcr", action="store_true", help="no cache reset: RoPE positions grow (baseline)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed; the same seed and inputs give the same video")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")

@@ -95,7 +95,8 @@ class AvatarStreamer:
             raise UserError(f"model temporal_factor {model.config.temporal_factor} != VAE temporal_factor "
                             f"{self.temporal_factor}: the audio grid would not match the latents")
         if model.config.in_channels != vae.latent_channels:
-            raise UserError(f"model in_channels {model.config.in_channels} != VAE latent_channels {vae.latent_channels}")
+            raise UserError(f"model in_channels {model.config.in_channels} != VAE latent_channels "
+                            f"{vae.latent_channels}")
         uses_audio = bool(model.config.audio) and audio_encoder is not None
         if audio_encoder is not None:
             audio_encoder.to(self.device).eval()

@@ -191,7 +191,8 @@ class AvatarDiT(nn.Module):
         """timestep [B] or [B,F] -> (temb [B,F,dim], e [B,F,6,dim])."""
         if timestep.ndim == 1:
             timestep = timestep[:, None].expand(-1, frames)
-        temb = self.time_embedding(sinusoidal_embedding(timestep, self.config.freq_dim).to(self.time_embedding[0].weight.dtype))
+        dtype = self.time_embedding[0].weight.dtype
+        temb = self.time_embedding(sinusoidal_embedding(timestep, self.config.freq_dim).to(dtype))
         return temb, self.time_projection(temb).unflatten(-1, (6, -1))
 
     def text_context(self, text: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -302,7 +303,8 @@ class AvatarDiT(nn.Module):
         return table
 
     @torch.no_grad()
-    def prefill(self, cache: KVCache, ref: torch.Tensor | None, text: torch.Tensor | None, batch: int, hh: int, ww: int) -> None:
+    def prefill(self, cache: KVCache, ref: torch.Tensor | None, text: torch.Tensor | None,
+                batch: int, hh: int, ww: int) -> None:
         """Compute the text K/V and the reference sink's keys/values once per stream."""
         text_ctx = self.text_context(text, batch)
         ref_state = self._ref_init(ref, batch, hh, ww) if ref is not None else None

@@ -42,7 +42,8 @@ def clip_inputs(batch: dict, vae: nn.Module, audio_encoder: nn.Module | None) ->
     x0 = latents_of(batch, vae)
     tf = int(getattr(vae, "temporal_factor", 1))
     num_frames = batch["video"].shape[2] if "video" in batch else 1 + tf * (x0.shape[2] - 1)
-    conds = ClipConditions(audio_feats_of(batch, audio_encoder, num_frames), ref_latent_of(batch, vae), batch.get("text"))
+    conds = ClipConditions(audio_feats_of(batch, audio_encoder, num_frames), ref_latent_of(batch, vae),
+                           batch.get("text"))
     return x0, conds
 
 

@@ -23,7 +23,8 @@ def critic_from_teacher(teacher: nn.Module) -> nn.Module:
 
 
 def critic_flow_loss(critic: nn.Module, samples: torch.Tensor, conds: ClipConditions, sigma_sampler: SigmaSampler,
-                     generator: torch.Generator | None = None, spatial_weight: torch.Tensor | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None,
+                     spatial_weight: torch.Tensor | None = None) -> torch.Tensor:
     """mean((v_pred - (eps - x0))^2) on generator samples x0 (detached here), optionally mouth-weighted.
 
     Args:

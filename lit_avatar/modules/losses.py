@@ -30,7 +30,8 @@ def box_weight_map(boxes: torch.Tensor, height: int, width: int, weight: float) 
     in_rows = (rows + 1 > y0 * height) & (rows < y1 * height)
     in_cols = (cols + 1 > x0 * width) & (cols < x1 * width)
     inside = in_rows[:, :, None] & in_cols[:, None, :]
-    w = torch.where(inside, torch.full_like(inside, weight, dtype=torch.float32), torch.ones_like(inside, dtype=torch.float32))
+    w = torch.where(inside, torch.full_like(inside, weight, dtype=torch.float32),
+                    torch.ones_like(inside, dtype=torch.float32))
     return w / w.mean(dim=(1, 2), keepdim=True)
 
 

@@ -209,7 +209,8 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
             idx[:, i] = visited[torch.randint(len(visited), (b,), generator=generator)]
         return idx.repeat_interleave(fpb, dim=1)[:, :num_frames]
 
-    def context_inputs(self, clean: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def context_inputs(self, clean: torch.Tensor,
+                       generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocks drawn at the clean level as the cache sees them at inference: with MCI, the clean end
         corrupted to a level s_m drawn per block from [mci.min, mci.max] (as self-forcing trains); without
         MCI, clean at s = 0. Returns (inputs [B,C,t,h,w], per-frame levels [B, t])."""

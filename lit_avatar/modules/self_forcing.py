@@ -202,7 +202,8 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         exits = None
         if train:
             shared = step_generator(self.hparams.seed, step, stream=0)  # same on every rank
-            exits = draw_exit_steps(block_step_counts(self.rollout_options, num_blocks), self.hparams.same_exit_step, shared)
+            counts = block_step_counts(self.rollout_options, num_blocks)
+            exits = draw_exit_steps(counts, self.hparams.same_exit_step, shared)
         noise_gen = step_generator(self.hparams.seed, step, stream=1, rank=self._rank())
         x, _ = rollout_clip(model or self.generator, self.rollout_options, conds, tuple(x_shape), exits, noise_gen,
                             training=train)

@@ -37,7 +37,8 @@ class StepProgress(pl.Callback):
                              file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
         self._last = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         now = time.perf_counter()
         if self._last is not None:
             self.step_seconds.append(now - self._last)

@@ -111,7 +111,8 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
             if not 0.0 <= p <= 1.0:
                 raise UserError(f"model.{name}: expected a probability in [0, 1], got {p}")
         if not 0.0 <= motion_sigma_min <= motion_sigma_max <= 1.0:
-            raise UserError(f"model: expected 0 <= motion_sigma_min <= motion_sigma_max <= 1, got {motion_sigma_min}, {motion_sigma_max}")
+            raise UserError("model: expected 0 <= motion_sigma_min <= motion_sigma_max <= 1, "
+                            f"got {motion_sigma_min}, {motion_sigma_max}")
         if motion_frames < 0 or mouth_weight <= 0 or sample_steps < 1:
             raise UserError("model: motion_frames must be >= 0, mouth_weight > 0 and sample_steps >= 1")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
@@ -185,7 +186,8 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
             s_m = (lo + (hi - lo) * torch.rand(b, generator=generator)).to(x0.device)
             sigma_frames[:, :m] = torch.where(has_prefix[:, None], s_m[:, None], sigma_frames[:, :m])
             frame_mask[:, :m] = torch.where(has_prefix[:, None], 0.0, 1.0)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
+        noise = (torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None
+                 else torch.randn_like(x0))
         xs = add_noise(x0, noise, sigma_frames)
         v = net(xs, sigma_frames * 1000.0, audio=audio, ref=ref, text=text)
         weight = None

@@ -21,13 +21,15 @@ def build_parser() -> CommandParser:
         description="Serve a live avatar: a page at http://HOST:PORT/ sends microphone (or audio file) audio "
                     "over a WebSocket and shows the frames the checkpoint streams back.")
     p.add_argument("--ckpt", required=True, help="causal (ode_init or student) checkpoint")
-    p.add_argument("--ref", required=True, help="reference image (PNG/JPEG/...), cropped and resized to the model's size")
+    p.add_argument("--ref", required=True, help="reference image (PNG/JPEG/...), cropped and resized to the "
+                   "model's size")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port, printed at start)")
     p.add_argument("--max-sessions", type=int, default=4, help="concurrent sessions; more are refused with a message")
     p.add_argument("--token", default=None, help=f"access token the page and clients must give as ?token=... "
                    f"(or set {TOKEN_ENV}, which keeps it out of the process list)")
-    p.add_argument("--idle-timeout", type=float, default=30.0, help="end a session after this many seconds without audio")
+    p.add_argument("--idle-timeout", type=float, default=30.0, help="end a session after this many seconds "
+                   "without audio")
     p.add_argument("--max-message-kib", type=float, default=64.0, help="largest message a peer may send (KiB)")
     p.add_argument("--max-backlog", type=float, default=1.0, help="seconds of audio a session may have waiting; "
                    "beyond it the oldest is dropped so the video catches up with the speaker")
