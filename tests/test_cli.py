@@ -60,6 +60,16 @@ def option_entries(help_text: str) -> dict[str, str]:
     return entries
 
 
+def all_options(help_text: str) -> set[str]:
+    """Every option string of a help page, aliases included (`-c, --config CONFIG`)."""
+    found = set()
+    for line in help_text.splitlines():
+        head = re.match(r"\s{2}(-\S.*?)(?:\s{2,}|$)", line)
+        if head:
+            found.update(re.findall(r"(?:^|,\s)(-{1,2}[\w.+-]+)", head.group(1)))
+    return found
+
+
 @pytest.mark.parametrize("command", LEAVES + [[m] for m in MODULES], ids=" ".join)
 def test_help_shows_every_default(command, capsys):
     assert run([*command, "--help"]) == 0
@@ -187,3 +197,40 @@ def test_old_spellings_and_options_files_agree(tmp_path, capsys):
     assert run(["bench", "stream", "--psb_steps=8,6", "--latent_frames", "12", "--print_config"]) == 0
     assert capsys.readouterr().out == from_file
     assert "psb_steps: 8,6" in from_file.replace("'", "")
+
+
+def readme_command_lines() -> list[tuple[list[str], set[str]]]:
+    """(command words, options shown) of every `lit-avatar ...` / `python -m lit_avatar.X ...` in README.md,
+    continuation lines included (those that start with spaces and `[` or `--`)."""
+    found, current = [], None
+    for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines():
+        for start in re.finditer(r"(?:lit-avatar|python -m lit_avatar\.(demo|ablations))\s+([a-z|]+(?: [a-z]+)?)", line):
+            words = [start.group(1)] if start.group(1) else start.group(2).split("|")[0].split()
+            if not start.group(1) and words[0] in GROUPS and len(words) == 1:
+                continue
+            if not start.group(1) and words[0] not in COMMANDS:
+                continue
+            words = words[:2] if words[0] in GROUPS else words[:1]
+            current = (words, set(re.findall(r"(--[a-z][\w.-]*)", line[start.start():])))
+            found.append(current)
+        if current and re.match(r"\s+(\[|--)", line) and not line.lstrip().startswith(("lit-avatar", "python")):
+            current[1].update(re.findall(r"(--[a-z][\w.-]*)", line))
+        elif not re.search(r"lit-avatar|python -m lit_avatar", line):
+            current = None
+    return found
+
+
+def test_every_option_the_readme_shows_is_accepted(capsys):
+    """What README.md tells users to type still parses: each command exists and takes each option shown."""
+    lines = readme_command_lines()
+    assert len(lines) >= 15
+    helps: dict[str, set[str]] = {}
+    for words, options in lines:
+        key = " ".join(words)
+        if key not in helps:
+            assert run([*words, "--help"]) == 0, key
+            helps[key] = {o.replace("_", "-") for o in all_options(capsys.readouterr().out)}
+        shown = {o.replace("_", "-") for o in options if o not in ("--key",)}
+        # LightningCLI options are nested (--trainer.devices, --model.init_args.x): their top key must exist
+        unknown = {o for o in shown if o not in helps[key] and o.split(".")[0] not in helps[key]}
+        assert not unknown, f"README shows `{key}` with options it does not accept: {sorted(unknown)}"
