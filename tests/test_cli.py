@@ -203,8 +203,9 @@ def readme_command_lines() -> list[tuple[list[str], set[str]]]:
     """(command words, options shown) of every `lit-avatar ...` / `python -m lit_avatar.X ...` in README.md,
     continuation lines included (those that start with spaces and `[` or `--`)."""
     found, current = [], None
+    command = re.compile(r"(?:lit-avatar|python -m lit_avatar\.(demo|ablations))\s+([a-z|]+(?: [a-z]+)?)")
     for line in (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines():
-        for start in re.finditer(r"(?:lit-avatar|python -m lit_avatar\.(demo|ablations))\s+([a-z|]+(?: [a-z]+)?)", line):
+        for start in command.finditer(line):
             words = [start.group(1)] if start.group(1) else start.group(2).split("|")[0].split()
             if not start.group(1) and words[0] in GROUPS and len(words) == 1:
                 continue
