@@ -75,10 +75,11 @@ def option_strings(parser: ArgumentParser) -> dict[str, str]:
     found: dict[str, str] = {}
     for action in parser._actions:
         found.update({s: action.dest for s in action.option_strings if s.startswith("--")})
-        for sub in (getattr(action, "choices", None) or {}).values() if isinstance(
-                getattr(action, "choices", None), dict) else ():
-            if isinstance(sub, ArgumentParser):
-                found.update(option_strings(sub))
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict):  # subcommands (LightningCLI's fit, validate, ...)
+            for sub in choices.values():
+                if isinstance(sub, ArgumentParser):
+                    found.update(option_strings(sub))
     return found
 
 
