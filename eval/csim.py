@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lit_avatar.errors import UserError
+from lit_avatar.errors import existing_file
 
 RECOGNITION_NAME = "w600k_r50.onnx"
 DETECTION_NAME = "det_10g.onnx"
@@ -99,8 +99,7 @@ class ArcFace:
         import onnxruntime as ort
 
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: ArcFace ONNX file not found")
+        existing_file(path, "an ArcFace ONNX file")
         self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.mean, self.std = self._normalisation(path)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_avatar.errors import UserError
+from lit_avatar.errors import UserError, existing_file
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 NUM_CLASSES = 1008  # the TF graph's 1008 classes (1000 ImageNet + unused)
@@ -183,8 +183,7 @@ class FIDInceptionV3(nn.Module):
 def load_state_dict_file(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
     """torch.load a plain name->tensor dict safely (weights_only); UserError naming the file otherwise."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: {what} weight file not found")
+    existing_file(path, f"a {what} weight file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or pickled objects: both are user-supplied file problems

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_avatar.errors import UserError
+from lit_avatar.errors import UserError, existing_file
 
 WEIGHTS_NAME = "i3d_torchscript.pt"
 CLIP_LEN = 16
@@ -32,8 +32,7 @@ FVD_PROTOCOLS = ("stylegan-v", "all-clips")
 def load_i3d(path: str | os.PathLike) -> torch.jit.ScriptModule:
     """Load the I3D TorchScript file on CPU, in eval mode."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: I3D TorchScript file not found")
+    existing_file(path, "an I3D TorchScript file")
     try:
         model = torch.jit.load(path, map_location="cpu")
     except Exception as err:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from eval.inputs import read_json_object
 from lit_avatar.data.atomic import write_text_atomic
-from lit_avatar.errors import UserError
+from lit_avatar.errors import UserError, existing_file
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,7 @@ KNOWN_COLUMNS = {
 def _load_yaml(path: Path) -> dict:
     import yaml
 
-    if not path.is_file():
-        raise UserError(f"--config {path}: file not found")
+    existing_file(path, "a table YAML (experiments/tables/NAME.yaml)", "--config")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -73,7 +73,7 @@ def test_alignment_undoes_a_placement_and_csim(tmp_path):
 def test_raw_pixel_graphs_are_not_normalised(tmp_path):
     arc = ArcFace(_tiny_arcface(tmp_path / "raw.onnx", first_nodes=("Sub", "Mul")))
     assert (arc.mean, arc.std) == (0.0, 1.0)
-    with pytest.raises(UserError, match="ArcFace ONNX file not found"):
+    with pytest.raises(UserError, match="not found; expected an ArcFace ONNX file"):
         ArcFace(tmp_path / "nothing.onnx")
 
 

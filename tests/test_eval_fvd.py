@@ -65,7 +65,7 @@ def test_features_and_fvd(detector_path):
 
 
 def test_missing_detector(tmp_path):
-    with pytest.raises(UserError, match="i3d_torchscript.pt: I3D TorchScript file not found"):
+    with pytest.raises(UserError, match="i3d_torchscript.pt: not found; expected an I3D TorchScript file"):
         load_i3d(tmp_path / "i3d_torchscript.pt")
 
 
