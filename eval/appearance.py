@@ -86,7 +86,7 @@ def masked_ssim_psnr(gen: np.ndarray, target: np.ndarray, box: Sequence[float],
     ssim, psnr = [], []
     for s in range(0, n, chunk):
         a, b = g[s:s + chunk], t[s:s + chunk]
-        # float32: CPU convolutions in float64 are ~25x slower; the SSIM map moves by < 2e-5
+        # float32: CPU convolutions in float64 are ~12x slower (bench/ssim_dtype.py); the map moves by < 2e-5
         _, full = structural_similarity_index_measure(a.float(), b.float(), data_range=1.0, reduction="none",
                                                       return_full_image=True)
         ssim.append(((full.double().mean(1) * mask).sum((1, 2)) / mask.sum()).numpy())
