@@ -230,7 +230,8 @@ def test_dispatcher_prints_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"error: --gen {tmp_path / 'none'}: not a directory"
     assert main(["table", "--config", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "t.md")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: --config {tmp_path / 't.yaml'}: not found; expected a table YAML (experiments/tables/NAME.yaml)"
+    expected = f"error: --config {tmp_path / 't.yaml'}: not found; expected a table YAML (experiments/tables/NAME.yaml)"
+    assert capsys.readouterr().err.strip() == expected
 
 
 def test_generate_set_plans_one_call_per_clip(tmp_path):
