@@ -466,4 +466,6 @@ def _cpu_name() -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from lit_avatar.errors import run_main
+
+    run_main(lambda: main(sys.argv[1:]))

@@ -195,4 +195,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from lit_avatar.errors import run_main
+
+    run_main(lambda: main(sys.argv[1:]))

@@ -52,11 +52,18 @@ class CommandParser(ArgumentParser):
         """`options_file`: the flag of the options file (`lit-avatar table` has its own `--config`)."""
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(prog=prog, description=description, exit_on_error=False, **kwargs)
-        if ActionConfigFile is None:
+        if ActionConfigFile is None:  # said, not hidden: an options file needs jsonargparse
+            self.add_argument(options_file, dest="config", default=None,
+                              help="YAML/JSON file of options (needs jsonargparse, not installed here)")
             return
         self.add_argument(options_file, action=ActionConfigFile, dest="config",
                           help="YAML/JSON file of options (keys: option names with underscores); later "
                           "options override it")
+
+    if ActionConfigFile is None:
+        def error(self, message: str, *args: Any, **kwargs: Any) -> None:
+            """Plain argparse prints usage and exits here even with exit_on_error=False: raise, to be one line."""
+            raise ArgumentError(None, message)
 
     def parse(self, argv: Sequence[str] | None = None) -> Namespace:
         """Parse `argv` (default: the command line); `--help`/`--print_config` exit 0, a mistake raises a
@@ -65,9 +72,13 @@ class CommandParser(ArgumentParser):
         known = option_strings(self)
         argv = [_dashed(token, known) for token in argv]
         try:
-            return self.parse_args(argv)
+            args = self.parse_args(argv)
         except ArgumentError as err:
             raise UserError(one_line(err, self.prog, known, argv)) from None
+        if ActionConfigFile is None and args.config is not None:
+            raise UserError(f"{args.config}: options files need jsonargparse (pip install jsonargparse); "
+                            "give the options as flags")
+        return args
 
 
 def option_strings(parser: ArgumentParser) -> dict[str, str]:

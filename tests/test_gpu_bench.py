@@ -54,3 +54,19 @@ def test_gpu_sh_dry_run(tmp_path):
     # the rows for BENCHMARKS.md end the output
     assert "| frames/s end to end (audio + DiT + VAE), whole stream |" in proc.stdout
     assert "| self_forcing |" in proc.stdout
+
+
+def test_without_jsonargparse_flags_still_parse_and_options_files_say_why_not(tmp_path):
+    """The plain-argparse fallback of lit_avatar.command: the same one-line errors; --config is refused aloud."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+    cases = [(["--dryrun"], "error: --dryrun: unknown option; did you mean --dry-run?"),
+             (["--stream-seconds", "long"], "error: --stream-seconds 'long': expected a number"),
+             (["--config", "gpu.yaml"], "error: gpu.yaml: options files need jsonargparse")]
+    for argv, expected in cases:
+        proc = subprocess.run([sys.executable, "-m", "bench.gpu", *argv], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.strip().startswith(expected), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
