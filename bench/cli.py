@@ -7,7 +7,7 @@ BENCHMARKS = {
     "stream": ("bench.stream:main", "streaming latency, memory and KV cache vs recomputation (AvatarStreamer)"),
     "train": ("bench.train_step:main",
               "one training step per stage (teacher, ODE init, Self-Forcing) with peak memory"),
-    "gpu": ("bench.gpu:main", "everything bench/gpu.sh measures, in one process (--dry_run: tiny, on any device)"),
+    "gpu": ("bench.gpu:main", "everything bench/gpu.sh measures, in one process (--dry-run: tiny, on any device)"),
     "build": ("bench.build_throughput:main", "data build throughput"),
 }
 
