@@ -241,7 +241,9 @@ def rows(result: dict) -> str:
 def main(argv: list[str]) -> int:
     args = build_parser().parse(argv)
     if args.rows:
-        print(rows(json.loads(existing_file(args.rows, "a bench gpu JSON", "--rows").read_text())))
+        from eval.inputs import read_json_object
+
+        print(rows(read_json_object(existing_file(args.rows, "a bench gpu JSON", "--rows"), "bench gpu")))
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dry = args.dry_run

@@ -52,6 +52,7 @@ class CommandParser(ArgumentParser):
         """`options_file`: the flag of the options file (`lit-avatar table` has its own `--config`)."""
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(prog=prog, description=description, exit_on_error=False, **kwargs)
+        self.options_file = options_file
         if ActionConfigFile is None:  # said, not hidden: an options file needs jsonargparse
             self.add_argument(options_file, dest="config", default=None,
                               help="YAML/JSON file of options (needs jsonargparse, not installed here)")
@@ -74,7 +75,7 @@ class CommandParser(ArgumentParser):
         try:
             args = self.parse_args(argv)
         except ArgumentError as err:
-            raise UserError(one_line(err, self.prog, known, argv)) from None
+            raise UserError(one_line(err, self.prog, known, argv, self.options_file)) from None
         if ActionConfigFile is None and args.config is not None:
             raise UserError(f"{args.config}: options files need jsonargparse (pip install jsonargparse); "
                             "give the options as flags")
@@ -112,7 +113,7 @@ def closest_option(token: str, known: Iterable[str]) -> str | None:
 
 
 def one_line(err: BaseException, prog: str = "lit-avatar", known: Iterable[str] = (),
-             argv: Sequence[str] = ()) -> str:
+             argv: Sequence[str] = (), options_flag: str = "--config") -> str:
     """Condense an argparse/jsonargparse complaint (usage, union subtypes, nested causes) to one line that
     names the option or key, the value and what was expected, e.g. `--seed 'x': expected an integer`."""
     lines = [ln.strip().lstrip("- ").strip() for ln in str(err).splitlines() if ln.strip()]
@@ -137,15 +138,21 @@ def one_line(err: BaseException, prog: str = "lit-avatar", known: Iterable[str] 
     match = re.match(r"argument ([^:]+): (.*)", first)
     if match:
         return f"{match.group(1).split('/')[0]}: {match.group(2)}"
-    return _naming_config_files(" ".join(lines), argv)
+    return _naming_config_files(" ".join(lines), argv, known, options_flag)
 
 
-def _naming_config_files(message: str, argv: Sequence[str]) -> str:
-    """A complaint about config content that does not say which file: add the --config files given."""
-    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
-    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    if files and "config" in message.lower() and not any(f in message for f in files):
-        return f"{message} (in --config {', '.join(files)})"
+def _naming_config_files(message: str, argv: Sequence[str], known: Iterable[str] = (),
+                         flag: str = "--config") -> str:
+    """A complaint about an options file's content that does not say which file: add the files given, and
+    for an unknown key the closest valid option."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith(f"{flag}=")]
+    unknown = re.search(r"Option '([\w.]+)' is not accepted", message)
+    if unknown and not message.startswith("--"):
+        guess = closest_option(f"--{unknown.group(1)}", known)
+        message = f"key '{unknown.group(1)}': not an option" + (f"; did you mean {guess[2:]}?" if guess else "")
+    if files and (unknown or "config" in message.lower()) and not any(f in message for f in files):
+        return f"{message} (in {flag} {', '.join(files)})"
     return message
 
 
@@ -170,12 +177,17 @@ def _unrecognized(tokens: list[str], prog: str, known: Iterable[str]) -> str:
 def _key_error(key: str, rest: str, details: list[str], known: Iterable[str], argv: Sequence[str]) -> str:
     """`Parser key "K": ...` -> `--K 'value': expected KIND`, or the key, the classes its value went through
     and the decisive complaint, e.g. `--model (TeacherModule): Option 'bogus_key' is not accepted`."""
+    inner = [m.group(1) for d in details if (m := re.match(r'Parser key "([^"]+)"', d))]
+    if inner:  # a nested setting (--data.init_args.batch_size): name the option the user typed
+        nested = f"{key}.init_args.{inner[-1]}"
+        key = next((k[2:] for k in known if k[2:] in (nested, f"{key}.{inner[-1]}")), nested)
     flag = _flag_for(key, known)
-    text = " ".join([rest, *details])
-    expected = re.search(r"Expected a <class '(\w+)'>", text) or re.search(r"Expected a (typing\.\S+)", text)
-    value = re.search(r"(?:Got|Given) value: (.*?)(?:$| Given value type)", text)
-    if expected and value and expected.group(1) != "NoneType":
-        kind = _KINDS.get(expected.group(1), expected.group(1).replace("typing.", ""))
+    text = "\n".join([rest, *details])
+    kinds = [k for k in re.findall(r"Expected a <class '(\w+)'>", text) if k != "NoneType"]
+    kinds += re.findall(r"Expected a (typing\.[^\n]*?)\. Got value", text)
+    value = re.search(r"(?:Got|Given) value: (.*)$", text, re.M)
+    if kinds and value:
+        kind = " or ".join(dict.fromkeys(_KINDS.get(k, k.replace("typing.", "")) for k in kinds))
         return f"{flag} {value.group(1).strip()!r}: expected {kind}"
     classes = [d.split("'")[1].rsplit(".", 1)[-1] if "'" in d else d
                for d in details if d.startswith("Problem with given class_path")]

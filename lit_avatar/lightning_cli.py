@@ -54,7 +54,8 @@ class AvatarCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            raise UserError(one_line(err, "lit-avatar", option_strings(parser), list(args or ()))) from None
+            argv = list(sys.argv[1:] if args is None else args)  # None: LightningCLI read the command line
+            raise UserError(one_line(err, "lit-avatar", option_strings(parser), argv)) from None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with strategy/accelerator mismatches and distributed setup errors as one line."""

@@ -96,8 +96,10 @@ def files(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "folder").mkdir()
     (tmp_path / "notes.txt").write_text("not an image, not audio, not a checkpoint\n")
     (tmp_path / "list.yaml").write_text("- just\n- a list\n")
+    (tmp_path / "typo.yaml").write_text("sede: 1\n")
     return {"dir": str(tmp_path / "folder"), "text": str(tmp_path / "notes.txt"), "list": str(tmp_path / "list.yaml"),
-            "missing": str(tmp_path / "missing.ckpt"), "out": str(tmp_path / "out"), "tmp": str(tmp_path)}
+            "typo": str(tmp_path / "typo.yaml"), "missing": str(tmp_path / "missing.ckpt"),
+            "out": str(tmp_path / "out"), "tmp": str(tmp_path)}
 
 
 FIT = ["fit", "--config", "experiments/teacher/synthtalk_tiny.yaml"]
@@ -111,48 +113,53 @@ SERVE = ["serve", "--ckpt", "{missing}", "--ref", "{text}"]
 MISTAKES = [
     (FIT + ["--trainer.max_stpes=1"], "did you mean --trainer.max_steps?"),
     (FIT + ["--trainer.max_steps=x"], "--trainer.max_steps 'x': expected an integer"),
+    (FIT + ["--data.init_args.batch_size=x"], "--data.init_args.batch_size 'x': expected an integer"),
     (["fit", "--config", "{missing}"], "missing.ckpt"),
     (["validate", "--config", "{list}"], "list.yaml"),
     (["data", "synth", "--out", "{out}", "--clipz", "4"], "did you mean --clips?"),
     (["data", "synth", "--out", "{out}", "--clips", "four"], "--clips 'four': expected an integer"),
-    (["data", "synth", "--out", "{text}"], "notes.txt"),
+    (["data", "synth", "--out", "{text}"], "notes.txt: is a file; expected a folder"),
     (["data", "build", "--src", "{dir}", "--out", "{out}", "--fsp", "25"], "did you mean --fps?"),
     (["data", "build", "--src", "{dir}", "--out", "{out}", "--size", "big"], "--size 'big': expected an integer"),
-    (["data", "build", "--src", "{missing}", "--out", "{out}"], "missing.ckpt"),
+    (["data", "build", "--src", "{missing}", "--out", "{out}"], "missing.ckpt: not found"),
     (["data", "export", "--shards", "{dir}/*.tar", "--out", "{out}", "--limt", "2"], "did you mean --limit?"),
-    (["data", "export", "--shards", "{dir}/*.tar", "--out", "{out}", "--limit", "two"], "--limit 'two'"),
+    (["data", "export", "--shards", "{dir}/*.tar", "--out", "{out}", "--limit", "two"],
+     "--limit 'two': expected an integer"),
     (["data", "export", "--shards", "{dir}/*.tar", "--out", "{out}"], "folder/*.tar"),
     (GEN + ["--audoi", "a.wav"], "did you mean --audio?"),
     (GEN + ["--seed", "x"], "--seed 'x': expected an integer"),
     (GEN, "notes.txt"),
     (["generate", "--ckpt", "{missing}", "--audio", "{text}", "--ref", "{text}", "--out", "{tmp}/v.mp4"],
-     "missing.ckpt"),
-    (["generate", "--ckpt", "{text}", "--audio", "{dir}", "--ref", "{text}", "--out", "{tmp}/v.mp4"], "--audio"),
+     "missing.ckpt: not found; expected a checkpoint"),
+    (["generate", "--ckpt", "{text}", "--audio", "{dir}", "--ref", "{text}", "--out", "{tmp}/v.mp4"],
+     "--audio {dir}: is a folder; expected an audio or video file"),
     (EVAL + ["--fsp", "25"], "did you mean --fps?"),
     (EVAL + ["--fps", "fast"], "--fps 'fast': expected a number"),
     (["eval", "--gen", "{missing}", "--out", "{out}/results.json"], "missing.ckpt"),
     (["table", "--config", "{list}", "--out", "{out}/t.md", "--runn"], "did you mean --run?"),
     (["table", "--config", "{list}", "--out", "{out}/t.md"], "list.yaml"),
-    (["table", "--config", "{dir}", "--out", "{out}/t.md"], "folder"),
-    (["bench", "stream", "--framez", "8"], "unknown option"),
+    (["table", "--config", "{dir}", "--out", "{out}/t.md"], "folder: is a folder; expected a table YAML"),
+    (["bench", "stream", "--latent-framez", "8"], "did you mean --latent-frames?"),
+    (["bench", "stream", "--config", "{typo}"], "key 'sede': not an option; did you mean seed? (in --config"),
     (["bench", "stream", "--latent-frames", "many"], "--latent-frames 'many': expected an integer"),
     (["bench", "stream", "--psb-steps", "8,x"], "--psb-steps"),
-    (["bench", "stream", "--out", "{dir}"], "folder"),
+    (["bench", "stream", "--out", "{dir}"], "folder: is a folder; expected a file name"),
     (["bench", "train", "--stpes", "2"], "did you mean --steps?"),
     (["bench", "train", "--steps", "two"], "--steps 'two': expected an integer"),
-    (["bench", "train", "--out", "{dir}"], "folder"),
+    (["bench", "train", "--out", "{dir}"], "folder: is a folder; expected a file name"),
     (["bench", "gpu", "--dryrun"], "did you mean --dry-run?"),
     (["bench", "gpu", "--stream-seconds", "long"], "--stream-seconds 'long': expected a number"),
-    (["bench", "gpu", "--rows", "{missing}"], "missing.ckpt"),
+    (["bench", "gpu", "--rows", "{missing}"], "missing.ckpt: not found; expected a bench gpu JSON"),
+    (["bench", "gpu", "--rows", "{list}"], "list.yaml: cannot read bench gpu JSON"),
     (["bench", "build", "--sourses", "2"], "did you mean --sources?"),
     (["bench", "build", "--sources", "two"], "--sources 'two': expected an integer"),
-    (["bench", "build", "--keep", "{text}"], "notes.txt"),
+    (["bench", "build", "--keep", "{text}"], "notes.txt: is a file; expected a folder"),
     (SERVE + ["--prot", "0"], "did you mean --port?"),
     (SERVE + ["--port", "http"], "--port 'http': expected an integer"),
-    (SERVE, "missing.ckpt"),
+    (SERVE, "missing.ckpt: not found; expected a causal"),
     (["demo", "--out", "{out}", "--teacher-stepz", "5"], "did you mean --teacher-steps?"),
     (["demo", "--out", "{out}", "--teacher-steps", "many"], "--teacher-steps 'many': expected an integer"),
-    (["demo", "--out", "{text}"], "notes.txt"),
+    (["demo", "--out", "{text}"], "notes.txt: is a file; expected a folder"),
     (["ablations", "--out", "{out}", "--seedz", "0"], "did you mean --seeds?"),
     (["ablations", "--out", "{out}", "--steps", "many"], "--steps 'many': expected an integer"),
     (["ablations", "--out", "{out}", "--table", "{missing}"], "missing.ckpt"),
@@ -173,7 +180,7 @@ def test_mistakes_are_one_line(argv, fragment, files, capsys):
     assert code == 2, captured.err
     assert "Traceback" not in captured.err + captured.out
     assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert fragment in lines[0], lines[0]
+    assert fragment.format(**files) in lines[0], lines[0]
     assert sorted(p for p in Path(files["tmp"]).rglob("*")) == before, "a mistake left files behind"
 
 
