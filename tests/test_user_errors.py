@@ -73,3 +73,11 @@ def test_video_without_audio(capsys, tmp_path):
                                     "--out", str(out)])
     assert str(silent) in line and "has no audio stream" in line, line
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_options_file_of_the_wrong_shape_is_named_from_the_command_line(capsys, tmp_path):
+    """LightningCLI reads sys.argv itself here (the launcher re-runs it on other ranks): the file is still named."""
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- just\n- a list\n")
+    line = _one_line_error(capsys, ["validate", "--config", str(bad)])
+    assert str(bad) in line, line
