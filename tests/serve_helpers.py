@@ -80,20 +80,21 @@ class PeerResult:
 
 async def run_peer(url: str, audio: np.ndarray | None = None, chunk: int = 1600, pace: float = 0.0,
                    stop: bool = True, first: list | None = None, headers: dict | None = None,
-                   vanish_after: int | None = None) -> PeerResult:
+                   vanish_after: int | None = None, ready: asyncio.Event | None = None) -> PeerResult:
     """Open a session, send `first` raw messages (or a start message), the audio in chunks (paced at `pace`
     times real time on an absolute schedule, so the rate does not drift; 0 = as fast as possible), then stop
     and read to the end.
 
     Args:
         vanish_after: drop the TCP connection without a close frame after this many chunks.
+        ready: set when the server's "ready" message arrives (the session holds its slot from then on).
     """
     import aiohttp
 
     result = PeerResult()
     async with aiohttp.ClientSession(headers=headers) as http:
         async with http.ws_connect(url, max_msg_size=0) as ws:
-            reader = asyncio.create_task(_read(ws, result))
+            reader = asyncio.create_task(_read(ws, result, ready))
             for message in (first if first is not None else [json.dumps({"type": "start"})]):
                 await (ws.send_str(message) if isinstance(message, str) else ws.send_bytes(message))
             if audio is not None:
@@ -116,7 +117,7 @@ async def run_peer(url: str, audio: np.ndarray | None = None, chunk: int = 1600,
     return result
 
 
-async def _read(ws, result: PeerResult) -> None:
+async def _read(ws, result: PeerResult, ready: asyncio.Event | None = None) -> None:
     import aiohttp
 
     async for msg in ws:
@@ -125,6 +126,8 @@ async def _read(ws, result: PeerResult) -> None:
             result.frames.append((index, peer, msg.data[FRAME_HEADER.size:]))
         elif msg.type == aiohttp.WSMsgType.TEXT:
             result.messages.append(json.loads(msg.data))
+            if ready is not None and result.messages[-1].get("type") == "ready":
+                ready.set()
     result.close_reason = ws._close_message if hasattr(ws, "_close_message") else None
 
 

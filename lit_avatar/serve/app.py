@@ -104,6 +104,8 @@ class AvatarServer:
         self.finished: deque[dict] = deque(maxlen=100)
         self.refused: dict[str, int] = {}
         self._slots_taken = 0
+        self._quiet = asyncio.Event()  # set while no session holds a slot
+        self._quiet.set()
         self._sockets: set[web.WebSocketResponse] = set()
         self._page = (STATIC / "index.html").read_bytes()
 
@@ -177,6 +179,7 @@ class AvatarServer:
                                f"server busy: all {self.options.max_sessions} sessions in use; try again later", "busy")
             return ws
         self._slots_taken += 1
+        self._quiet.clear()
         self._sockets.add(ws)
         try:
             await self._run_session(ws)
@@ -186,16 +189,26 @@ class AvatarServer:
             pass  # the peer vanished; the session cleaned up after itself
         finally:
             self._slots_taken -= 1
+            if not self._slots_taken:
+                self._quiet.set()
             self._sockets.discard(ws)
         return ws
 
-    async def _receive(self, ws: web.WebSocketResponse, what: str):
-        """The next message; a close, an error or the idle timeout ends the session."""
-        try:
-            msg = await ws.receive(timeout=self.options.idle_timeout_s)
-        except asyncio.TimeoutError:
-            raise _Refused(WSCloseCode.OK, f"idle: no {what} for {self.options.idle_timeout_s:g} s; session ended",
-                           "idle") from None
+    async def wait_quiet(self) -> None:
+        """Return once no session holds a slot (every handler has finished its cleanup)."""
+        await self._quiet.wait()
+
+    async def _receive(self, ws: web.WebSocketResponse, what: str, busy=lambda: False):
+        """The next message; a close, an error or the idle timeout ends the session. The idle clock runs
+        only while `busy()` is false: a session is not idle while its audio is still being turned into frames."""
+        while True:
+            try:
+                msg = await ws.receive(timeout=self.options.idle_timeout_s)
+                break
+            except asyncio.TimeoutError:
+                if not busy():
+                    raise _Refused(WSCloseCode.OK, f"idle: no {what} for {self.options.idle_timeout_s:g} s; "
+                                   "session ended", "idle") from None
         if msg.type == WSMsgType.ERROR:
             raise _Refused(WSCloseCode.MESSAGE_TOO_BIG, f"connection error ({msg.data})", "transport")
         return msg
@@ -233,26 +246,29 @@ class AvatarServer:
         if msg.type != WSMsgType.TEXT or self._control(msg.data) != "start":
             raise _Refused(WSCloseCode.UNSUPPORTED_DATA, 'expected {"type": "start"} as the first message')
         session_id = uuid.uuid4().hex[:8]
-        try:
-            await self.workers.call("open", session_id)
-        except RuntimeError as err:
-            raise _Refused(WSCloseCode.INTERNAL_ERROR, f"no generation worker: {err}", "error") from None
         session = LiveSession(self.options, session_id)
         self.sessions[session_id] = session
-        log.info("session %s started (%d active)", session_id, len(self.sessions))
         outbox = _Outbox(self.options.max_queued_frames)
         wake, stopping = asyncio.Event(), asyncio.Event()
-        tasks = [asyncio.create_task(self._pump(session, outbox, wake, stopping)),
-                 asyncio.create_task(self._send(ws, session, outbox)),
-                 asyncio.create_task(self._tick(session, outbox))]
+        tasks: list[asyncio.Task] = []
+        # open inside the try: a cancellation at any await from here on still closes the worker's streamer
         try:
+            try:
+                await self.workers.call("open", session_id)
+            except RuntimeError as err:
+                raise _Refused(WSCloseCode.INTERNAL_ERROR, f"no generation worker: {err}", "error") from None
+            log.info("session %s started (%d active)", session_id, len(self.sessions))
+            tasks = [asyncio.create_task(self._pump(session, outbox, wake, stopping)),
+                     asyncio.create_task(self._send(ws, session, outbox)),
+                     asyncio.create_task(self._tick(session, outbox))]
             await ws.send_json({"type": "ready", "session": session_id, "fps": FPS, "sample_rate": SAMPLE_RATE,
                                 "width": self.engine.width, "height": self.engine.height,
                                 "image_format": self.options.image_format,
                                 "max_message_bytes": self.options.max_message_bytes,
                                 "max_backlog_s": self.options.max_backlog_s,
                                 "idle_timeout_s": self.options.idle_timeout_s})
-            await self._read_audio(ws, session, wake, tasks[0])
+            await self._read_audio(ws, session, wake, tasks[0],
+                                   busy=lambda: session.generating or wake.is_set() or not outbox.empty())
             # stop: generate what is left, send it, then the summary
             stopping.set()
             wake.set()
@@ -279,18 +295,22 @@ class AvatarServer:
             summary = session.stats()
             self.finished.append(summary)
             del self.sessions[session_id]
-            try:
-                await self.workers.call("close", session_id)
-            except RuntimeError:
-                pass  # its worker is gone already
+            await self._close_streamer(session_id)
             log.info("session %s ended (%s): %d frames sent, %s frames/s, median latency %s ms", session_id,
                      session.end_reason, summary["frames_sent"], _fmt(summary["fps_steady"]),
                      _fmt(summary["latency_ms_median"]))
 
-    async def _read_audio(self, ws, session: LiveSession, wake: asyncio.Event, pump: asyncio.Task) -> None:
+    async def _close_streamer(self, session_id: str) -> None:
+        """Free the session's streamer in its worker (also when its open failed or was cancelled)."""
+        try:
+            await self.workers.call("close", session_id)
+        except RuntimeError:
+            pass  # its worker is gone already
+
+    async def _read_audio(self, ws, session: LiveSession, wake: asyncio.Event, pump: asyncio.Task, busy) -> None:
         """Audio messages until stop; returns on stop, raises on anything that ends the session otherwise."""
         while True:
-            msg = await self._receive(ws, "audio")
+            msg = await self._receive(ws, "audio", busy)
             _raise_if_failed(pump)
             if msg.type == WSMsgType.BINARY:
                 session.receive_audio(self._audio(msg.data))
@@ -305,9 +325,11 @@ class AvatarServer:
     async def _pump(self, session: LiveSession, outbox: _Outbox, wake: asyncio.Event, stopping: asyncio.Event) -> None:
         """Generate from the audio as it comes, one streamer call at a time, in the session's worker."""
         while True:
+            session.generating = False
             await wake.wait()
+            session.generating = True
             wake.clear()
-            samples = session.take_audio()
+            samples = session.take_audio(self.engine.block_samples)  # one block a call: sessions take turns
             if samples.size:
                 if self.observer is not None:
                     self.observer.audio(session.session_id, samples)
@@ -351,9 +373,8 @@ class AvatarServer:
         """Serve in the running event loop; returns the runner (cleanup() stops it) and the bound port."""
         runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # port 0 asks the OS for a free one
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1]  # port 0 asks the OS for a free one
         return runner, int(bound)
 
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from lit_avatar.command import CommandParser, Namespace
 from lit_avatar.errors import UserError, existing_file
@@ -38,17 +39,21 @@ def build_parser() -> CommandParser:
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality, 1..95")
     p.add_argument("--size", default=None, help="video HxW, e.g. 64x64 (default: the checkpoint's training size)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of every session")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (one worker process per GPU) or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 suits small models: sessions "
                    "run in parallel instead)")
     p.add_argument("--workers", type=int, default=None, help="worker processes that run the sessions' streamers, "
-                   "each loading the weights once (default: the CPU count, at most --max-sessions; 0 runs them in a "
-                   "thread of the server's process)")
+                   "each loading the weights once (default: the CPU count, or the GPU count with --device cuda, at "
+                   "most --max-sessions; 0 runs them in a thread of the server's process)")
     return p
 
 
-def build_server(args: Namespace, observer=None):
-    """The AvatarServer the flags describe (checkpoint loaded, reference read); UserError on bad input."""
+def build_server(args: Namespace, observer=None, gpu_count: Callable[[], int] | None = None):
+    """The AvatarServer the flags describe (checkpoint loaded, reference read); UserError on bad input.
+
+    Args:
+        gpu_count: how many GPUs `--device cuda` spreads its workers over (default: torch's count).
+    """
     import torch
 
     from lit_avatar.inference.generate_cli import _device, _size, read_reference
@@ -56,7 +61,7 @@ def build_server(args: Namespace, observer=None):
     from lit_avatar.serve.app import AvatarServer
     from lit_avatar.serve.engine import AvatarEngine
     from lit_avatar.serve.options import ServeOptions
-    from lit_avatar.serve.workers import EngineSpec, ProcessWorkers
+    from lit_avatar.serve.workers import EngineSpec, ProcessWorkers, worker_devices
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: expected 0..65535")
@@ -81,12 +86,12 @@ def build_server(args: Namespace, observer=None):
     engine = AvatarEngine(bundle.model, bundle.vae, bundle.audio_encoder, bundle.rollout_options, ref,
                           device=device, seed=args.seed)
     engine.new_streamer()  # fail now, not at the first peer, if the reference does not fit the model
-    count = args.workers if args.workers is not None else min(os.cpu_count() or 1, options.max_sessions)
+    gpus = gpu_count() if gpu_count is not None else torch.cuda.device_count()
+    devices = worker_devices(args.device, args.workers, options.max_sessions, os.cpu_count() or 1, gpus)
     workers = None
-    if count > 0:
-        spec = EngineSpec(str(args.ckpt), ref, str(device), args.seed, args.threads, options.image_format,
-                          options.jpeg_quality)
-        workers = ProcessWorkers(spec, count)
+    if devices:
+        workers = ProcessWorkers([EngineSpec(str(args.ckpt), ref, where, args.seed, args.threads, options.image_format,
+                                             options.jpeg_quality) for where in devices])
     return AvatarServer(engine, options, workers=workers, observer=observer)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lit_avatar.inference.audio_stream import SAMPLES_PER_FRAME
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.inference.streamer import AvatarStreamer
 
@@ -31,6 +32,8 @@ class AvatarEngine:
         self.device = torch.device(device)
         self.seed = seed
         self.height, self.width = int(ref_image.shape[0]), int(ref_image.shape[1])
+        # audio of one block after the first (the first is never longer): a session's turn in its worker
+        self.block_samples = int(vae.temporal_factor) * options.frames_per_block * SAMPLES_PER_FRAME
 
     def new_streamer(self) -> AvatarStreamer:
         """A streamer with its own KV cache, history, audio buffer and decoder state."""

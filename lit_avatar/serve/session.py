@@ -67,15 +67,17 @@ class LiveSession:
         self._recent_sends: deque[float] = deque()  # send times in the last 2 s
         self.latencies: deque[float] = deque(maxlen=20_000)  # seconds, audio arrival -> frame sent
         self.end_reason: str | None = None
+        self.generating = False  # the server is turning this session's audio into frames
 
     def receive_audio(self, samples: np.ndarray) -> int:
         """Queue audio from the peer; return the samples dropped by the backlog bound."""
         return self.intake.add(samples, self.clock())
 
-    def take_audio(self) -> np.ndarray:
-        """The next audio for the streamer: at most `options.step_audio_s`, so that a session behind real
-        time keeps dropping its oldest audio and works on fresh audio."""
-        return self.intake.take(self.options.step_audio_samples)
+    def take_audio(self, limit: int | None = None) -> np.ndarray:
+        """The next audio for the streamer: at most `options.step_audio_s` (and `limit` samples), so that a
+        session behind real time keeps dropping its oldest audio and works on fresh audio."""
+        step = self.options.step_audio_samples
+        return self.intake.take(step if limit is None else min(step, limit))
 
     def trace(self, first_frame: int, images: list[bytes], compute_seconds: float = 0.0) -> list[SentFrame]:
         """Attach to each new frame the peer sample and arrival time of its last audio sample."""

@@ -2,9 +2,12 @@
 
 Why processes: a small model's forward is mostly Python and dispatcher work under the GIL, so threads do
 not add up (measured here: two streamers in two threads made 18 frames/s together against 27 for one
-alone). Each worker process loads the checkpoint once and runs every session given to it, one block
-call at a time; sessions are spread over the workers (fewest sessions first). With `workers=0` the
-streamers run in one thread of the server's own process (what the quick tests use: no start-up cost).
+alone). Each worker process loads the checkpoint once and runs every session given to it; sessions are spread
+over the workers (fewest sessions first), one worker per GPU with `--device cuda`. Fairness: the server
+hands a worker at most one block's audio per call and each session has at most one call in flight, so a
+worker's first-in-first-out queue takes the sessions in turns, block by block: no session waits for
+another's backlog. With `workers=0` the streamers run in one thread of the server's own process (what the
+quick tests use: no start-up cost).
 
 The parent sends (request id, op, session, payload) and a reader thread per worker hands each answer
 back to the event loop; a worker that dies fails the requests of its sessions, not the server.
@@ -21,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lit_avatar.errors import UserError
 from lit_avatar.serve.session import encode_image
 
-__all__ = ["EngineSpec", "ProcessWorkers", "ThreadWorkers", "Generated"]
+__all__ = ["EngineSpec", "ProcessWorkers", "ThreadWorkers", "Generated", "worker_devices"]
 
 
 @dataclass
@@ -183,19 +187,18 @@ def _resolve(future: asyncio.Future, result, error: BaseException | None) -> Non
 
 
 class ProcessWorkers:
-    """`count` worker processes, sessions spread over them.
+    """One worker process per spec (each may name its own device), sessions spread over them.
 
     Args:
-        spec: how each worker builds the engine.
-        count: processes; about the number of CPU cores for small models, 1 per GPU.
+        specs: how each worker builds the engine; about one per CPU core for small models, one per GPU.
     """
 
-    def __init__(self, spec: EngineSpec, count: int) -> None:
+    def __init__(self, specs: list[EngineSpec]) -> None:
         # forkserver: workers fork from a clean process that has imported torch once (fast to start, and
         # safe: never a fork of this process with its threads)
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["lit_avatar.serve.workers"])
-        self._workers = [_Worker(ctx, spec) for _ in range(count)]
+        self._workers = [_Worker(ctx, spec) for spec in specs]
         try:
             for worker in self._workers:
                 worker.wait_ready()
@@ -205,17 +208,26 @@ class ProcessWorkers:
         self._ids = iter(range(1 << 62))
         self._home: dict[str, _Worker] = {}
 
-    async def call(self, op: str, session: str, payload=None) -> Generated | None:
+    def _route(self, op: str, session: str) -> _Worker | None:
+        """The session's worker; `open` picks the least busy live one, `close` forgets the session."""
         if op == "open":
             alive = [w for w in self._workers if w.process.is_alive()]
             if not alive:
                 raise RuntimeError("every worker process has ended")
-            self._home[session] = min(alive, key=lambda w: len(w.sessions))
-            self._home[session].sessions.add(session)
-        worker = self._home[session]
+            worker = self._home[session] = min(alive, key=lambda w: len(w.sessions))
+            worker.sessions.add(session)
+            return worker
         if op == "close":
-            worker.sessions.discard(session)
-            del self._home[session]
+            worker = self._home.pop(session, None)  # a session whose open failed has none
+            if worker is not None:
+                worker.sessions.discard(session)
+            return worker
+        return self._home[session]
+
+    async def call(self, op: str, session: str, payload=None) -> Generated | None:
+        worker = self._route(op, session)
+        if worker is None:
+            return None
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         request_id = next(self._ids)
@@ -226,6 +238,8 @@ class ProcessWorkers:
         except (OSError, ValueError) as err:
             with worker.lock:
                 worker.pending.pop(request_id, None)
+            if op == "open":  # never opened there: no entry may outlive the failed send
+                self._route("close", session)
             raise RuntimeError(f"worker process unreachable ({err})") from None
         return await future
 
@@ -236,3 +250,25 @@ class ProcessWorkers:
             worker.process.join(5)
             if worker.process.is_alive():
                 worker.process.kill()
+
+
+def worker_devices(device: str, workers: int | None, max_sessions: int, cpu_count: int, gpu_count: int) -> list[str]:
+    """The device of each worker process ([] runs the streamers in a thread of the server instead).
+
+    Args:
+        device: --device: "cpu", "cuda" (every GPU: one worker each) or "cuda:N" (that GPU).
+        workers: --workers, or None for the default: one per GPU with "cuda", else the CPU count; never
+            more than max_sessions.
+        max_sessions: --max-sessions.
+        cpu_count: CPUs of this machine.
+        gpu_count: GPUs of this machine (injected: tested without any).
+    """
+    if device == "cuda":
+        if gpu_count < 1:
+            raise UserError("--device cuda: no GPU found (use --device cpu)")
+        count = workers if workers is not None else min(gpu_count, max_sessions)
+        return [f"cuda:{i % gpu_count}" for i in range(count)]
+    count = workers if workers is not None else min(max(cpu_count, 1), max_sessions)
+    if device.startswith("cuda"):
+        count = workers if workers is not None else 1  # one GPU: one worker holds it
+    return [device] * count
