@@ -54,7 +54,8 @@ REQUIRED_META = {"identity": str, "source": str, "fps": (int, float), "num_frame
 
 
 class SampleError(ValueError):
-    """A shard member that cannot be decoded or breaks the schema: the loader skips and counts it."""
+    """A shard member that cannot be decoded or breaks the schema: the loader skips and counts it. Only data
+    errors become SampleError; a TypeError or KeyError from this code is a bug and is raised as it is."""
 
 
 def _check_key(key: str) -> None:
@@ -72,12 +73,16 @@ def encode_image(image: np.ndarray, ext: str = "png") -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """RGB uint8 [H, W, 3] from PNG/JPEG bytes."""
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """RGB uint8 [H, W, 3] from PNG/JPEG bytes; SampleError naming `name` when they are not a readable image."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    # what Pillow raises for bytes that are not a (sane) image; SyntaxError: "broken PNG file"
+    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as err:
+        raise SampleError(f"{name}: not a readable PNG/JPEG image ({type(err).__name__}: {err})") from None
 
 
 def encode_array(array: np.ndarray) -> bytes:
@@ -90,8 +95,12 @@ def encode_array(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_array(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+def decode_array(data: bytes, name: str = "array") -> np.ndarray:
+    """The array of `.npy` bytes (never a pickle); SampleError naming `name` when they are not one."""
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise SampleError(f"{name}: not a .npy array ({type(err).__name__}: {err})") from None
 
 
 def validate_meta(meta: Mapping[str, Any], key: str) -> None:
@@ -102,8 +111,11 @@ def validate_meta(meta: Mapping[str, Any], key: str) -> None:
         if not isinstance(meta[field], kind) or isinstance(meta[field], bool):
             raise SampleError(f"sample {key}: json field {field!r} has type {type(meta[field]).__name__}")
     box = meta["mouth_box"]
-    if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+    if len(box) != 4 or not numbers or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
         raise SampleError(f"sample {key}: mouth_box {box} is not [x0,y0,x1,y1] with 0<=x0<x1<=1, 0<=y0<y1<=1")
+    if "mouth" in meta and not isinstance(meta["mouth"], list):
+        raise SampleError(f"sample {key}: json field 'mouth' has type {type(meta['mouth']).__name__}")
     if "mouth" in meta and len(meta["mouth"]) != meta["num_frames"]:
         raise SampleError(f"sample {key}: json 'mouth' has {len(meta['mouth'])} values, "
                           f"expected num_frames={meta['num_frames']}")
@@ -207,13 +219,14 @@ def decode_sample(raw: Mapping[str, Any], decode_video: bool = True, sample_rate
         ref_member = next((ext for ext in REF_EXTS if ext in raw), None)
         if ref_member is not None:
             member = ref_member
-            out["ref"] = decode_image(bytes(raw[ref_member]))
+            out["ref"] = decode_image(bytes(raw[ref_member]), name=f"sample {key}: .{ref_member}")
         for name, ext in ARRAY_EXTS.items():
             if ext in raw:
                 member = ext
-                out[name] = decode_array(bytes(raw[ext]))
+                out[name] = decode_array(bytes(raw[ext]), name=f"sample {key}: .{ext}")
     except SampleError:
         raise
-    except (UserError, ValueError, OSError, KeyError, TypeError) as err:
+    # what decoders raise for bad bytes; a TypeError or KeyError here is a bug in this code: raised as it is
+    except (UserError, ValueError, OSError, EOFError) as err:
         raise SampleError(f"sample {key}: cannot decode .{member} ({err})") from None
     return out

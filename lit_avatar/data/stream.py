@@ -166,7 +166,7 @@ class ClipStream(IterableDataset):
         urls = wds.split_by_worker(wds.split_by_node(iter(urls)))
         raw = tracker.read(urls, self._open_shard)
         if self.train and self.shuffle_buffer > 1:
-            raw = wds.filters._shuffle(raw, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+            raw = wds.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(raw)  # public, curried
         for sample in raw:
             self.counters.add("read")
             tracker.emitted(sample["__url__"])
