@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eval.onnx_nodes import first_node_names
 from lit_avatar.errors import existing_file
 
 RECOGNITION_NAME = "w600k_r50.onnx"
@@ -100,20 +101,15 @@ class ArcFace:
 
         path = os.fspath(path)
         existing_file(path, "an ArcFace ONNX file")
+        self.mean, self.std = self._normalisation(path)  # first: a file that is no ONNX model is refused in one line
         self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        self.mean, self.std = self._normalisation(path)
 
     @staticmethod
     def _normalisation(path: str) -> tuple[float, float]:
-        """insightface's rule: graphs that begin with their own Sub and Mul nodes take raw 0-255 pixels."""
-        try:
-            import onnx
-
-            nodes = onnx.load(path, load_external_data=False).graph.node[:8]
-        except Exception:
-            return 127.5, 127.5
-        names = [n.name for n in nodes]
+        """insightface's rule: graphs whose first 8 nodes include their own Sub and Mul take raw 0-255 pixels.
+        Read from the file itself (no `onnx` needed); a file whose graph cannot be read is refused (UserError)."""
+        names = first_node_names(path, 8)
         has_sub = any(n.startswith(("Sub", "_minus")) for n in names)
         has_mul = any(n.startswith(("Mul", "_mul")) for n in names)
         return (0.0, 1.0) if has_sub and has_mul else (127.5, 127.5)
