@@ -30,7 +30,7 @@ def build_parser() -> CommandParser:
     p.add_argument("--token", default=None, help=f"access token the page and clients must give as ?token=... "
                    f"(or set {TOKEN_ENV}, which keeps it out of the process list)")
     p.add_argument("--idle-timeout", type=float, default=30.0, help="end a session after this many seconds "
-                   "without audio")
+                   "without audio (counted once its audio has become frames)")
     p.add_argument("--max-message-kib", type=float, default=64.0, help="largest message a peer may send (KiB)")
     p.add_argument("--max-backlog", type=float, default=1.0, help="seconds of audio a session may have waiting; "
                    "beyond it the oldest is dropped so the video catches up with the speaker")

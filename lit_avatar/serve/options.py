@@ -16,7 +16,8 @@ class ServeOptions:
     Args:
         max_sessions: concurrent sessions; the next peer is refused with a message ("server busy").
         token: when set, /ws and /stats need `?token=` equal to it (compared in constant time).
-        idle_timeout_s: a session that sends no audio for this long is ended.
+        idle_timeout_s: a session that sends no audio for this long, with nothing left to generate or send, is
+            ended (the clock does not run while the server still works on its audio).
         max_message_bytes: largest WebSocket message a peer may send (16-bit audio: 2 bytes a sample).
         max_backlog_s: audio received but not yet generated, at most; beyond it the OLDEST pending audio is
             dropped (counted and reported), so a slow session catches up with the speaker instead of
