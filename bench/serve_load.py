@@ -81,18 +81,24 @@ class ServeProcess:
     """`lit-avatar serve` as a user runs it, on a free loopback port."""
 
     def __init__(self, *argv: str) -> None:
+        self.log = tempfile.TemporaryFile("w+")  # serve's log; its last line says why it did not start
         self.process = subprocess.Popen([sys.executable, "-m", "lit_avatar.cli", "serve", "--port", "0", *argv],
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                        stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.process.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         if not match:
+            self.process.wait(30)
+            self.log.seek(0)
+            why = (self.log.read().strip().splitlines() or [line.strip() or "no output"])[-1]
             self.close()
-            raise RuntimeError(f"serve did not start: {line!r}")
+            raise UserError(f"lit-avatar serve did not start: {why.removeprefix('error: ')}")
         self.url = f"ws://127.0.0.1:{match.group(1)}/ws"
 
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(30)
+        self.process.stdout.close()
+        self.log.close()
 
 
 async def paced_peer(url: str, audio: np.ndarray) -> dict:
