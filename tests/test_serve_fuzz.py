@@ -25,7 +25,7 @@ from lit_avatar.serve.cli import build_parser, build_server
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LIMIT = 2048  # --max-message-kib 2
-QUICK_EXAMPLES, SLOW_EXAMPLES = 40, 400
+QUICK_EXAMPLES, SLOW_EXAMPLES = 100, 1000
 GOOD_AUDIO_S = 0.24
 
 
