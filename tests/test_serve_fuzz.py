@@ -198,7 +198,8 @@ def _example(running: _Running, bad: list) -> None:
         _check(peer, outcome, result)
     # nothing stays behind: every session, streamer and socket of this example is gone
     assert not server.sessions and not server._sockets and server._slots_taken == 0
-    assert server.workers._streams.streamers == {} and len(server.finished) <= 100
+    assert server.workers._streams.streamers == {} and server.workers._streams.frames_made == {}
+    assert len(server.finished) <= 100 and set(server.refused) <= {"protocol", "oversize", "transport"}
 
 
 # every rule at least once, whatever the example count
