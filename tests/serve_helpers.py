@@ -16,7 +16,7 @@ FRAME_HEADER = struct.Struct("<Ii")
 def tiny_checkpoint(path, kind: str = "student", size=(16, 16), preset: str = "micro") -> str:
     """A random-weight student: "micro" (16x16) exercises every code path in a moment; "tiny" at 32x32 with
     the demo's rollout (PSB 6,4) costs what the demo's trained student costs per frame."""
-    from lit_avatar.inference.loading import generator_record
+    from lit_avatar.checkpoint import generator_record
     from lit_avatar.inference.options import MCIOptions, PSBOptions, RolloutOptions, URCROptions
     from lit_avatar.models.audio import MelAudioEncoder
     from lit_avatar.models.dit import AvatarDiT

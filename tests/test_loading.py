@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
+from lit_avatar.checkpoint import describe, generator_record, instantiate, load_generator
 from lit_avatar.errors import UserError
-from lit_avatar.inference.loading import describe, generator_record, instantiate, load_generator
 from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
 from lit_avatar.models.audio import MelAudioEncoder, Wav2Vec2AudioEncoder
 from lit_avatar.models.dit import AvatarDiT
