@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
     out = output_file(args.out, "--out", suffixes=(".mp4", ".mkv", ".mov"))
     from lit_avatar.checkpoint import checkpoint_path, read_generator, require_causal
 
-    checkpoint_path(args.ckpt, "a causal (ode_init or student) checkpoint")
+    checkpoint_path(args.ckpt, "a checkpoint of a causal (ode_init or student) generator")
     existing_file(args.audio, "an audio or video file with speech", "--audio")
     existing_file(args.ref, "a reference image (PNG/JPEG/...)", "--ref")
     device = device_option(args.device)
