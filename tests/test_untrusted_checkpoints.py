@@ -139,3 +139,28 @@ def test_the_payloads_do_run_when_called(tmp_path, monkeypatch):
             made.wait()
         assert target.exists(), attack
         sys.modules.pop("checkpoint_payload", None)
+
+
+def test_resume_reads_the_checkpoint_with_weights_only(synth_shards, tmp_path, monkeypatch):
+    """`lit-avatar fit --ckpt_path` hands Trainer.fit weights_only=True (Lightning's own default, None, leaves it
+    to torch, which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD can turn off); an explicit --weights_only false is the user's."""
+    import functools
+
+    from lightning.pytorch import Trainer
+    from test_configs import tiny_args
+
+    from lit_avatar.lightning_cli import main
+
+    seen = []
+
+    @functools.wraps(Trainer.fit)  # the same signature: LightningCLI builds fit's options from it
+    def fit(self, *args, **kwargs):
+        seen.append(kwargs.get("weights_only"))
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    torch.save({"global_step": 1}, tmp_path / "last.ckpt")
+    resume = f"--ckpt_path={tmp_path / 'last.ckpt'}"
+    assert main(tiny_args(synth_shards, tmp_path, resume)) == 0
+    assert main(tiny_args(synth_shards, tmp_path, resume, "--weights_only=false")) == 0
+    assert seen == [True, False]
