@@ -14,6 +14,7 @@ arguments (allow.py), checked before anything is imported. `lit-avatar export` w
 """
 from __future__ import annotations
 
+from lit_avatar.checkpoint.export import export_generator
 from lit_avatar.checkpoint.load import (
     GeneratorBundle,
     build_generator,
@@ -35,5 +36,6 @@ from lit_avatar.checkpoint.record import (
 )
 
 __all__ = ["CAUSAL_KINDS", "KINDS", "RECORD_KEY", "GeneratorBundle", "GeneratorSource", "build_generator",
-           "check_record", "checkpoint_path", "describe", "generator_record", "instantiate", "load_generator",
-           "load_stage_weights", "read_generator", "require_causal", "rollout_options_from", "video_size_of"]
+           "check_record", "checkpoint_path", "describe", "export_generator", "generator_record", "instantiate",
+           "load_generator", "load_stage_weights", "read_generator", "require_causal", "rollout_options_from",
+           "video_size_of"]
