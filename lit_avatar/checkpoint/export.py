@@ -49,7 +49,7 @@ def export_generator(ckpt: str | Path, out: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    out = Path(out)
+    out = Path(out).absolute()  # a name to stage beside, even for "."
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: exists and is not an empty folder; expected a new folder")
     if not out.parent.is_dir():
