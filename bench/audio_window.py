@@ -144,8 +144,8 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from eval.synthsync import synthsync
+    from lit_avatar.checkpoint import load_generator
     from lit_avatar.inference.audio_stream import edge_error_curve
-    from lit_avatar.inference.loading import load_generator
 
     started = time.perf_counter()
     ckpt = train(out, args)

@@ -46,7 +46,7 @@ def random_checkpoint(path, kind: str = "student", size=(16, 16), preset: str = 
     32x32 with the demo's rollout (PSB 6,4) costs what the demo's trained student costs per frame."""
     import torch
 
-    from lit_avatar.inference.loading import generator_record
+    from lit_avatar.checkpoint import generator_record
     from lit_avatar.inference.options import MCIOptions, PSBOptions, RolloutOptions, URCROptions
     from lit_avatar.models.audio import MelAudioEncoder
     from lit_avatar.models.dit import AvatarDiT

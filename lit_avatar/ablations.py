@@ -122,9 +122,9 @@ def stream_and_score(ckpt: Path, streams: dict, seed: int, protocol: dict):
     import torch
 
     from eval.stream_scores import score_streams
+    from lit_avatar.checkpoint import load_generator
     from lit_avatar.data.frames import to_uint8_frames
     from lit_avatar.inference.clip_rollout import rollout_clip
-    from lit_avatar.inference.loading import load_generator
     from lit_avatar.modules.conditions import clip_inputs
     from lit_avatar.seeding import step_generator
 

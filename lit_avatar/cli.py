@@ -25,6 +25,8 @@ COMMANDS = {
     "table": ("eval.cli:main_table", "build the paper's comparison and ablation tables from results files"),
     "bench": ("bench.cli:main", "run benchmarks: stream, train, gpu, build"),
     "serve": ("lit_avatar.serve.cli:main", "a live avatar in the browser: microphone in, video out"),
+    "export": ("lit_avatar.checkpoint.export_cli:main", "a checkpoint's generator as a folder to share: "
+               "generator.json + model.safetensors, no pickle"),
 }
 
 

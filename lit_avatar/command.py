@@ -25,7 +25,8 @@ except ImportError:  # the bare GPU machine (bench/gpu.sh): the same flags, with
 
 from lit_avatar.errors import UserError
 
-__all__ = ["CommandParser", "Namespace", "dispatch", "one_line", "option_strings"]
+__all__ = ["CommandParser", "Namespace", "device_option", "dispatch", "int_list", "one_line", "option_strings",
+           "size_option"]
 
 _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
 
@@ -238,3 +239,30 @@ def int_list(text: str, option: str, minimum: int = 1) -> list[int]:
     if not values or min(values) < minimum:
         raise UserError(f"{option} {text!r}: expected integers >= {minimum} separated by commas, e.g. 8,6,4")
     return values
+
+
+def size_option(text: str, cell: int, option: str = "--size") -> tuple[int, int]:
+    """`--size HxW` as (height, width), each side a positive multiple of `cell` (VAE factor * patch size)."""
+    try:
+        height, width = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected HxW, e.g. 64x64") from None
+    if height < cell or width < cell or height % cell or width % cell:
+        raise UserError(f"{option} {text!r}: expected sides that are positive multiples of {cell} (this "
+                        f"checkpoint's pixels per token), e.g. {cell * 4}x{cell * 4}")
+    return height, width
+
+
+def device_option(name: str, option: str = "--device"):
+    """`--device cpu|cuda[:N]` as a torch.device, refused in one line where CUDA is not available."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{option} {name!r}: expected cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{option} {name}: CUDA is not available on this machine (use {option} cpu)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"{option} {name!r}: expected cpu or cuda[:N]")
+    return device

@@ -69,6 +69,26 @@ class AvatarCLI(LightningCLI):
         check_distributed_setup(trainer)
         return trainer
 
+    def before_fit(self) -> None:
+        self._read_checkpoints_as_data()
+
+    def before_validate(self) -> None:
+        self._read_checkpoints_as_data()
+
+    def before_test(self) -> None:
+        self._read_checkpoints_as_data()
+
+    def before_predict(self) -> None:
+        self._read_checkpoints_as_data()
+
+    def _read_checkpoints_as_data(self) -> None:
+        """`--ckpt_path` (resume) reads with weights_only=True unless `--weights_only false` is given: Lightning
+        passes None to torch.load, whose default an environment variable (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD)
+        can turn off."""
+        settings = self.config_init[self.subcommand]
+        if settings.get("weights_only") is None:
+            settings["weights_only"] = True
+
     def _init(self, args: list[str] | None, run: bool, parser_kwargs: dict, kwargs: dict) -> None:
         super().__init__(
             model_class=None,

@@ -142,8 +142,8 @@ def _bar(desc: str):
 
 def check_teacher(teacher_ckpt: Path, batch: dict, steps: int = 16, seed: int = 0) -> dict:
     """Sample the teacher on held-out clips and score them (the demo stops here when the teacher failed)."""
+    from lit_avatar.checkpoint import load_generator
     from lit_avatar.data.frames import to_uint8_frames
-    from lit_avatar.inference.loading import load_generator
 
     video = sample_teacher(load_generator(teacher_ckpt), batch, steps, seed=seed)
     return score_samples(to_uint8_frames(video), batch)
@@ -163,9 +163,9 @@ def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict,
 
     import torch
 
+    from lit_avatar.checkpoint import load_generator
     from lit_avatar.data.frames import to_uint8_frames
     from lit_avatar.inference.clip_rollout import rollout_clip
-    from lit_avatar.inference.loading import load_generator
     from lit_avatar.modules.conditions import clip_inputs
 
     student = load_generator(student_ckpt)

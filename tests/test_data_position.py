@@ -128,7 +128,7 @@ def test_lightning_checkpoint_restores_data_position(six_shards, tmp_path):
     assert len(steps) >= 2, "fewer than two shards finish mid-epoch with this seed"
     step = steps[1]
     ckpt = tmp_path / "ckpt" / f"step={step}.ckpt"
-    state = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    state = torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert state["epoch"] == 0 and not state["epoch_done"]
     assert set(state["finished_shards"]) <= {owner[k] for k in full.seen[:step]}  # trained clips' shards only
 

@@ -81,7 +81,7 @@ def test_ablation_overrides_change_only_their_own_key():
 
 def test_ablation_overrides_change_only_their_own_behaviour():
     """Run the rollout of each variant for many blocks: only the switched part of the records moves."""
-    from lit_avatar.inference.loading import rollout_options_from
+    from lit_avatar.checkpoint import rollout_options_from
     from lit_avatar.inference.rollout import Rollout
     from lit_avatar.models.dit import AvatarDiT
     from lit_avatar.models.presets import get_preset

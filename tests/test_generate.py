@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from lit_avatar.checkpoint import generator_record
 from lit_avatar.errors import UserError
 from lit_avatar.inference.generate_cli import main
-from lit_avatar.inference.loading import generator_record
 from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
 from lit_avatar.models.audio import MelAudioEncoder
 from lit_avatar.models.dit import AvatarDiT

@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
+from lit_avatar.checkpoint import describe, generator_record, instantiate, load_generator
 from lit_avatar.errors import UserError
-from lit_avatar.inference.loading import describe, generator_record, instantiate, load_generator
 from lit_avatar.inference.options import PSBOptions, RolloutOptions, URCROptions
 from lit_avatar.models.audio import MelAudioEncoder, Wav2Vec2AudioEncoder
 from lit_avatar.models.dit import AvatarDiT
@@ -166,3 +166,42 @@ def test_lightning_checkpoint_with_record_loads_weights_only(tmp_path):
     bundle = load_generator(str(path))
     for key, value in module.model.state_dict().items():
         assert torch.equal(bundle.model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize(("change", "key", "reason"), [
+    (lambda r: r["model"].update(class_path="lit_avatar.models.vae.PatchVAE"), "model.class_path",
+     "not an allowed class; expected lit_avatar.models.dit.AvatarDiT"),
+    (lambda r: r["vae"].update(class_path="lit_avatar.models.dit.AvatarDiT"), "vae.class_path",
+     "not an allowed class; expected lit_avatar.models.vae.PatchVAE or lit_avatar.models.vae.WanVAE"),
+    (lambda r: r["model"]["init_args"].update(weights="/elsewhere/wan.pt"), "model.init_args.weights",
+     "not an argument a record may give lit_avatar.models.dit.AvatarDiT (expected config)"),
+    (lambda r: r["vae"]["init_args"].update(scale=torch.ones(1)), "vae.init_args.scale",
+     "a torch.Tensor is not allowed; expected plain JSON values"),
+    (lambda r: r["audio_encoder"]["init_args"].update(window=[1, {"class_path": "os.system"}]),
+     "audio_encoder.init_args.window[1].class_path", "a nested class_path is not allowed"),
+    (lambda r: r["model"]["init_args"]["config"].update(dim=float("nan")), "model.init_args.config.dim",
+     "nan is not a finite number"),
+    (lambda r: r["model"].update(kwargs={}), "model.kwargs", "unknown key; a spec has only class_path and init_args"),
+    (lambda r: r.update(hook="builtins.exec"), "hook", "unknown key; expected only kind, model, vae"),
+    (lambda r: r.update(kind="critic"), "kind", "'critic': expected one of teacher, ode_init, student"),
+    (lambda r: r.update(rollout="psb"), "rollout", "expected a dict of rollout options or null"),
+    (lambda r: r.update(video_size=[16, "16"]), "video_size", "expected [height, width], positive integers"),
+])
+def test_records_outside_the_allow_list_are_refused_naming_the_key(change, key, reason, tmp_path):
+    model = _micro()
+    record = _record(model)
+    change(record)
+    path = tmp_path / "shared.ckpt"
+    torch.save({"state_dict": {f"ema_model.{k}": v for k, v in model.state_dict().items()}, "lit_avatar": record},
+               path)
+    with pytest.raises(UserError) as err:
+        load_generator(str(path))
+    _one_line(err, path)
+    assert str(err.value).startswith(f"{path}: lit_avatar.{key}") and reason in str(err.value), str(err.value)
+
+
+def test_instantiate_checks_the_allow_list_too():
+    with pytest.raises(UserError, match=r"spec.class_path 'subprocess.Popen': not an allowed class"):
+        instantiate({"class_path": "subprocess.Popen", "init_args": {"args": ["true"]}})
+    with pytest.raises(UserError, match=r"spec.init_args.weights: not an argument"):
+        instantiate({"class_path": "lit_avatar.models.dit.AvatarDiT", "init_args": {"weights": "x.pt"}})

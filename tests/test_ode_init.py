@@ -107,7 +107,7 @@ def test_fit_two_steps_with_a_micro_dit_and_record(tmp_path):
     trainer.save_checkpoint(tmp_path / "ode.ckpt")
     ckpt = torch.load(tmp_path / "ode.ckpt", weights_only=True)
     assert ckpt["lit_avatar"]["kind"] == "ode_init" and ckpt["lit_avatar"]["weights_prefix"] == "generator_ema."
-    from lit_avatar.inference.loading import load_generator
+    from lit_avatar.checkpoint import load_generator
 
     bundle = load_generator(str(tmp_path / "ode.ckpt"))
     model = getattr(bundle, "model", None)

@@ -98,7 +98,7 @@ def test_training_steps_update_generator_every_critic_steps_and_save_a_student_r
     trainer.save_checkpoint(tmp_path / "sf.ckpt")
     ckpt = torch.load(tmp_path / "sf.ckpt", weights_only=True)
     assert ckpt["lit_avatar"]["kind"] == "student" and ckpt["lit_avatar"]["rollout"]["psb"]["steps"] == [3, 2]
-    from lit_avatar.inference.loading import load_generator
+    from lit_avatar.checkpoint import load_generator
 
     bundle = load_generator(str(tmp_path / "sf.ckpt"))
     torch.testing.assert_close(bundle.model.head.head.weight, module.generator_ema.head.head.weight)

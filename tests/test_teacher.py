@@ -195,7 +195,7 @@ def test_fit_updates_ema_logs_and_samples(tmp_path):
 def test_teacher_checkpoint_carries_the_generator_record(tmp_path):
     import lightning.pytorch as pl
 
-    from lit_avatar.inference.loading import load_generator
+    from lit_avatar.checkpoint import load_generator
     from lit_avatar.models.dit import AvatarDiT
     from lit_avatar.models.presets import get_preset
     from lit_avatar.modules.teacher import TeacherModule

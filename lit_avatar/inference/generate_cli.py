@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lit_avatar.command import CommandParser, int_list
+from lit_avatar.command import CommandParser, device_option, int_list, size_option
 from lit_avatar.errors import UserError, existing_file, output_file
 
 FPS = 25
@@ -29,7 +29,8 @@ def build_parser() -> CommandParser:
     parser = CommandParser(
         prog="lit-avatar generate",
         description="Stream a video from audio + a reference image with a causal (ode_init/student) checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint with a lit_avatar generator record")
+    parser.add_argument("--ckpt", required=True, help="checkpoint with a lit_avatar generator record, or a folder "
+                        "written by lit-avatar export")
     parser.add_argument("--audio", required=True, help="speech audio, any common format/rate/channels")
     parser.add_argument("--ref", required=True, help="reference image (PNG/JPEG/...); cropped and resized to the "
                         "model's training size")
@@ -56,18 +57,6 @@ def build_parser() -> CommandParser:
     return parser
 
 
-def _size(text: str, cell: int) -> tuple[int, int]:
-    """`--size HxW`, each side a positive multiple of `cell` (VAE factor * patch size)."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size {text!r}: expected HxW, e.g. 64x64") from None
-    if height < cell or width < cell or height % cell or width % cell:
-        raise UserError(f"--size {text!r}: expected sides that are positive multiples of {cell} (this "
-                        f"checkpoint's pixels per token), e.g. {cell * 4}x{cell * 4}")
-    return height, width
-
-
 def _mouth_box(text: str | None) -> list[float] | None:
     if text is None:
         return None
@@ -78,18 +67,6 @@ def _mouth_box(text: str | None) -> list[float] | None:
     if len(box) != 4 or not all(0.0 <= v <= 1.0 for v in box) or box[0] >= box[2] or box[1] >= box[3]:
         raise UserError(f"--mouth-box {text!r}: expected x0,y0,x1,y1 in [0, 1] with x0 < x1 and y0 < y1")
     return box
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r}: expected cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r}: expected cpu or cuda[:N]")
-    return device
 
 
 def read_reference(path: str, size: tuple[int, int] | None, cell: int) -> np.ndarray:
@@ -146,10 +123,12 @@ def main(argv: list[str]) -> int:
     """Run `lit-avatar generate` (see --help)."""
     args = build_parser().parse(argv)
     out = output_file(args.out, "--out", suffixes=(".mp4", ".mkv", ".mov"))
-    existing_file(args.ckpt, "a checkpoint (.ckpt/.safetensors)", "--ckpt")
+    from lit_avatar.checkpoint import checkpoint_path, read_generator, require_causal
+
+    checkpoint_path(args.ckpt, "a checkpoint of a causal (ode_init or student) generator")
     existing_file(args.audio, "an audio or video file with speech", "--audio")
     existing_file(args.ref, "a reference image (PNG/JPEG/...)", "--ref")
-    device = _device(args.device)
+    device = device_option(args.device)
     from lit_avatar.inference.fast_path import resolve_dtype
 
     dtype = resolve_dtype(args.dtype, device)
@@ -157,43 +136,24 @@ def main(argv: list[str]) -> int:
     mouth_box = _mouth_box(args.mouth_box)
     if args.seconds is not None and args.seconds <= 0:
         raise UserError(f"--seconds {args.seconds}: expected a positive duration")
+    if args.cuda_graphs and device.type != "cuda":
+        raise UserError(f"--cuda-graphs needs a CUDA device (got --device {args.device})")
+    source = read_generator(args.ckpt)  # the record is checked (allow-list, kind) before anything is built
+    require_causal(source, "generate")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     from lit_avatar.data.atomic import write_json_atomic
     from lit_avatar.data.media import VideoWriter, read_audio
-    from lit_avatar.inference.loading import load_generator
     from lit_avatar.inference.streamer import AvatarStreamer
 
     audio = read_audio(args.audio, SAMPLE_RATE)
     if args.seconds is not None:
         audio = audio[: int(round(args.seconds * SAMPLE_RATE))]
-    bundle = load_generator(args.ckpt, device=device)
-    from lit_avatar.inference.fast_path import cast_for_inference, compile_blocks, configure_device
-
-    fast = configure_device(device)
-    cast_for_inference(dtype, bundle.model, bundle.vae, bundle.audio_encoder)
-    if args.compile:
-        compile_blocks(bundle.model)
-    model = bundle.model
-    if args.cuda_graphs:
-        if device.type != "cuda":
-            raise UserError(f"--cuda-graphs needs a CUDA device (got --device {args.device})")
-        from lit_avatar.inference.cuda_graphs import CUDAGraphDiT
-
-        model = CUDAGraphDiT(bundle.model)
-    if bundle.kind == "teacher":
-        raise UserError(f"{args.ckpt}: is a bidirectional teacher checkpoint; generate streams with a causal "
-                        "model: expected an ode_init or student checkpoint")
-    options = bundle.rollout_options
-    if psb_steps is not None:
-        options = dataclasses.replace(options, psb=dataclasses.replace(options.psb, steps=psb_steps))
-    if args.no_mci:
-        options = dataclasses.replace(options, mci=dataclasses.replace(options.mci, enabled=False))
-    if args.no_urcr:
-        options = dataclasses.replace(options, urcr=dataclasses.replace(options.urcr, enabled=False))
+    bundle, model, fast = _build(source, device, dtype, args.compile, args.cuda_graphs)
+    options = _rollout_options(bundle.rollout_options, psb_steps, args.no_mci, args.no_urcr)
     cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
-    size = _size(args.size, cell) if args.size else bundle.video_size
+    size = size_option(args.size, cell) if args.size else bundle.video_size
     ref = read_reference(args.ref, size, cell)
     streamer = AvatarStreamer(model, bundle.vae, bundle.audio_encoder, options, ref, seed=args.seed,
                               device=device)
@@ -225,6 +185,36 @@ def main(argv: list[str]) -> int:
           f"real-time factor {summary['real_time_factor']:.3f} (processing time / audio duration; < 1 is faster "
           "than real time)")
     return 0
+
+
+def _rollout_options(options, psb_steps: list[int] | None, no_mci: bool, no_urcr: bool):
+    """The checkpoint's rollout options with the command line's overrides."""
+    if psb_steps is not None:
+        options = dataclasses.replace(options, psb=dataclasses.replace(options.psb, steps=psb_steps))
+    if no_mci:
+        options = dataclasses.replace(options, mci=dataclasses.replace(options.mci, enabled=False))
+    if no_urcr:
+        options = dataclasses.replace(options, urcr=dataclasses.replace(options.urcr, enabled=False))
+    return options
+
+
+def _build(source, device: torch.device, dtype: torch.dtype, compile_blocks_: bool, cuda_graphs: bool):
+    """(bundle, the model to stream with, the device settings for the sidecar): networks built on `device`,
+    cast to `dtype`, the DiT compiled and/or wrapped for CUDA graph replay."""
+    from lit_avatar.checkpoint import build_generator
+    from lit_avatar.inference.fast_path import cast_for_inference, compile_blocks, configure_device
+
+    bundle = build_generator(source, device=device)
+    fast = configure_device(device)
+    cast_for_inference(dtype, bundle.model, bundle.vae, bundle.audio_encoder)
+    if compile_blocks_:
+        compile_blocks(bundle.model)
+    model = bundle.model
+    if cuda_graphs:
+        from lit_avatar.inference.cuda_graphs import CUDAGraphDiT
+
+        model = CUDAGraphDiT(bundle.model)
+    return bundle, model, fast
 
 
 def _stream(streamer, audio: np.ndarray, total_frames: int, writer, progress: bool) -> float:

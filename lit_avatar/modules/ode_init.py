@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lit_avatar.checkpoint import generator_record, load_stage_weights, video_size_of
 from lit_avatar.data.atomic import atomic_path
 from lit_avatar.diffusion import (
     AvatarGuidance,
@@ -26,7 +27,6 @@ from lit_avatar.diffusion import (
     x0_from_velocity,
 )
 from lit_avatar.errors import UserError
-from lit_avatar.inference.loading import generator_record, load_stage_weights, video_size_of
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.conditions import clip_inputs

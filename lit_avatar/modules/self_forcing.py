@@ -21,10 +21,10 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lit_avatar.checkpoint import generator_record, load_stage_weights, video_size_of
 from lit_avatar.diffusion import SigmaSampler
 from lit_avatar.errors import UserError
 from lit_avatar.inference.clip_rollout import block_step_counts, rollout_clip
-from lit_avatar.inference.loading import generator_record, load_stage_weights, video_size_of
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.conditions import clip_inputs

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lit_avatar.checkpoint import generator_record, video_size_of
 from lit_avatar.diffusion import (
     AvatarGuidance,
     SigmaSampler,
@@ -18,7 +19,6 @@ from lit_avatar.diffusion import (
 )
 from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
 from lit_avatar.errors import UserError
-from lit_avatar.inference.loading import generator_record, video_size_of
 from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.vae import VideoVAE
 from lit_avatar.modules.conditions import audio_feats_of, drop_conditions, latents_of, ref_latent_of

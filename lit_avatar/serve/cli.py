@@ -21,7 +21,8 @@ def build_parser() -> CommandParser:
         prog="lit-avatar serve",
         description="Serve a live avatar: a page at http://HOST:PORT/ sends microphone (or audio file) audio "
                     "over a WebSocket and shows the frames the checkpoint streams back.")
-    p.add_argument("--ckpt", required=True, help="causal (ode_init or student) checkpoint")
+    p.add_argument("--ckpt", required=True, help="causal (ode_init or student) checkpoint, or a folder written by "
+                   "lit-avatar export")
     p.add_argument("--ref", required=True, help="reference image (PNG/JPEG/...), cropped and resized to the "
                    "model's size")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -56,8 +57,9 @@ def build_server(args: Namespace, observer=None, gpu_count: Callable[[], int] | 
     """
     import torch
 
-    from lit_avatar.inference.generate_cli import _device, _size, read_reference
-    from lit_avatar.inference.loading import load_generator
+    from lit_avatar.checkpoint import build_generator, checkpoint_path, read_generator, require_causal
+    from lit_avatar.command import device_option, size_option
+    from lit_avatar.inference.generate_cli import read_reference
     from lit_avatar.serve.app import AvatarServer
     from lit_avatar.serve.engine import AvatarEngine
     from lit_avatar.serve.options import ServeOptions
@@ -69,20 +71,19 @@ def build_server(args: Namespace, observer=None, gpu_count: Callable[[], int] | 
         raise UserError(f"--threads {args.threads}: expected >= 1")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers {args.workers}: expected >= 0")
-    existing_file(args.ckpt, "a causal (ode_init or student) checkpoint", "--ckpt")
+    checkpoint_path(args.ckpt, "a causal (ode_init or student) checkpoint")
     existing_file(args.ref, "a reference image (PNG/JPEG/...)", "--ref")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     options = ServeOptions(max_sessions=args.max_sessions, token=token, idle_timeout_s=args.idle_timeout,
                            max_message_bytes=int(args.max_message_kib * 1024), max_backlog_s=args.max_backlog,
                            image_format=args.image_format, jpeg_quality=args.jpeg_quality, seed=args.seed)
-    device = _device(args.device)
+    device = device_option(args.device)
+    source = read_generator(args.ckpt)  # the record is checked (allow-list, kind) before anything is built
+    require_causal(source, "serve")
     torch.set_num_threads(args.threads)
-    bundle = load_generator(args.ckpt, device=device)
-    if bundle.kind == "teacher":
-        raise UserError(f"{args.ckpt}: is a bidirectional teacher checkpoint; serve streams with a causal model: "
-                        "expected an ode_init or student checkpoint")
+    bundle = build_generator(source, device=device)
     cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
-    ref = read_reference(args.ref, _size(args.size, cell) if args.size else bundle.video_size, cell)
+    ref = read_reference(args.ref, size_option(args.size, cell) if args.size else bundle.video_size, cell)
     engine = AvatarEngine(bundle.model, bundle.vae, bundle.audio_encoder, bundle.rollout_options, ref,
                           device=device, seed=args.seed)
     engine.new_streamer()  # fail now, not at the first peer, if the reference does not fit the model

@@ -56,7 +56,7 @@ class EngineSpec:
         """The AvatarEngine (checkpoint loaded)."""
         import torch
 
-        from lit_avatar.inference.loading import load_generator
+        from lit_avatar.checkpoint import load_generator
         from lit_avatar.serve.engine import AvatarEngine
 
         torch.set_num_threads(self.threads)
