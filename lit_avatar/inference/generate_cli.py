@@ -19,6 +19,7 @@ import torch
 
 from lit_avatar.command import CommandParser, int_list
 from lit_avatar.errors import UserError, existing_file, output_file
+from lit_avatar.inference.decoder_option import add_decoder_arguments, check_decoder_arguments, with_decoder
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -53,6 +54,7 @@ def build_parser() -> CommandParser:
                         "copied to the sidecar for lip-sync evaluation")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_decoder_arguments(parser)
     return parser
 
 
@@ -149,6 +151,7 @@ def main(argv: list[str]) -> int:
     existing_file(args.ckpt, "a checkpoint (.ckpt/.safetensors)", "--ckpt")
     existing_file(args.audio, "an audio or video file with speech", "--audio")
     existing_file(args.ref, "a reference image (PNG/JPEG/...)", "--ref")
+    check_decoder_arguments(args.decoder, args.decoder_path)
     device = _device(args.device)
     from lit_avatar.inference.fast_path import resolve_dtype
 
@@ -169,10 +172,11 @@ def main(argv: list[str]) -> int:
     if args.seconds is not None:
         audio = audio[: int(round(args.seconds * SAMPLE_RATE))]
     bundle = load_generator(args.ckpt, device=device)
+    vae = with_decoder(bundle.vae, args.decoder, args.decoder_path)
     from lit_avatar.inference.fast_path import cast_for_inference, compile_blocks, configure_device
 
     fast = configure_device(device)
-    cast_for_inference(dtype, bundle.model, bundle.vae, bundle.audio_encoder)
+    cast_for_inference(dtype, bundle.model, vae, bundle.audio_encoder)
     if args.compile:
         compile_blocks(bundle.model)
     model = bundle.model
@@ -195,7 +199,7 @@ def main(argv: list[str]) -> int:
     cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
     size = _size(args.size, cell) if args.size else bundle.video_size
     ref = read_reference(args.ref, size, cell)
-    streamer = AvatarStreamer(model, bundle.vae, bundle.audio_encoder, options, ref, seed=args.seed,
+    streamer = AvatarStreamer(model, vae, bundle.audio_encoder, options, ref, seed=args.seed,
                               device=device)
     if len(audio) < streamer.samples_per_first_block:
         raise UserError(f"{args.audio}: {len(audio) / SAMPLE_RATE:.3f} s of audio is shorter than one block "
@@ -212,7 +216,7 @@ def main(argv: list[str]) -> int:
         "frames": num_frames, "height": int(ref.shape[0]), "width": int(ref.shape[1]), "mouth_box": mouth_box,
         "checkpoint": str(args.ckpt), "kind": bundle.kind, "seed": args.seed, "device": str(device),
         "dtype": str(dtype).removeprefix("torch."), "compile": bool(args.compile),
-        "cuda_graphs": bool(args.cuda_graphs), **fast,
+        "cuda_graphs": bool(args.cuda_graphs), "decoder": args.decoder, **fast,
         "rollout": dataclasses.asdict(options), "latency": summary,
     }
     try:
