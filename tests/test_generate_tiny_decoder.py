@@ -102,7 +102,7 @@ def test_generate_streams_through_the_tiny_decoder(files, tmp_path, monkeypatch)
 def test_decoder_mistakes_are_one_line_and_write_nothing(files, tmp_path):
     out = tmp_path / "video.mp4"
     cases = [
-        (["--decoder", "tiny"], r"--decoder tiny needs --decoder-path PATH \(a TAEHV taew2_1 weight file"),
+        (["--decoder", "tiny"], r"--decoder tiny needs --decoder-path PATH \(a TAEHV taew2_1 \.pth or \.safetensors"),
         (["--decoder-path", files["tiny"]], r"--decoder-path .*taew2_1\.pth: only used with --decoder tiny"),
         (["--decoder", "tiny", "--decoder-path", str(tmp_path / "nope.pth")], r"--decoder-path .*nope\.pth: not found"),
         (["--decoder", "small"], r"--decoder"),

@@ -14,7 +14,7 @@ from lit_avatar.errors import UserError, existing_file
 __all__ = ["DECODERS", "add_decoder_arguments", "check_decoder_arguments", "with_decoder"]
 
 DECODERS = ("full", "tiny")
-WHAT = "a TAEHV taew2_1 weight file (.pth or .safetensors)"
+WHAT = "a TAEHV taew2_1 .pth or .safetensors file"
 
 
 def add_decoder_arguments(parser: ArgumentParser) -> None:
