@@ -1,6 +1,7 @@
 """Decode time per streamed block: the full Wan 2.1 VAE decoder vs the tiny (TAEHV taew2_1) decoder, side by side.
 
     python -m bench.decode [--size 64x64] [--blocks 4] [--frames-per-block 3] [--base-dim 96] [--threads N]
+                           [--device cuda --dtype bfloat16]   (on a GPU: e.g. --size 480x832)
 
 Both decoders get random weights in their real layouts (AutoencoderKLWan with Wan 2.1's config, `--base-dim`
 96 by default; TinyDecoder at the taew2_1 widths) and decode the same random latents block by block through
@@ -33,6 +34,8 @@ def build_parser() -> CommandParser:
     p.add_argument("--base-dim", type=int, default=96, help="AutoencoderKLWan base_dim (Wan 2.1: 96)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and latents")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="weights' dtype")
     return p
 
 
@@ -70,6 +73,8 @@ def _flops(decoder: torch.nn.Module, first: torch.Tensor, block: torch.Tensor) -
 def _timed(stream, block: torch.Tensor) -> tuple[float, int]:
     start = time.perf_counter()
     frames = stream(block).shape[2]
+    if block.is_cuda:
+        torch.cuda.synchronize(block.device)  # kernels are asynchronous: wait before reading the clock
     return time.perf_counter() - start, frames
 
 
@@ -81,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--blocks >= 2, --frames-per-block >= 1 and --base-dim >= 1 expected")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from lit_avatar.inference.generate_cli import _device
+
+    device, dtype = _device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
-    decoders = _decoders(args.base_dim)
-    latents = torch.randn(1, 16, args.blocks * args.frames_per_block, height // 8, width // 8)
+    decoders = {name: decoder.to(device, dtype) for name, decoder in _decoders(args.base_dim).items()}
+    shape = (1, 16, args.blocks * args.frames_per_block, height // 8, width // 8)
+    latents = torch.randn(shape).to(device, dtype)
     blocks = latents.split(args.frames_per_block, dim=2)
     seconds: dict[str, list[float]] = {name: [] for name in decoders}
     frames: dict[str, list[int]] = {name: [] for name in decoders}
@@ -98,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = FULL_SIZE[0] * FULL_SIZE[1] / (height * width)
     result = {"benchmark": "decode", "size": [height, width], "frames_per_block": args.frames_per_block,
               "blocks": args.blocks, "base_dim": args.base_dim, "threads": torch.get_num_threads(),
-              "torch": torch.__version__}
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "dtype": args.dtype, "torch": torch.__version__}
     for name in decoders:
         steady = seconds[name][1:]
         result[name] = {"block_s": seconds[name], "frames": frames[name], "median_steady_block_s":
