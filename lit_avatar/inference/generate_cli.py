@@ -19,6 +19,7 @@ import torch
 
 from lit_avatar.command import CommandParser, device_option, int_list, size_option
 from lit_avatar.errors import UserError, existing_file, output_file
+from lit_avatar.inference.decoder_option import add_decoder_arguments, check_decoder_arguments, with_decoder
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -54,6 +55,7 @@ def build_parser() -> CommandParser:
                         "copied to the sidecar for lip-sync evaluation")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_decoder_arguments(parser)
     return parser
 
 
@@ -128,6 +130,7 @@ def main(argv: list[str]) -> int:
     checkpoint_path(args.ckpt, "a checkpoint of a causal (ode_init or student) generator")
     existing_file(args.audio, "an audio or video file with speech", "--audio")
     existing_file(args.ref, "a reference image (PNG/JPEG/...)", "--ref")
+    check_decoder_arguments(args.decoder, args.decoder_path)
     device = device_option(args.device)
     from lit_avatar.inference.fast_path import resolve_dtype
 
@@ -150,12 +153,13 @@ def main(argv: list[str]) -> int:
     audio = read_audio(args.audio, SAMPLE_RATE)
     if args.seconds is not None:
         audio = audio[: int(round(args.seconds * SAMPLE_RATE))]
-    bundle, model, fast = _build(source, device, dtype, args.compile, args.cuda_graphs)
+    bundle, model, vae, fast = _build(source, device, dtype, args.compile, args.cuda_graphs, args.decoder,
+                                      args.decoder_path)
     options = _rollout_options(bundle.rollout_options, psb_steps, args.no_mci, args.no_urcr)
     cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
     size = size_option(args.size, cell) if args.size else bundle.video_size
     ref = read_reference(args.ref, size, cell)
-    streamer = AvatarStreamer(model, bundle.vae, bundle.audio_encoder, options, ref, seed=args.seed,
+    streamer = AvatarStreamer(model, vae, bundle.audio_encoder, options, ref, seed=args.seed,
                               device=device)
     if len(audio) < streamer.samples_per_first_block:
         raise UserError(f"{args.audio}: {len(audio) / SAMPLE_RATE:.3f} s of audio is shorter than one block "
@@ -172,7 +176,7 @@ def main(argv: list[str]) -> int:
         "frames": num_frames, "height": int(ref.shape[0]), "width": int(ref.shape[1]), "mouth_box": mouth_box,
         "checkpoint": str(args.ckpt), "kind": bundle.kind, "seed": args.seed, "device": str(device),
         "dtype": str(dtype).removeprefix("torch."), "compile": bool(args.compile),
-        "cuda_graphs": bool(args.cuda_graphs), **fast,
+        "cuda_graphs": bool(args.cuda_graphs), "decoder": args.decoder, **fast,
         "rollout": dataclasses.asdict(options), "latency": summary,
     }
     try:
@@ -198,15 +202,18 @@ def _rollout_options(options, psb_steps: list[int] | None, no_mci: bool, no_urcr
     return options
 
 
-def _build(source, device: torch.device, dtype: torch.dtype, compile_blocks_: bool, cuda_graphs: bool):
-    """(bundle, the model to stream with, the device settings for the sidecar): networks built on `device`,
-    cast to `dtype`, the DiT compiled and/or wrapped for CUDA graph replay."""
+def _build(source, device: torch.device, dtype: torch.dtype, compile_blocks_: bool, cuda_graphs: bool,
+           decoder: str, decoder_path: str | None):
+    """(bundle, the model to stream with, the VAE to decode with, the device settings for the sidecar): networks
+    built on `device`, the decoder swapped if asked, cast to `dtype`, the DiT compiled and/or wrapped for CUDA
+    graph replay."""
     from lit_avatar.checkpoint import build_generator
     from lit_avatar.inference.fast_path import cast_for_inference, compile_blocks, configure_device
 
     bundle = build_generator(source, device=device)
+    vae = with_decoder(bundle.vae, decoder, decoder_path)
     fast = configure_device(device)
-    cast_for_inference(dtype, bundle.model, bundle.vae, bundle.audio_encoder)
+    cast_for_inference(dtype, bundle.model, vae, bundle.audio_encoder)
     if compile_blocks_:
         compile_blocks(bundle.model)
     model = bundle.model
@@ -214,7 +221,7 @@ def _build(source, device: torch.device, dtype: torch.dtype, compile_blocks_: bo
         from lit_avatar.inference.cuda_graphs import CUDAGraphDiT
 
         model = CUDAGraphDiT(bundle.model)
-    return bundle, model, fast
+    return bundle, model, vae, fast
 
 
 def _stream(streamer, audio: np.ndarray, total_frames: int, writer, progress: bool) -> float:
