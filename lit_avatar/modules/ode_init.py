@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_avatar.checkpoint import generator_record, load_stage_weights
+from lit_avatar.checkpoint import generator_record
 from lit_avatar.data.atomic import atomic_path
 from lit_avatar.diffusion import (
     AvatarGuidance,
@@ -29,7 +29,6 @@ from lit_avatar.errors import UserError
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.conditions import clip_inputs
-from lit_avatar.modules.frozen import freeze
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
 from lit_avatar.modules.stage import TrainingStage, batch_size_of
@@ -144,26 +143,15 @@ class ODEInitModule(TrainingStage):
         super().__init__()
         if teacher_substeps < 1:
             raise UserError(f"model.teacher_substeps={teacher_substeps}: expected >= 1")
-        if vae is None:
-            raise UserError("model.vae: a VideoVAE is required (PatchVAE for CPU runs)")
         # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
         # the checkpoint names them
         self.save_hyperparameters(ignore=["generator", "teacher", "vae", "audio_encoder", "rollout", "optimizer",
                                           "lr_scheduler"])
         self.make_optimizer = optimizer
         self.make_lr_scheduler = lr_scheduler
-        self.rollout_options = rollout if rollout is not None else RolloutOptions()
-        if teacher_weights is not None:
-            load_stage_weights(teacher, teacher_weights, weights_prefix)
-        init = generator_weights or teacher_weights
-        if init is not None:
-            load_stage_weights(generator, init, weights_prefix)
-        self.generator = generator
-        self.teacher = teacher
-        self.vae = vae
-        self.audio_encoder = audio_encoder
-        freeze(teacher, vae, audio_encoder)
-        self.init_ema(ema_decay)
+        # the student starts from the teacher's weights unless given its own
+        self.init_student(generator, teacher, rollout, vae, audio_encoder, teacher_weights,
+                          generator_weights or teacher_weights, weights_prefix, ema_decay)
         self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
         self.cache = TrajectoryCache(cache_dir) if cache_dir else None
 

@@ -29,7 +29,6 @@ from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.conditions import clip_inputs
 from lit_avatar.modules.critic import critic_flow_loss, critic_from_teacher
 from lit_avatar.modules.dmd import DMDLoss
-from lit_avatar.modules.frozen import freeze
 from lit_avatar.modules.losses import box_weight_map
 from lit_avatar.modules.optim import (
     LRSchedulerCallable,
@@ -146,8 +145,6 @@ class SelfForcingModule(TrainingStage):
             raise UserError(f"model.critic_steps: expected >= 1, got {critic_steps}")
         if critic_sample not in ("fresh", "reuse"):
             raise UserError(f"model.critic_sample: expected 'fresh' or 'reuse', got {critic_sample!r}")
-        if vae is None:
-            raise UserError("model.vae: a VideoVAE is required (PatchVAE for CPU runs)")
         # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
         # the checkpoint names them
         self.save_hyperparameters(ignore=["generator", "teacher", "critic", "vae", "audio_encoder", "rollout",
@@ -155,20 +152,11 @@ class SelfForcingModule(TrainingStage):
                                           "critic_lr_scheduler"])
         self.optimizer_builders = {"generator": (generator_optimizer, generator_lr_scheduler),
                                 "critic": (critic_optimizer, critic_lr_scheduler)}
-        self.rollout_options = rollout if rollout is not None else RolloutOptions()
-        if teacher_weights is not None:
-            load_stage_weights(teacher, teacher_weights, weights_prefix)
-        if generator_weights is not None:
-            load_stage_weights(generator, generator_weights, weights_prefix)
-        self.generator = generator
-        self.teacher = teacher
+        self.init_student(generator, teacher, rollout, vae, audio_encoder, teacher_weights, generator_weights,
+                          weights_prefix, ema_decay)
         self.critic = critic if critic is not None else critic_from_teacher(teacher)
         if critic is not None and teacher_weights is not None:
             load_stage_weights(self.critic, teacher_weights, weights_prefix)
-        self.vae = vae
-        self.audio_encoder = audio_encoder
-        freeze(teacher, vae, audio_encoder)
-        self.init_ema(ema_decay)
         self.dmd = DMDLoss(guidance_scale, dmd_shift, min_timestep, max_timestep, uncond_drops_ref)
         self.critic_sigmas = SigmaSampler("uniform", shift=dmd_shift, min_sigma=min_timestep / 1000.0,
                                           max_sigma=max_timestep / 1000.0)
