@@ -158,19 +158,23 @@ def test_bench_stream_reports_the_must_show_figures(tmp_path, capsys):
 
 
 def test_bench_stream_figures_on_a_fake_clock_and_a_growing_process(tmp_path, monkeypatch, capsys):
-    """The bench's figures from known times and memory: every clock read advances 0.25 s, so the stream's
-    wall time is 0.25 s (its start and end are one read apart) and its 30 frames make 120 frames/s, and
-    both methods' blocks take 0.25 s (speedup 1); a process that grows 1 MiB per sample reports growth."""
+    """The bench's figures from known times and memory. The stream's clock reads advance 0.5 s each, so its
+    start and end are 0.5 s apart and its 30 frames make 60 frames/s. In the KV-vs-recompute rounds the
+    reads go (begin, end) cached, (begin, end) recompute: each end comes 0.25 s resp. 1 s after its begin,
+    so the speedup is 4. A process that grows 1 MiB per sample reports its growth."""
     import json
+    import sys
     from types import SimpleNamespace
 
     import bench.stream
     from bench.cli import main
 
-    clock = SimpleNamespace(now=0.0)
+    clock = SimpleNamespace(now=0.0, reads={})
 
     def perf_counter():
-        clock.now += 0.25
+        caller = sys._getframe(1).f_code.co_name
+        k = clock.reads[caller] = clock.reads.get(caller, -1) + 1
+        clock.now += {"stream_section": 0.5}.get(caller) or (0.25, 0.25, 0.0, 1.0)[k % 4]
         return clock.now
 
     rss = SimpleNamespace(now=100 * 2**20)
@@ -187,8 +191,8 @@ def test_bench_stream_figures_on_a_fake_clock_and_a_growing_process(tmp_path, mo
     capsys.readouterr()
     result = json.loads(out.read_text())
     stream, compare = result["stream"], result["kv_vs_recompute"]
-    assert stream["wall_s"] == 0.25 and stream["video_frames"] == 30 and stream["frames_per_second"] == 120.0
-    assert compare["kv_cached_block_s"] == compare["recompute_block_s"] == 0.25 and compare["speedup"] == 1.0
+    assert stream["wall_s"] == 0.5 and stream["video_frames"] == 30 and stream["frames_per_second"] == 60.0
+    assert compare["kv_cached_block_s"] == 0.25 and compare["recompute_block_s"] == 1.0 and compare["speedup"] == 4.0
     memory = stream["rss_bytes"]
     assert memory["peak_sampled"] == memory["end"] > memory["after_first_reset"] > 100 * 2**20
     assert memory["end_over_after_first_reset"] > 1.0  # the growth is reported
