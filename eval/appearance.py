@@ -52,7 +52,8 @@ def _as_float_frames(frames: np.ndarray, what: str):
     a = np.asarray(frames)
     if a.ndim != 4 or a.shape[-1] != 3:
         raise UserError(f"{what}: expected frames [T,H,W,3], got shape {tuple(a.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).double()
+    # a copy in float64: the frames may be read-only (a PIL image's array), which torch warns about
+    x = torch.from_numpy(np.array(a, dtype=np.float64)).permute(0, 3, 1, 2)
     return x / 255.0 if a.dtype == np.uint8 else x
 
 

@@ -179,13 +179,9 @@ def run_eval(opts: EvalOptions) -> dict:
 
     videos: dict[str, dict] = {}
     names = sorted(matching.gen)
-    try:
-        from tqdm import tqdm
+    from lit_avatar.quiet import progress_bar
 
-        iterator = tqdm(names, desc="eval", unit="video", disable=not opts.progress, file=sys.stderr)
-    except ImportError:  # tqdm is a dependency; keep going without a bar if it is broken
-        iterator = names
-    for name in iterator:
+    for name in progress_bar(names, desc="eval", unit="video", enabled=opts.progress):
         videos[name] = _score_video(name, matching, scorers, detector, opts, read_video, drift_on, drift_dir, tb_dir)
 
     aggregate: dict = {"num_videos": len(videos)}

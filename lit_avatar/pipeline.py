@@ -132,12 +132,10 @@ def sample_teacher(teacher, batch: dict, steps: int, audio_guidance: float = 2.0
 
 
 def _bar(desc: str):
-    """A tqdm wrapper (with ETA) for a step iterator, on stderr."""
-    import sys
+    """A progress-bar wrapper (with ETA) for a step iterator, on stderr when it is a terminal."""
+    from lit_avatar.quiet import progress_bar
 
-    from tqdm import tqdm
-
-    return lambda steps: tqdm(steps, desc=desc, unit="step", file=sys.stderr, leave=False)
+    return lambda steps: progress_bar(steps, desc=desc, unit="step", leave=False)
 
 
 def check_teacher(teacher_ckpt: Path, batch: dict, steps: int = 16, seed: int = 0) -> dict:

@@ -1,4 +1,5 @@
-"""Route library chatter (Lightning's tips and notices, Python warnings) to a log file.
+"""Quiet where a user reads: library chatter (Lightning's tips and notices, Python warnings) to a log file,
+progress bars only on a terminal.
 
 `make demo` and `make ablations` print their own stage lines, bars and summary; lines a user cannot act
 on ("💡 Tip: ...", "Found N module(s) in eval mode", deprecation notices) belong in the log, where they
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 LIBRARY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning",
                    "py.warnings", "jsonargparse")  # not "torch": raising its level would wake its INFO loggers
@@ -29,3 +33,19 @@ def route_library_logs(path: str | os.PathLike) -> logging.Handler:
     logging.captureWarnings(True)
     warnings.simplefilter("default")  # every distinct warning once, into the log
     return handler
+
+
+def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, file: TextIO | None = None, **kwargs: Any):
+    """A tqdm bar that draws only on a terminal: in a log file or a pipe its redraws would be one line each
+    (a 60 s `generate` wrote ~150 into `make demo`'s output). `enabled=False` turns it off everywhere.
+
+    Args:
+        iterable: what to wrap (or None with `total=` and `.update`).
+        enabled: the command's own switch (`--no-progress`).
+        file: where to draw; default stderr, which keeps stdout for results.
+        kwargs: tqdm's (desc, unit, total, leave, ...).
+    """
+    from tqdm import tqdm
+
+    # disable=None: tqdm draws only when `file` is a terminal
+    return tqdm(iterable, disable=None if enabled else True, file=file if file is not None else sys.stderr, **kwargs)

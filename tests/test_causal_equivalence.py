@@ -86,13 +86,16 @@ def test_urcr_bounds_positions_over_500_blocks_and_keeps_the_sink():
     resets = 0
     with torch.no_grad():
         rollout.begin(ref, None, 1, (4, 4), generator=torch.Generator().manual_seed(0))
+        sinks = [(layer.ref_k.clone(), layer.ref_v.clone()) for layer in rollout.cache.layers]
         for _ in range(500):
             rollout.next_block(None, shape=(1, 12, 1, 4, 4))
             record = rollout.records[-1]
             max_position = max(max_position, *record.positions, rollout.max_position_seen)
             if record.reset:
                 resets += 1
-                assert all(layer.ref_k is not None for layer in rollout.cache.layers)
+                # the reference sink survives the reset unchanged (keys and values, every layer)
+                for layer, (k, v) in zip(rollout.cache.layers, sinks):
+                    assert torch.equal(layer.ref_k, k) and torch.equal(layer.ref_v, v)
                 # The kept frames were re-encoded at positions counted from 0.
                 assert sorted(p for p in rollout.cache.slot_positions if p >= 0)[:2] == [0, 1]
     assert max_position < 6

@@ -26,8 +26,29 @@ def tiny_args(shards: Path, save_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_teacher_configs_exist():
-    assert {p.name for p in TEACHER} >= {"synthtalk_tiny.yaml", "wan1.3b.yaml"}
+def _networks(path: Path, *names: str) -> list[tuple]:
+    """(class_path, init_args without local weight paths or activation checkpointing) of model.init_args.<name>."""
+    args = yaml.safe_load(path.read_text())["model"]["init_args"]
+    out = []
+    for name in names:
+        net = dict(args[name])
+        init = {k: v for k, v in (net.get("init_args") or {}).items() if k != "weights"}
+        overrides = {k: v for k, v in (init.pop("overrides", None) or {}).items() if k != "gradient_checkpointing"}
+        out.append((net["class_path"], init, overrides))
+    return out
+
+
+@pytest.mark.parametrize("teacher, distill", [("synthtalk_tiny", ("synthtalk_tiny_ode", "synthtalk_tiny")),
+                                              ("wan1.3b", ("wan1.3b_ode", "wan1.3b"))])
+def test_teacher_configs_chain_into_their_distillation_configs(teacher, distill):
+    """Each teacher recipe's checkpoint loads into its distillation stages: the same DiT shape for their
+    teacher and student, the same VAE and audio encoder (the student's latents and features are the teacher's)."""
+    path = ROOT / "experiments" / "teacher" / f"{teacher}.yaml"
+    assert path in TEACHER
+    dit, vae, audio = _networks(path, "model", "vae", "audio_encoder")
+    for name in distill:
+        stage = ROOT / "experiments" / "distill" / f"{name}.yaml"
+        assert _networks(stage, "teacher", "generator", "vae", "audio_encoder") == [dit, dit, vae, audio], name
 
 
 @pytest.mark.parametrize("path", TEACHER, ids=lambda p: p.name)

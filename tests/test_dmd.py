@@ -32,48 +32,44 @@ def test_surrogate_loss_value_and_gradient():
     torch.testing.assert_close(x.grad, grad / x.numel())  # d/dx 0.5 mean((x - sg(x - grad))^2)
 
 
-class LinearScore(nn.Module):
-    """v = a * x + b * audio_mean + c * ref: simple enough to predict every output by hand."""
+class FixedX0(nn.Module):
+    """A score whose clean estimate x0 = x_t - s v is a fixed tensor, whatever the noise level and noise:
+    `with_audio` when the audio is not null, `without_audio` when it is. Records its calls."""
 
-    def __init__(self, a, b, c):
+    def __init__(self, with_audio, without_audio):
         super().__init__()
-        self.a, self.b, self.c = a, b, c
+        self.with_audio, self.without_audio = with_audio, without_audio
         self.calls = []
 
     def forward(self, x, timestep, audio=None, ref=None, text=None):
         self.calls.append({"t": timestep.clone(), "audio": audio, "ref": ref})
-        out = self.a * x
-        if audio is not None:
-            out = out + self.b * audio.mean()
-        if ref is not None:
-            out = out + self.c * ref.mean()
-        return out
+        target = self.with_audio if audio is not None and audio.abs().sum() > 0 else self.without_audio
+        return (x - target) / (timestep / 1000).reshape(-1, 1, 1, 1, 1)
 
 
 def test_dmd_loss_uses_cfg_real_score_and_critic_fake_score_in_x0_space():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 2, 2, 2, 2, generator=g, requires_grad=True)
-    conds = ClipConditions(audio=torch.ones(3, 2, 5, 4), ref=torch.full((3, 2, 1, 2, 2), 2.0), text=None)
-    teacher, critic = LinearScore(0.5, 1.0, 0.1), LinearScore(0.3, 0.0, 0.0)
-    loss_fn = DMDLoss(guidance_scale=3.0)
-    out = loss_fn(x, teacher, critic, conds, generator=torch.Generator().manual_seed(7))
-    # replay the draws
-    rg = torch.Generator().manual_seed(7)
-    sigma = loss_fn.sigma_sampler(3, generator=rg)
-    noise = torch.randn(x.shape, generator=rg)
-    s = sigma.reshape(-1, 1, 1, 1, 1)
-    xt = (1 - s) * x.detach() + s * noise
-    v_cond = 0.5 * xt + 1.0 + 0.1 * 2.0
-    v_uncond = 0.5 * xt + 0.1 * 2.0  # null audio only; the reference stays
-    real = xt - s * (v_cond + 3.0 * (v_cond - v_uncond))
-    fake = xt - s * (0.3 * xt)
-    torch.testing.assert_close(out.pred_real, real)
-    torch.testing.assert_close(out.pred_fake, fake)
-    torch.testing.assert_close(out.grad, (fake - real) / (x.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True))
-    assert teacher.calls[1]["audio"].abs().sum() == 0 and teacher.calls[1]["ref"] is conds.ref
-    assert torch.allclose(teacher.calls[0]["t"], sigma * 1000)
+    """A hand-worked example: the real score's x0 is cond + g (cond - uncond) in x0 space, the push is
+    (fake - real) / mean|x - real|, and the surrogate's gradient is that push over x.numel()."""
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 2, 2).requires_grad_()
+    conds = ClipConditions(audio=torch.ones(1, 1, 5, 4), ref=torch.full((1, 2, 1, 2, 2), 2.0), text=None)
+    as_x = lambda *v: torch.tensor(v).reshape(1, 1, 1, 2, 2)  # noqa: E731
+    teacher = FixedX0(with_audio=as_x(1.0, 1.0, 1.0, 1.0), without_audio=as_x(0.0, 1.0, 2.0, 1.0))
+    critic = FixedX0(with_audio=as_x(2.0, 2.0, 2.0, 2.0), without_audio=None)
+    out = DMDLoss(guidance_scale=3.0)(x, teacher, critic, conds, generator=torch.Generator().manual_seed(7))
+    # real = cond + 3 (cond - uncond) = 1 + 3 * (1, 0, -1, 0) = (4, 1, -2, 1)
+    torch.testing.assert_close(out.pred_real, as_x(4.0, 1.0, -2.0, 1.0))
+    torch.testing.assert_close(out.pred_fake, as_x(2.0, 2.0, 2.0, 2.0))
+    # mean|x - real| = (3 + 1 + 5 + 3) / 4 = 3; push = (fake - real) / 3 = (-2, 1, 4, 1) / 3
+    torch.testing.assert_close(out.grad, as_x(-2.0, 1.0, 4.0, 1.0) / 3)
+    # surrogate 0.5 * mean(push^2) = 0.5 * (4 + 1 + 16 + 1) / 9 / 4 = 11 / 36
+    assert out.loss.item() == pytest.approx(11 / 36)
     out.loss.backward()
-    torch.testing.assert_close(x.grad, out.grad / x.numel())
+    torch.testing.assert_close(x.grad, as_x(-2.0, 1.0, 4.0, 1.0) / 12)
+    # the unconditional pass nulls the audio and keeps the reference; both scores see the drawn level
+    assert teacher.calls[1]["audio"].abs().sum() == 0 and teacher.calls[1]["ref"] is conds.ref
+    assert 20 <= teacher.calls[0]["t"].item() <= 980
+    assert teacher.calls[0]["t"].item() == pytest.approx(out.sigma.item() * 1000)
+    assert critic.calls[0]["t"].item() == pytest.approx(out.sigma.item() * 1000)
 
 
 def test_dmd_timesteps_are_shifted_uniform_and_clamped():

@@ -275,3 +275,24 @@ def test_results_json_is_strict(tmp_path):
     strict = json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: 1 / 0)
     assert strict == {"a": None, "b": [1.5, None]}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_eval_prints_no_library_warnings(workspace, tmp_path):
+    """What a user reads from `lit-avatar eval` is its own output: no library warnings (a fresh process, since
+    torch warns about a non-writable NumPy array only once per process)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    refs = tmp_path / "refs"  # reference images: PIL's arrays are read-only
+    refs.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(media.read_video(workspace / "real" / f"{name}.mp4")[0][0]).save(refs / f"{name}.png")
+    out = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, "-m", "lit_avatar.cli", "eval", "--gen", str(workspace / "gen"),
+                          "--real", str(workspace / "real"), "--refs", str(refs), "--metrics", "synthsync,appearance",
+                          "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Warning" not in run.stderr and "warn" not in run.stderr.lower(), run.stderr
+    assert sorted(json.loads(out.read_text())["computed"]) == ["appearance", "synthsync"]

@@ -227,10 +227,10 @@ def _build(source, device: torch.device, dtype: torch.dtype, compile_blocks_: bo
 def _stream(streamer, audio: np.ndarray, total_frames: int, writer, progress: bool) -> float:
     """Feed the audio in live-sized chunks, hand every frame the streamer returns to the writer, and return
     the generation wall time (from the first push to the last frame, encoding included)."""
-    from tqdm import tqdm
+    from lit_avatar.quiet import progress_bar
 
     chunk = int(CHUNK_SECONDS * SAMPLE_RATE)
-    with tqdm(total=total_frames, unit="frame", disable=not progress, desc="generate") as bar:
+    with progress_bar(total=total_frames, unit="frame", enabled=progress, desc="generate") as bar:
         for start in range(0, len(audio), chunk):
             frames = streamer.push_audio(audio[start:start + chunk])
             writer.write(frames)

@@ -37,14 +37,29 @@ def audio_feats_of(batch: dict, audio_encoder: nn.Module | None, num_frames: int
         return audio_encoder(batch["audio"].float(), num_frames=num_frames).float()
 
 
+def video_frames(num_latent_frames: int, vae: nn.Module) -> int:
+    """Video frames of `num_latent_frames` latent frames on the VAE's causal grid: 1 + tf * (t - 1)."""
+    return 1 + int(getattr(vae, "temporal_factor", 1)) * (num_latent_frames - 1)
+
+
+def latent_frames(num_video_frames: int, vae: nn.Module) -> int:
+    """Latent frames of `num_video_frames` video frames on the VAE's causal grid: 1 + (T - 1) // tf."""
+    return 1 + (num_video_frames - 1) // int(getattr(vae, "temporal_factor", 1))
+
+
+def clip_conditions(batch: dict, vae: nn.Module, audio_encoder: nn.Module | None,
+                    num_latent_frames: int) -> ClipConditions:
+    """The conditions of a clip of `num_latent_frames` latent frames, through the frozen VAE and audio encoder;
+    the audio is windowed for the batch's `video` frames, or for those of the latents without video."""
+    num_frames = batch["video"].shape[2] if "video" in batch else video_frames(num_latent_frames, vae)
+    return ClipConditions(audio_feats_of(batch, audio_encoder, num_frames), ref_latent_of(batch, vae),
+                          batch.get("text"))
+
+
 def clip_inputs(batch: dict, vae: nn.Module, audio_encoder: nn.Module | None) -> tuple[torch.Tensor, ClipConditions]:
     """Clean latents [B,C,t,h,w] and their conditions, through the frozen VAE and audio encoder."""
     x0 = latents_of(batch, vae)
-    tf = int(getattr(vae, "temporal_factor", 1))
-    num_frames = batch["video"].shape[2] if "video" in batch else 1 + tf * (x0.shape[2] - 1)
-    conds = ClipConditions(audio_feats_of(batch, audio_encoder, num_frames), ref_latent_of(batch, vae),
-                           batch.get("text"))
-    return x0, conds
+    return x0, clip_conditions(batch, vae, audio_encoder, x0.shape[2])
 
 
 def drop_conditions(

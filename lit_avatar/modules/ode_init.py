@@ -11,11 +11,10 @@ import hashlib
 import os
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lit_avatar.checkpoint import generator_record, load_stage_weights, video_size_of
+from lit_avatar.checkpoint import generator_record
 from lit_avatar.data.atomic import atomic_path
 from lit_avatar.diffusion import (
     AvatarGuidance,
@@ -30,11 +29,9 @@ from lit_avatar.errors import UserError
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.conditions import clip_inputs
-from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
-from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
-from lit_avatar.modules.sharding import global_grad_norm, shard_networks
+from lit_avatar.modules.stage import TrainingStage, batch_size_of
 from lit_avatar.seeding import step_generator
 
 
@@ -92,7 +89,7 @@ class TrajectoryCache:
             torch.save(trajectory.detach().cpu().clone(), tmp)
 
 
-class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
+class ODEInitModule(TrainingStage):
     """Regression of the causal student onto teacher ODE trajectories.
 
     Args:
@@ -120,6 +117,7 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
     """
 
     frozen_parts = ("teacher", "vae", "audio_encoder", "generator_ema")
+    trained, ema, sharded = "generator", "generator_ema", ("generator", "generator_ema", "teacher")
 
     def __init__(
         self,
@@ -145,31 +143,17 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
         super().__init__()
         if teacher_substeps < 1:
             raise UserError(f"model.teacher_substeps={teacher_substeps}: expected >= 1")
-        if vae is None:
-            raise UserError("model.vae: a VideoVAE is required (PatchVAE for CPU runs)")
         # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
         # the checkpoint names them
         self.save_hyperparameters(ignore=["generator", "teacher", "vae", "audio_encoder", "rollout", "optimizer",
                                           "lr_scheduler"])
         self.make_optimizer = optimizer
         self.make_lr_scheduler = lr_scheduler
-        self.rollout_options = rollout if rollout is not None else RolloutOptions()
-        if teacher_weights is not None:
-            load_stage_weights(teacher, teacher_weights, weights_prefix)
-        init = generator_weights or teacher_weights
-        if init is not None:
-            load_stage_weights(generator, init, weights_prefix)
-        self.generator = generator
-        self.teacher = teacher
-        self.vae = vae
-        self.audio_encoder = audio_encoder
-        freeze(teacher, vae, audio_encoder)
-        self.generator_ema = make_ema_copy(generator) if ema_decay is not None else None
+        # the student starts from the teacher's weights unless given its own
+        self.init_student(generator, teacher, rollout, vae, audio_encoder, teacher_weights,
+                          generator_weights or teacher_weights, weights_prefix, ema_decay)
         self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
         self.cache = TrajectoryCache(cache_dir) if cache_dir else None
-        self._last_ema_step = -1
-        self._video_size: tuple[int, int] | None = None
-
 
     # ----- trajectories -----
 
@@ -183,7 +167,7 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
             found = [self.cache.load(k) for k in keys]
             if all(f is not None for f in found):
                 return torch.stack(found, dim=1).to(self.device)
-        gen = step_generator(self.hparams.seed, int(self.global_step), stream=1, rank=self._rank())
+        gen = step_generator(self.hparams.seed, int(self.global_step), stream=1, rank=self.rank())
         noise = torch.randn(tuple(x_shape), generator=gen).to(self.device)
         traj = teacher_trajectory(self.teacher, self.guidance, conds, noise, self.rollout_options,
                                   self.hparams.teacher_substeps)
@@ -254,44 +238,20 @@ class ODEInitModule(KeepsFrozenInEval, pl.LightningModule):
     # ----- Lightning hooks -----
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        gen = step_generator(self.hparams.seed, int(self.global_step), stream=0, rank=self._rank())
+        gen = step_generator(self.hparams.seed, int(self.global_step), stream=0, rank=self.rank())
         loss = self.regression_loss(batch, gen)
-        self._video_size = video_size_of(batch) or self._video_size
-        b = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self.note_video_size(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size_of(batch))
         return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
-        step = self.trainer.global_step
-        if self.generator_ema is None or step == self._last_ema_step:
-            return
-        self._last_ema_step = step
-        ema_update(self.generator_ema, self.generator, ema_decay_at(step, self.hparams.ema_decay,
-                                                                    self.hparams.ema_start_step))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         gen = torch.Generator().manual_seed(self.hparams.seed + batch_idx)
-        net = self.generator_ema if self.generator_ema is not None else self.generator
-        b = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
-        self.log("val/loss", self.regression_loss(batch, gen, net=net), prog_bar=True, batch_size=b)
-
-    def _rank(self) -> int:
-        return int(self.trainer.global_rank) if self._trainer is not None else 0
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # the norm of the full gradient (reduced over shards), before the trainer's clipping
-        norm = global_grad_norm(self.generator.parameters())
-        if norm is not None:
-            self.log("train/grad_norm", norm)
-
-    def configure_model(self) -> None:
-        """Under ModelParallelStrategy: FSDP2 units per block of the student, its EMA and the teacher."""
-        shard_networks(self, ("generator", "generator_ema", "teacher"))
+        loss = self.regression_loss(batch, gen, net=self.sampling_model)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch_size_of(batch))
 
     def configure_optimizers(self) -> dict:
         return optimizer_config(self.generator, self.make_optimizer, self.make_lr_scheduler)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        prefix = "generator_ema." if self.generator_ema is not None else "generator."
         checkpoint["lit_avatar"] = generator_record("ode_init", self.generator, self.vae, self.audio_encoder,
-                                                    self.rollout_options, prefix, self._video_size)
+                                                    self.rollout_options, self.record_prefix, self._video_size)

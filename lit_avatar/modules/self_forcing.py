@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lit_avatar.checkpoint import generator_record, load_stage_weights, video_size_of
+from lit_avatar.checkpoint import generator_record, load_stage_weights
 from lit_avatar.diffusion import SigmaSampler
 from lit_avatar.errors import UserError
 from lit_avatar.inference.clip_rollout import block_step_counts, rollout_clip
@@ -30,8 +29,6 @@ from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.conditions import clip_inputs
 from lit_avatar.modules.critic import critic_flow_loss, critic_from_teacher
 from lit_avatar.modules.dmd import DMDLoss
-from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
-from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.losses import box_weight_map
 from lit_avatar.modules.optim import (
     LRSchedulerCallable,
@@ -40,7 +37,7 @@ from lit_avatar.modules.optim import (
     dmd_generator_adamw,
     optimizer_config,
 )
-from lit_avatar.modules.sharding import global_grad_norm, shard_networks
+from lit_avatar.modules.stage import TrainingStage, batch_size_of
 from lit_avatar.seeding import step_generator
 
 
@@ -64,7 +61,7 @@ def _no_closure() -> None:
 FRESH_SAMPLE_STEP = 10**12  # draws of the critic's fresh rollout: those of a step number training never reaches
 
 
-class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
+class SelfForcingModule(TrainingStage):
     """Self-Forcing with DMD.
 
     Args:
@@ -110,6 +107,7 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
     """
 
     frozen_parts = ("teacher", "vae", "audio_encoder", "generator_ema")
+    trained, ema, sharded = "generator", "generator_ema", ("generator", "generator_ema", "critic", "teacher")
 
     def __init__(
         self,
@@ -147,10 +145,6 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
             raise UserError(f"model.critic_steps: expected >= 1, got {critic_steps}")
         if critic_sample not in ("fresh", "reuse"):
             raise UserError(f"model.critic_sample: expected 'fresh' or 'reuse', got {critic_sample!r}")
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise UserError(f"model.ema_decay: expected in [0, 1) or None, got {ema_decay}")
-        if vae is None:
-            raise UserError("model.vae: a VideoVAE is required (PatchVAE for CPU runs)")
         # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
         # the checkpoint names them
         self.save_hyperparameters(ignore=["generator", "teacher", "critic", "vae", "audio_encoder", "rollout",
@@ -158,20 +152,11 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
                                           "critic_lr_scheduler"])
         self.optimizer_builders = {"generator": (generator_optimizer, generator_lr_scheduler),
                                 "critic": (critic_optimizer, critic_lr_scheduler)}
-        self.rollout_options = rollout if rollout is not None else RolloutOptions()
-        if teacher_weights is not None:
-            load_stage_weights(teacher, teacher_weights, weights_prefix)
-        if generator_weights is not None:
-            load_stage_weights(generator, generator_weights, weights_prefix)
-        self.generator = generator
-        self.teacher = teacher
+        self.init_student(generator, teacher, rollout, vae, audio_encoder, teacher_weights, generator_weights,
+                          weights_prefix, ema_decay)
         self.critic = critic if critic is not None else critic_from_teacher(teacher)
         if critic is not None and teacher_weights is not None:
             load_stage_weights(self.critic, teacher_weights, weights_prefix)
-        self.vae = vae
-        self.audio_encoder = audio_encoder
-        freeze(teacher, vae, audio_encoder)
-        self.generator_ema = make_ema_copy(generator) if ema_decay is not None else None
         self.dmd = DMDLoss(guidance_scale, dmd_shift, min_timestep, max_timestep, uncond_drops_ref)
         self.critic_sigmas = SigmaSampler("uniform", shift=dmd_shift, min_sigma=min_timestep / 1000.0,
                                           max_sigma=max_timestep / 1000.0)
@@ -180,19 +165,8 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         # gradient, so AdamW never creates state for it; a sharded resume must accept those absent states.
         self.strict_loading = False
         self.generator_updates = 0
-        self._video_size: tuple[int, int] | None = None
-
-    # ----- modes -----
-
-
-    @property
-    def sampling_model(self) -> nn.Module:
-        return self.generator_ema if self.generator_ema is not None else self.generator
 
     # ----- pieces -----
-
-    def _rank(self) -> int:
-        return int(self.trainer.global_rank) if self._trainer is not None else 0
 
     def generate(self, x_shape: tuple[int, ...], conds: ClipConditions, step: int, train: bool,
                  model: nn.Module | None = None) -> torch.Tensor:
@@ -204,7 +178,7 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
             shared = step_generator(self.hparams.seed, step, stream=0)  # same on every rank
             counts = block_step_counts(self.rollout_options, num_blocks)
             exits = draw_exit_steps(counts, self.hparams.same_exit_step, shared)
-        noise_gen = step_generator(self.hparams.seed, step, stream=1, rank=self._rank())
+        noise_gen = step_generator(self.hparams.seed, step, stream=1, rank=self.rank())
         x, _ = rollout_clip(model or self.generator, self.rollout_options, conds, tuple(x_shape), exits, noise_gen,
                             training=train)
         self._last_exit_steps = exits
@@ -215,16 +189,11 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
             return None
         return box_weight_map(batch["mouth_box"], x.shape[-2], x.shape[-1], self.hparams.mouth_weight)
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Called by the precision plugin after unscaling, before either optimizer steps: log the global
-        gradient norm and clip by it through the plugin (DTensor-aware under FSDP2, same scale on every rank)."""
+    def network_of(self, optimizer: torch.optim.Optimizer) -> tuple[str, str]:
+        """Both networks are stepped, the generator's optimizer first (`configure_optimizers`); the base's
+        gradient hook (called by the precision plugin before either steps) logs and clips each."""
         name = "generator" if optimizer is self.trainer.optimizers[0] else "critic"
-        norm = global_grad_norm(getattr(self, name).parameters())
-        if norm is None:
-            return
-        self.log(f"train/{name}_grad_norm", norm)
-        if self.hparams.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        return name, f"train/{name}_grad_norm"
 
     # ----- Lightning hooks -----
 
@@ -232,9 +201,9 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         gen_opt, critic_opt = self.optimizers()
         step = self.global_step
         x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
-        self._video_size = video_size_of(batch) or self._video_size
+        self.note_video_size(batch)
         b = x0.shape[0]
-        rank = self._rank()
+        rank = self.rank()
         if step % self.hparams.critic_steps == 0:
             x = self.generate(x0.shape, conds, step, train=True)
             out = self.dmd(x, self.teacher, self.critic, conds, step_generator(self.hparams.seed, step, 100, rank))
@@ -246,9 +215,7 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
             self.trainer.strategy.optimizer_step(gen_opt.optimizer, closure=_no_closure)
             self._step_lr_scheduler(gen_opt.optimizer)
             self.generator_updates += 1
-            if self.generator_ema is not None:
-                decay = ema_decay_at(step, self.hparams.ema_decay, self.hparams.ema_start_step)  # iterations
-                ema_update(self.generator_ema, self.generator, decay)
+            self.update_ema(step)  # counted in iterations (critic updates), as Self-Forcing does
             self.log("train/generator_loss", out.loss.detach(), prog_bar=True, batch_size=b)
             self.log("train/dmd_grad_norm", out.grad.norm(), batch_size=b)
             self.log("train/dmd_sigma", out.sigma.mean(), batch_size=b)
@@ -268,10 +235,6 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         self._step_lr_scheduler(critic_opt.optimizer)
         self.log("train/critic_loss", loss.detach(), prog_bar=True, batch_size=b)
         self.log("train/generator_updates", float(self.generator_updates), batch_size=b)
-
-    def configure_model(self) -> None:
-        """Under ModelParallelStrategy: FSDP2 units per block of generator, critic, teacher and EMA."""
-        shard_networks(self, ("generator", "generator_ema", "critic", "teacher"))
 
     def configure_optimizers(self) -> tuple[dict, dict]:
         """The generator's optimizer first, then the critic's (training_step and the gradient hook rely on it)."""
@@ -305,7 +268,7 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
         from lit_avatar.modules.rollout_metrics import boundary_flicker
         from lit_avatar.modules.sample_logging import frame_grid, tensorboard_of, write_clips
 
-        n = min(self.hparams.val_max_samples, next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
+        n = min(self.hparams.val_max_samples, batch_size_of(batch))
         sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "meta"}
         video = self.sample(sub, step=10_000_000 + batch_idx)  # fixed noise: samples comparable across steps
         frames = to_uint8_frames(video)
@@ -333,9 +296,8 @@ class SelfForcingModule(KeepsFrozenInEval, pl.LightningModule):
     # ----- checkpoints -----
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        prefix = "generator_ema." if self.generator_ema is not None else "generator."
         checkpoint["lit_avatar"] = generator_record("student", self.generator, self.vae, self.audio_encoder,
-                                                    self.rollout_options, prefix, self._video_size)
+                                                    self.rollout_options, self.record_prefix, self._video_size)
         checkpoint["generator_updates"] = self.generator_updates
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

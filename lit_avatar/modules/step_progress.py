@@ -6,7 +6,6 @@ shows no total and no ETA. Demo and ablation stages train by `max_steps`; this b
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import lightning.pytorch as pl
@@ -31,10 +30,10 @@ class StepProgress(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.enabled and trainer.is_global_zero:
-            from tqdm import tqdm
+            from lit_avatar.quiet import progress_bar
 
-            self._bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, desc=self.desc, unit="step",
-                             file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+            self._bar = progress_bar(total=trainer.max_steps, initial=trainer.global_step, desc=self.desc,
+                                     unit="step", dynamic_ncols=True, smoothing=0.1)
         self._last = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,

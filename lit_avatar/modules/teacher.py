@@ -4,11 +4,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lit_avatar.checkpoint import generator_record, video_size_of
+from lit_avatar.checkpoint import generator_record
 from lit_avatar.diffusion import (
     AvatarGuidance,
     SigmaSampler,
@@ -21,16 +20,15 @@ from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
 from lit_avatar.errors import UserError
 from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.vae import VideoVAE
-from lit_avatar.modules.conditions import audio_feats_of, drop_conditions, latents_of, ref_latent_of
-from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
-from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
+from lit_avatar.modules.conditions import clip_conditions, clip_inputs, drop_conditions, latent_frames, latents_of
+from lit_avatar.modules.frozen import freeze
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
-from lit_avatar.modules.sharding import global_grad_norm, shard_networks
+from lit_avatar.modules.stage import TrainingStage, batch_size_of
 from lit_avatar.seeding import step_generator
 
 
-class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
+class TeacherModule(TrainingStage):
     """Stage 1: flow-matching training of the bidirectional AvatarDiT teacher.
 
     Conditions (audio, reference, optional text) are dropped at random for CFG, an optional motion prefix
@@ -74,6 +72,7 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
     """
 
     frozen_parts = ("vae", "audio_encoder", "ema_model")
+    trained, ema, sharded = "model", "ema_model", ("model", "ema_model")
 
     def __init__(
         self,
@@ -115,8 +114,6 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
                             f"got {motion_sigma_min}, {motion_sigma_max}")
         if motion_frames < 0 or mouth_weight <= 0 or sample_steps < 1:
             raise UserError("model: motion_frames must be >= 0, mouth_weight > 0 and sample_steps >= 1")
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise UserError(f"model.ema_decay: expected in [0, 1) or None, got {ema_decay}")
         # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
         # the checkpoint names them
         self.save_hyperparameters(ignore=["model", "vae", "audio_encoder", "optimizer", "lr_scheduler"])
@@ -126,29 +123,13 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
         self.vae = vae
         self.audio_encoder = audio_encoder
         freeze(vae, audio_encoder)
-        self.ema_model = make_ema_copy(model) if ema_decay is not None else None
+        self.init_ema(ema_decay)
         self.sigma_sampler = SigmaSampler(
             timestep_sampling, shift=timestep_shift, loc=logit_normal_loc, scale=logit_normal_scale
         )
         self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
-        self._last_ema_step = -1
-        self._video_size: tuple[int, int] | None = None
-
-    # ----- modes -----
-
-
-    @property
-    def sampling_model(self) -> nn.Module:
-        """The weights used for samples: the EMA copy when there is one."""
-        return self.ema_model if self.ema_model is not None else self.model
 
     # ----- loss -----
-
-    def conditions(self, batch: dict, num_latent_frames: int) -> tuple[Any, Any, Any]:
-        """(audio_feats, ref_latent, text) of a batch, before any dropout."""
-        tf = int(getattr(self.vae, "temporal_factor", 1))
-        num_frames = batch["video"].shape[2] if "video" in batch else 1 + tf * (num_latent_frames - 1)
-        return audio_feats_of(batch, self.audio_encoder, num_frames), ref_latent_of(batch, self.vae), batch.get("text")
 
     def flow_loss(
         self,
@@ -168,9 +149,9 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
             motion_prefix: give a motion prefix to a `motion_prob` fraction of samples.
         """
         net = self.model if net is None else net
-        x0 = latents_of(batch, self.vae)
+        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
         b, _, t, h, w = x0.shape
-        audio, ref, text = self.conditions(batch, t)
+        audio, ref, text = conds.audio, conds.ref, conds.text
         if dropout:
             hp = self.hparams
             audio, ref, text = drop_conditions(
@@ -198,9 +179,9 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
     # ----- Lightning hooks -----
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        self._video_size = video_size_of(batch) or self._video_size
+        self.note_video_size(batch)
         loss = self.flow_loss(batch, generator=self._step_generator(batch_idx))
-        b = next(iter(v for v in batch.values() if torch.is_tensor(v))).shape[0]
+        b = batch_size_of(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         if self.trainer is not None and self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=b)
@@ -215,37 +196,20 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
         return step_generator(self.hparams.seed, self.trainer.global_step, batch_idx % accumulate,
                               rank=int(self.trainer.global_rank))
 
-    def configure_model(self) -> None:
-        """Under ModelParallelStrategy: FSDP2 units per block of the model and of its EMA copy."""
-        shard_networks(self, ("model", "ema_model"))
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # the norm of the full gradient (reduced over shards), before the trainer's clipping
-        norm = global_grad_norm(self.model.parameters())
-        if norm is not None:
-            self.log("train/grad_norm", norm)
-
-    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
-        step = self.trainer.global_step
-        if self.ema_model is None or step == self._last_ema_step:
-            return  # no EMA, or no optimizer step happened (gradient accumulation)
-        self._last_ema_step = step
-        ema_update(self.ema_model, self.model, ema_decay_at(step, self.hparams.ema_decay, self.hparams.ema_start_step))
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         gen = torch.Generator().manual_seed(self.hparams.seed + batch_idx)
         loss = self.flow_loss(batch, net=self.sampling_model, generator=gen, dropout=False, motion_prefix=False)
-        b = next(iter(v for v in batch.values() if torch.is_tensor(v))).shape[0]
+        b = batch_size_of(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=b)
         if batch_idx < self.hparams.val_sample_batches and not self.trainer.sanity_checking:
             self._log_samples(batch, batch_idx)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the generator record (docs/INTERFACES.md) so `lit-avatar generate` can rebuild the teacher."""
-        prefix = "ema_model." if self.ema_model is not None else "model."
         try:
             checkpoint["lit_avatar"] = generator_record(
-                "teacher", self.sampling_model, self.vae, self.audio_encoder, None, prefix, self._video_size
+                "teacher", self.sampling_model, self.vae, self.audio_encoder, None, self.record_prefix,
+                self._video_size
             )
         except TypeError as err:  # fail here, not later in `generate` with a checkpoint that has no record
             raise TypeError(f"teacher checkpoint: cannot write the generator record that `lit-avatar generate` "
@@ -282,12 +246,12 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
             shape = tuple(batch["latents"].shape)
         else:
             shape = tuple(latents_of({"video": batch["video"][:, :, :1]}, self.vae).shape)
-            tf = int(getattr(self.vae, "temporal_factor", 1))
-            shape = shape[:2] + (1 + (batch["video"].shape[2] - 1) // tf,) + shape[3:]
-        audio, ref, text = self.conditions(batch, shape[2])
+            shape = shape[:2] + (latent_frames(batch["video"].shape[2], self.vae),) + shape[3:]
+        conds = clip_conditions(batch, self.vae, self.audio_encoder, shape[2])
         noise = torch.randn(shape, generator=generator).to(self.device)
         sigmas = shifted_schedule(num_steps or self.hparams.sample_steps, self.hparams.sample_shift)
-        latents = sample_euler(self.guidance.denoiser(net, audio, ref, text), noise, sigmas, progress=progress)
+        denoiser = self.guidance.denoiser(net, conds.audio, conds.ref, conds.text)
+        latents = sample_euler(denoiser, noise, sigmas, progress=progress)
         return self.vae.decode(latents).float().clamp(-1, 1)
 
     def _log_samples(self, batch: dict, batch_idx: int) -> None:
@@ -295,7 +259,7 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
         from lit_avatar.data.frames import to_uint8_frames
         from lit_avatar.modules.sample_logging import frame_grid, sync_figure, tensorboard_of, write_clips
 
-        n = min(self.hparams.val_max_samples, next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
+        n = min(self.hparams.val_max_samples, batch_size_of(batch))
         sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "meta"}
         gen = torch.Generator().manual_seed(self.hparams.seed + 1000 + batch_idx)
         frames = to_uint8_frames(self.sample(sub, generator=gen))
