@@ -4,6 +4,7 @@ after a killed driver, a killed worker or a build in parts; precompute in Ray ac
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -77,7 +78,7 @@ def cluster(raw):
 def test_ray_build_equals_local_build(raw, local, cluster):
     out = raw["root"] / "ray"
     build(_args(raw, out, "--engine", "ray", "--workers", "2"))
-    assert _tar_hashes(out) == _tar_hashes(local) and len(_tar_hashes(local)) >= 4
+    assert _tar_hashes(out) == _tar_hashes(local) and len(_tar_hashes(local)) == 3
     assert _manifest(out) == _manifest(local)
     reasons = {Path(f["file"]).name: f["reason"] for f in _manifest(out)["rejected_files"]}
     assert reasons == {"cut.mp4": "broken", "silent.mp4": "silent"}
@@ -183,10 +184,11 @@ def _arrays(folder: Path) -> dict[str, np.ndarray]:
         with tarfile.open(shard) as tar:
             for member in tar.getmembers():
                 if member.name.endswith(".npy"):
-                    arrays[member.name] = np.load(tar.extractfile(member))
+                    arrays[member.name] = np.load(io.BytesIO(tar.extractfile(member).read()))
     return arrays
 
 
+@pytest.mark.slow  # ~60 s on a busy 2-core machine: two encoder copies per engine
 def test_precompute_in_ray_actors_equals_local(raw, cluster, tmp_path):
     vae, w2v = _tiny_encoders(tmp_path)
     src = tmp_path / "src"
@@ -196,7 +198,8 @@ def test_precompute_in_ray_actors_equals_local(raw, cluster, tmp_path):
     outs = {}
     for engine in ("local", "ray"):
         outs[engine] = tmp_path / engine
-        build(["--src", str(src), "--out", str(outs[engine]), "--size", "32", "--clip-seconds", "1", "--no-face",
+        # 128 px: x264 bytes of tiny (32 px) clips can differ from run to run, and with them the latents
+        build(["--src", str(src), "--out", str(outs[engine]), "--size", "128", "--clip-seconds", "1", "--no-face",
                "--val-fraction", "0", "--sources-per-job", "1", "--precompute-latents", vae,
                "--precompute-audio", w2v, "--no-progress", "--engine", engine, "--workers", "2"])
     local_arrays, ray_arrays = _arrays(outs["local"]), _arrays(outs["ray"])
