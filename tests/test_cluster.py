@@ -94,6 +94,22 @@ def test_worker_killed_mid_source_is_retried(raw, local, cluster):
     assert not list(out.glob(".*tmp"))  # the dead worker's half-written shard is gone
 
 
+def test_job_whose_worker_always_dies_is_recorded(raw, local, cluster):
+    always = Path(f"{cluster['kill']}.always")
+    always.write_text("portrait24")
+    try:
+        out = raw["root"] / "ray_always_dies"
+        manifest = build(_args(raw, out, "--engine", "ray", "--workers", "2"))
+    finally:
+        always.unlink()
+    failed = {Path(f["file"]).name: (f["reason"], f["detail"]) for f in manifest["rejected_files"]}
+    assert failed["portrait24.mov"][0] == "error" and "failed 4 times" in failed["portrait24.mov"][1]
+    # bob's shard is missing; every other shard is the local build's
+    missing = set(_tar_hashes(local)) - set(_tar_hashes(out))
+    assert len(missing) == 1 and _tar_hashes(out) == {k: v for k, v in _tar_hashes(local).items() if k not in missing}
+    assert not list(out.glob(".*tmp"))
+
+
 # The driver of a Ray build that dies (no cleanup) once its second job is done.
 KILLED_DRIVER = """
 import os, sys
