@@ -12,21 +12,24 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from data_tools.clips import ClipOptions, SourceReport, process_source
 from data_tools.filters import REASONS
+from data_tools.parts import parse_part, part_of, part_summary
 from data_tools.shards import DONE_SUFFIX, PART_SUFFIX, ShardSink, discard_unfinished, done_path, read_done
-from data_tools.sources import ShardJob, plan_jobs, scan_sources
+from data_tools.sources import ShardJob, Source, plan_jobs, scan_sources
 from lit_avatar.command import CommandParser, Namespace
 from lit_avatar.data.atomic import write_json_atomic
 from lit_avatar.errors import UserError, output_folder
 
 PLAN_FILE = "build_plan.json"
 MANIFEST_FILE = "manifest.json"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the plan names its jobs (what `data merge` reads)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,17 @@ def build_parser() -> CommandParser:
     parser.add_argument("--min-face-px", type=int, default=64, help="reject clips whose face side is smaller")
     parser.add_argument("--detect-frames", type=int, default=5, help="frames per clip the detector sees")
     parser.add_argument("--silence-db", type=float, default=-50.0, help="reject clips with audio RMS below (dBFS)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="parallel worker processes (with --engine ray: jobs in flight on the cluster)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: processes on this machine; ray: the same jobs as Ray tasks on a cluster "
+                             "(needs `pip install lit-avatar[cluster]` and --out/--src on a shared file system)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="with --engine ray: the cluster to use (`auto`, or HOST:PORT of its head); "
+                             "default: a local cluster started for this run")
+    parser.add_argument("--part", default=None, metavar="I/N",
+                        help="build only part I of N (0-based; jobs I, I+N, ...) into --out, e.g. one SLURM "
+                             "array task each; then `lit-avatar data merge --out DIR` writes the manifest")
     parser.add_argument("--val-fraction", type=float, default=0.05,
                         help="share of identities (not clips) that go to val, by a hash of the identity")
     parser.add_argument("--seed", type=int, default=0, help="salt of the train/val hash")
@@ -101,6 +114,7 @@ def options_from_args(args: Namespace) -> BuildOptions:
            f"--clip-seconds {args.clip_seconds}: expected a positive length of at least one frame")
     _check(0.0 <= args.val_fraction <= 1.0, f"--val-fraction {args.val_fraction}: expected a value in [0, 1]")
     _check(args.workers >= 1, f"--workers {args.workers}: expected >= 1")
+    _check(args.ray_address is None or args.engine == "ray", "--ray-address: expected --engine ray with it")
     _check(args.shard_max_mb > 0, f"--shard-max-mb {args.shard_max_mb}: expected > 0")
     _check(args.sources_per_job >= 1, f"--sources-per-job {args.sources_per_job}: expected >= 1")
     _check(args.detect_frames >= 1, f"--detect-frames {args.detect_frames}: expected >= 1")
@@ -137,23 +151,71 @@ def options_from_args(args: Namespace) -> BuildOptions:
 
 # ----------------------------------------------------------------------------------------- the worker side
 
+PRECOMPUTE_BATCH = 8  # clips per encoder call (a Ray actor gets them in one message)
+PrecomputeBatch = Callable[[list], tuple[list, Exception | None]]
+
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(options: BuildOptions) -> None:
-    """Load the detector and precompute models once per process (spawn-safe: called in the child)."""
+def _init_worker(options: BuildOptions, precompute: PrecomputeBatch | None = None) -> None:
+    """Load the detector and precompute models once per process (spawn-safe: called in the child).
+
+    Args:
+        options: the build's options.
+        precompute: a batch encoder to use instead of loading the models here (the Ray engine's actors).
+    """
     from data_tools.faces import load_face_detector
-    from data_tools.precompute import Precomputer
+    from data_tools.precompute import Precomputer, precompute_batch
 
     _worker_state.clear()
     clip = options.clip
     _worker_state["detector"] = None if clip.no_face else load_face_detector(
         clip.face_detector, score_threshold=clip.face_threshold)
-    _worker_state["precompute"] = None
-    if options.precompute_latents or options.precompute_audio:
-        _worker_state["precompute"] = Precomputer(options.precompute_latents, options.precompute_audio,
-                                                  threads=options.threads)
+    if precompute is None and (options.precompute_latents or options.precompute_audio):
+        model = Precomputer(options.precompute_latents, options.precompute_audio, threads=options.threads)
+        precompute = partial(precompute_batch, model)
+    _worker_state["precompute"] = precompute
     _worker_state["options"] = options
+
+
+def _precompute_and_write(batch: list, marks: list, report: SourceReport, sink: ShardSink,
+                          precompute: PrecomputeBatch) -> None:
+    """Encode a batch of one source's clips and write them; on a failure, the report goes back to how it
+    stood when the failing clip was cut (as if the clips had been encoded one by one) and the error is raised."""
+    if not batch:
+        return
+    done, error = precompute(batch)
+    for sample in done:
+        sink.write(sample)
+    if error is not None:
+        report.clips, report.seconds, rejected = marks[len(done)]
+        del report.rejected_clips[rejected:]
+        raise error
+
+
+def _write_source(source: Source, report: SourceReport, sink: ShardSink, options: BuildOptions) -> None:
+    """Cut one source into samples, precompute them in batches if asked, and write them in clip order."""
+    samples = process_source(source, report, options.clip, _worker_state["detector"])
+    precompute = _worker_state["precompute"]
+    if precompute is None:
+        for sample in samples:
+            sink.write(sample)
+        return
+    batch: list = []
+    marks: list = []  # the report as it stood when each clip of the batch was cut
+    while True:
+        try:
+            sample = next(samples, None)
+        except Exception:
+            _precompute_and_write(batch, marks, report, sink, precompute)  # clips cut before the failure stand
+            raise
+        if sample is None or len(batch) == PRECOMPUTE_BATCH:
+            _precompute_and_write(batch, marks, report, sink, precompute)
+            batch, marks = [], []
+        if sample is None:
+            return
+        batch.append(sample)
+        marks.append((report.clips, report.seconds, len(report.rejected_clips)))
 
 
 def run_job(job: ShardJob, out_dir: str) -> dict[str, Any]:
@@ -169,10 +231,7 @@ def run_job(job: ShardJob, out_dir: str) -> dict[str, Any]:
     for source in job.sources:
         report = SourceReport(file=source.path, identity=source.identity, split=job.split)
         try:
-            for sample in process_source(source, report, options.clip, _worker_state["detector"]):
-                if _worker_state["precompute"] is not None:
-                    sample = _worker_state["precompute"](sample)
-                sink.write(sample)
+            _write_source(source, report, sink, options)
         except UserError as err:  # a bad file must not stop a long build
             report.reason, report.detail = "broken", str(err)
         except Exception as err:  # any failure: recorded with its type in the manifest
@@ -192,12 +251,18 @@ def _run_job_in_worker(args: tuple[ShardJob, str]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- the main side
 
 def _fingerprint(options: BuildOptions, jobs: list[ShardJob]) -> dict[str, Any]:
-    """What must not change between a build and its resumption."""
+    """What must not change between a build and its resumption (and what `data merge` reads back)."""
     plan = [(job.prefix, [s.name for s in job.sources]) for job in jobs]
     digest = hashlib.sha256(json.dumps(plan).encode("utf-8")).hexdigest()
+    return {"version": PLAN_VERSION, "options": data_settings(options), "plan_sha256": digest,
+            "jobs": [job.prefix for job in jobs]}
+
+
+def data_settings(options: BuildOptions) -> dict[str, Any]:
+    """The options that shape the data (not `threads`, which only sets how fast it is made)."""
     settings = asdict(options)
     settings.pop("threads")
-    return {"version": PLAN_VERSION, "options": settings, "plan_sha256": digest}
+    return settings
 
 
 def _check_plan(out: Path, fingerprint: dict[str, Any]) -> None:
@@ -220,22 +285,23 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="video", desc="data build", disable=not enabled, dynamic_ncols=True)
 
 
-def assemble_manifest(out: Path, jobs: list[ShardJob], options: BuildOptions, seconds: float) -> dict[str, Any]:
+def assemble_manifest(out: Path, prefixes: list[str], settings: dict[str, Any], seconds: float) -> dict[str, Any]:
     """Counts, hours, identities, shards and every rejection, from the done markers.
 
     Args:
         out: the build folder.
-        jobs: the plan.
-        options: build options.
+        prefixes: the plan's jobs, in plan order.
+        settings: `data_settings` of the build options.
         seconds: wall-clock time of this run.
     """
     files, shards = [], []
-    for job in jobs:
-        done = read_done(out, job.prefix)
-        assert done is not None, job.prefix
+    for prefix in prefixes:
+        done = read_done(out, prefix)
+        assert done is not None, prefix
         files.extend(done["reports"])
-        shards.extend({"split": job.split, **part} for part in done["parts"])
-    per_clip = round(options.clip.clip_seconds * options.clip.fps) / options.clip.fps
+        shards.extend({"split": done["split"], **part} for part in done["parts"])
+    clip = settings["clip"]
+    per_clip = round(clip["clip_seconds"] * clip["fps"]) / clip["fps"]
     splits: dict[str, Any] = {}
     for split in ("train", "val"):
         mine = [f for f in files if f["split"] == split]
@@ -269,45 +335,78 @@ def assemble_manifest(out: Path, jobs: list[ShardJob], options: BuildOptions, se
         "rejected_clips": rejected_clips,
         "files": files,
         "reasons": REASONS,
-        "options": asdict(options),
+        "options": settings,
         "last_run_seconds": round(seconds, 3),
     }
 
 
+def _run_local(todo: list[ShardJob], out: Path, options: BuildOptions, workers: int, on_done) -> None:
+    """The jobs in this process (1 worker) or in a pool of spawned processes."""
+    if workers == 1:
+        _init_worker(options)
+        for job in todo:
+            on_done(run_job(job, str(out)))
+        return
+    import multiprocessing as mp
+
+    context = mp.get_context("spawn")  # fork would copy onnxruntime/torch thread pools
+    with context.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(options,)) as pool:
+        for done in pool.imap_unordered(_run_job_in_worker, [(job, str(out)) for job in todo]):
+            on_done(done)
+
+
+def _run(todo: list[ShardJob], out: Path, options: BuildOptions, args: Namespace, on_done) -> None:
+    if not todo:
+        return
+    if args.engine == "ray":
+        from data_tools.ray_engine import run_on_ray
+
+        run_on_ray(todo, out, options, args.workers, on_done, address=args.ray_address)
+    else:
+        _run_local(todo, out, options, args.workers, on_done)
+
+
 def build(argv: list[str]) -> dict[str, Any]:
-    """Run a build (or resume one) and return the manifest.
+    """Run a build (or resume one, or one part of one) and return the manifest (for a part: its summary).
 
     Args:
         argv: command-line arguments (see `--help`).
     """
     args = build_parser().parse(argv)
+    part = parse_part(args.part) if args.part else None
+    if args.engine == "ray":
+        from data_tools.ray_engine import import_ray
+
+        import_ray()  # a missing extra fails before any work
     sources = scan_sources(args.src)
     out = output_folder(args.out, "--out")
     options = options_from_args(args)
     jobs = plan_jobs(sources, args.val_fraction, args.seed, args.sources_per_job)
+    mine = part_of(jobs, part)
     out.mkdir(parents=True, exist_ok=True)
-    _check_plan(out, _fingerprint(options, jobs))
-    todo = [job for job in jobs if read_done(out, job.prefix) is None]
-    discard_unfinished(out, [job.prefix for job in todo])
+    fingerprint = _fingerprint(options, jobs)
+    _check_plan(out, fingerprint)
+    todo = [job for job in mine if read_done(out, job.prefix) is None]
+    # other parts may be writing into the same folder: a part removes only its own leftovers
+    discard_unfinished(out, [job.prefix for job in todo], all_temps=part is None)
     started = time.perf_counter()
-    bar = _progress(sum(len(j.sources) for j in jobs), not args.no_progress)
-    bar.update(sum(len(j.sources) for j in jobs if j not in todo))
-    if todo and args.workers == 1:
-        _init_worker(options)
-        for job in todo:
-            run_job(job, str(out))
-            bar.update(len(job.sources))
-    elif todo:
-        import multiprocessing as mp
-
-        context = mp.get_context("spawn")  # fork would copy onnxruntime/torch thread pools
-        with context.Pool(min(args.workers, len(todo)), initializer=_init_worker, initargs=(options,)) as pool:
-            for done in pool.imap_unordered(_run_job_in_worker, [(job, str(out)) for job in todo]):
-                bar.update(len(done["sources"]))
+    bar = _progress(sum(len(j.sources) for j in mine), not args.no_progress)
+    bar.update(sum(len(j.sources) for j in mine if j not in todo))
+    _run(todo, out, options, args, lambda done: bar.update(len(done["sources"])))
     bar.close()
-    manifest = assemble_manifest(out, jobs, options, time.perf_counter() - started)
+    if part is not None:
+        return part_summary(out, jobs, mine, part)
+    manifest = assemble_manifest(out, fingerprint["jobs"], fingerprint["options"], time.perf_counter() - started)
     write_json_atomic(out / MANIFEST_FILE, manifest, durable=True)
     return manifest
+
+
+def report_manifest(manifest: dict[str, Any]) -> None:
+    """The one-line summary of a finished build (or merge) on stderr."""
+    counts = manifest["counts"]
+    print(f"data build: {counts['clips']} clips ({counts['hours'] * 60:.1f} min) from {counts['files_used']} of "
+          f"{counts['files']} files; {counts['files_rejected']} files and {counts['clips_rejected']} clips "
+          f"rejected (see manifest.json)", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,11 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     Args:
         argv: arguments after `data build`.
     """
-    manifest = build(list(sys.argv[1:] if argv is None else argv))
-    counts = manifest["counts"]
-    print(f"data build: {counts['clips']} clips ({counts['hours'] * 60:.1f} min) from {counts['files_used']} of "
-          f"{counts['files']} files; {counts['files_rejected']} files and {counts['clips_rejected']} clips "
-          f"rejected (see manifest.json)", file=sys.stderr)
+    result = build(list(sys.argv[1:] if argv is None else argv))
+    if "part" in result:
+        print(f"data build: part {result['part']} done ({result['jobs']} jobs); {result['jobs_left']} jobs of "
+              f"other parts left; when all parts are done: lit-avatar data merge --out {result['out']}",
+              file=sys.stderr)
+    else:
+        report_manifest(result)
     return 0
 
 

@@ -98,15 +98,16 @@ class Precomputer:
         latents: VAE spec or None.
         audio: audio encoder spec or None.
         threads: torch CPU threads.
+        device: where the encoders run ("cpu", "cuda"); outputs come back as CPU float32.
     """
 
-    def __init__(self, latents: str | None, audio: str | None, threads: int = 1) -> None:
+    def __init__(self, latents: str | None, audio: str | None, threads: int = 1, device: str = "cpu") -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        self.latents_spec, self.audio_spec = latents, audio
-        self.vae = make_vae(latents) if latents else None
-        self.audio_encoder = make_audio_encoder(audio) if audio else None
+        self.latents_spec, self.audio_spec, self.device = latents, audio, torch.device(device)
+        self.vae = make_vae(latents).to(self.device) if latents else None
+        self.audio_encoder = make_audio_encoder(audio).to(self.device) if audio else None
 
     def arrays(self, decoded: dict[str, Any]) -> dict[str, np.ndarray]:
         """Encoder outputs for one decoded sample (`schema.decode_sample`), float32, without batch axis.
@@ -121,15 +122,19 @@ class Precomputer:
             if self.vae is not None:
                 frames = decoded["video"]
                 frames = frames[: causal_length(len(frames), self.vae.temporal_factor)]
-                out["latents"] = self.vae.encode(video_tensor(frames))[0].float().numpy()
+                out["latents"] = self._numpy(self.vae.encode(video_tensor(frames).to(self.device))[0])
                 # the build always stores a ref; the fallback matches the loader's for clips from frame 0
                 ref = decoded["ref"] if decoded.get("ref") is not None else decoded["video"][-1]
-                out["ref_latent"] = self.vae.encode(video_tensor(ref[None]))[0].float().numpy()
+                out["ref_latent"] = self._numpy(self.vae.encode(video_tensor(ref[None]).to(self.device))[0])
             if self.audio_encoder is not None:
                 num_frames = len(decoded["video"]) if decoded.get("video") is not None else None
                 audio = torch.from_numpy(np.ascontiguousarray(decoded["audio"], np.float32))[None]
-                out["audio_feats"] = self.audio_encoder(audio, num_frames)[0].float().numpy()
+                out["audio_feats"] = self._numpy(self.audio_encoder(audio.to(self.device), num_frames)[0])
         return out
+
+    @staticmethod
+    def _numpy(tensor) -> np.ndarray:
+        return tensor.float().cpu().numpy()
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         """The sample with the precomputed members added (and their specs in the json).
@@ -152,3 +157,25 @@ class Precomputer:
         for name, array in arrays.items():
             result[schema.ARRAY_EXTS[name]] = schema.encode_array(array)
         return result
+
+
+def precompute_batch(precompute, samples: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Exception | None]:
+    """`precompute` on each sample in order, stopping at the first failure.
+
+    Why a batch and an error value rather than a raise: a remote encoder (a Ray actor) is fed a batch of
+    clips per call, and the build must keep the samples before a failing one, as when encoding one by one.
+
+    Args:
+        precompute: a Precomputer (sample -> sample).
+        samples: schema samples of one source, in clip order.
+
+    Returns:
+        the samples done before any failure, and the failure (None when all are done).
+    """
+    done = []
+    for sample in samples:
+        try:
+            done.append(precompute(sample))
+        except Exception as err:  # handed back: the build records it as the source's reason
+            return done, err
+    return done, None

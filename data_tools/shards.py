@@ -174,18 +174,25 @@ def read_done(out_dir: Path, prefix: str) -> dict[str, Any] | None:
     return done
 
 
-def discard_unfinished(out_dir: Path, prefixes: list[str]) -> int:
+def _owned_by(name: str, prefixes: list[str]) -> bool:
+    """Whether a temp file belongs to one of the jobs (`.<prefix>-NN.tar.*.tmp`, `.<prefix>.done.json.*.tmp`)."""
+    return any(name.startswith((f".{prefix}-", f".{prefix}{DONE_SUFFIX}")) for prefix in prefixes)
+
+
+def discard_unfinished(out_dir: Path, prefixes: list[str], all_temps: bool = True) -> int:
     """Delete temp files and the parts of jobs without a valid done marker; returns files removed.
 
     Args:
         out_dir: the build's output folder.
         prefixes: jobs to rebuild.
+        all_temps: remove every temp file in the folder; False removes only the temp files of `prefixes`
+            (what a part of a build, or a retried job, may do while other writers share the folder).
     """
     removed = 0
     out_dir = Path(out_dir)
     for path in out_dir.iterdir():
-        if is_temp(path.name):
-            path.unlink()
+        if is_temp(path.name) and (all_temps or _owned_by(path.name, prefixes)):
+            path.unlink(missing_ok=True)
             removed += 1
     for prefix in prefixes:
         for path in list(out_dir.glob(f"{prefix}-*{PART_SUFFIX}")) + [done_path(out_dir, prefix)]:

@@ -135,6 +135,9 @@ class ClipStream(IterableDataset):
         self.use_precomputed, self.drop_last, self.report_shards = use_precomputed, drop_last, report_shards
         # (epoch, shards already finished in it): set by EpochLoader.load_state_dict before workers start
         self.resume: tuple[int, frozenset[str]] | None = None
+        # (rank, world size) seen by the main process: set by EpochLoader before workers start, because a
+        # spawned worker (ddp_spawn, macOS, forkserver) has no process group and would read every rank's shards
+        self.node: tuple[int, int] | None = None
 
     def epoch_order(self, epoch: int) -> list[str]:
         """All shards in the order epoch `epoch` reads them (before the node/worker split)."""
@@ -163,7 +166,8 @@ class ClipStream(IterableDataset):
         if self.resume is not None and self.resume[0] == max(epoch, 0):
             # filtered before the split: every rank holds the same finished set (from one checkpoint)
             urls = [url for url in urls if url not in self.resume[1]]
-        urls = wds.split_by_worker(wds.split_by_node(iter(urls)))
+        rank, world = self._node()
+        urls = wds.split_by_worker(iter(urls[rank::world]))
         raw = tracker.read(urls, self._open_shard)
         if self.train and self.shuffle_buffer > 1:
             raw = wds.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(raw)  # public, curried
@@ -185,10 +189,17 @@ class ClipStream(IterableDataset):
             self.counters.add("yielded")
             yield clip
 
+    def _node(self) -> tuple[int, int]:
+        """(rank, world size): as the main process saw it, else as this process sees it."""
+        import webdataset as wds
+
+        return self.node if self.node is not None else wds.utils.pytorch_worker_info()[:2]
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import webdataset as wds
 
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rank, _ = self._node()
+        _, _, worker, _ = wds.utils.pytorch_worker_info()
         epoch = max(int(self.counters.epoch), 0)
         rng = random.Random(((self.seed * 1_000_003 + epoch) * 1009 + rank) * 1013 + worker)
         tracker = _ShardTracker()
@@ -242,6 +253,9 @@ class EpochLoader(DataLoader):
     def __iter__(self):
         counters = self.dataset.counters
         counters.epoch += 1  # shared by every loader of this split: epochs keep counting
+        import webdataset as wds
+
+        self.dataset.node = wds.utils.pytorch_worker_info()[:2]  # the main process knows the rank
         resume = self.dataset.resume
         epoch = int(counters.epoch)
         self._finished_shards = set(resume[1]) if resume is not None and resume[0] == epoch else set()
