@@ -219,6 +219,16 @@ def rollout_options(args: Namespace, context_frames: int | None = None, urcr: bo
                           psb=PSBOptions(steps=steps), urcr=URCROptions(enabled=urcr, max_frames=args.horizon))
 
 
+def warmup_blocks_for(options) -> int:
+    """Blocks after which a stream meets no new (positions, context length, step list) combination, so no
+    new CUDA graph or compiled shape: the first URCR cycle (PSB's longer lists included), then one cycle after
+    a reset (every later cycle repeats it: the cleared ring is refilled from its first slot)."""
+    fpb, urcr = options.frames_per_block, options.urcr
+    if not urcr.enabled:  # until the ring is full and the steady step list has run
+        return max(len(options.psb.steps), math.ceil(options.window / fpb)) + 1
+    return max(urcr.max_frames // fpb + (urcr.max_frames - urcr.keep_frames) // fpb, len(options.psb.steps) + 1)
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 

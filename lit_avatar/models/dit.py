@@ -216,7 +216,8 @@ class AvatarDiT(nn.Module):
     def embed_frames(self, latents: torch.Tensor) -> torch.Tensor:
         """[B,C,F,H,W] -> tokens [B,F,N,dim]."""
         x = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype))
-        return x.flatten(3).permute(0, 2, 3, 1)
+        # contiguous: a compiled block's stride guards would otherwise split layer 0 from the others
+        return x.flatten(3).permute(0, 2, 3, 1).contiguous()
 
     def time_embed(self, timestep: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """timestep [B] or [B,F] -> (temb [B,F,dim], e [B,F,6,dim])."""
