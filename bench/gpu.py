@@ -228,8 +228,9 @@ def rows(result: dict) -> str:
         ("CUDA graph captures: warm-up / measured stream", lambda s, r: counts(s, r, "graph_captures")),
         ("compiled graphs: warm-up / measured stream", lambda s, r: counts(s, r, "compiled_frames")),
         ("graph breaks: warm-up / measured stream", lambda s, r: counts(s, r, "graph_breaks")),
-        ("warm-up wall time (compiles and captures included); of it, captures",
+        ("warm-up wall time; of it, compiles / captures",
          lambda s, r: f"{_fmt(r.get('warmup', {}).get('wall_s'), '.1f')} s; "
+                      f"{_fmt(r.get('warmup', {}).get('compile_s'), '.1f')} / "
                       f"{_fmt(r.get('warmup', {}).get('graph_capture_s'), '.1f')} s"),
         ("latent frames streamed (stopped early?)",
          lambda s, r: f"{s.get('latent_frames', 'n/a')} ({s.get('stopped_early', 'n/a')})"),

@@ -255,11 +255,13 @@ def graph_counts(model) -> dict:
     counts = {"graph_captures": getattr(model, "captures", 0), "graph_replays": getattr(model, "replays", 0),
               "graph_capture_s": getattr(model, "capture_seconds", 0.0)}
     try:
-        from torch._dynamo.utils import counters
+        from torch._dynamo.utils import compilation_time_metrics, counters
     except ImportError:  # a torch without dynamo: nothing was compiled
-        return {**counts, "compiled_frames": 0, "graph_breaks": 0}
+        return {**counts, "compiled_frames": 0, "graph_breaks": 0, "compile_s": 0.0}
     return {**counts, "compiled_frames": int(counters["stats"]["unique_graphs"]),
-            "graph_breaks": int(sum(counters["graph_break"].values()))}
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            # dynamo's own timer of every compilation (tracing + inductor), apart from the captures
+            "compile_s": float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))}
 
 
 def _counts_since(before: dict, after: dict) -> dict:
