@@ -1,13 +1,18 @@
-"""Everything `bench/gpu.sh` measures, in one process: the 1.3B streaming path as a user runs it (eager bf16,
-with CUDA graphs, compiled with CUDA graphs), the fast-path checks, and one training step of each stage;
-one JSON, then the BENCHMARKS.md rows.
+"""Everything `bench/gpu.sh` measures, in one process: the fast-path checks, the 1.3B streaming path as a user
+runs it (with CUDA graphs, compiled with CUDA graphs, eager bf16), and training steps of each stage; one JSON,
+then the BENCHMARKS.md rows.
 
     python -m bench.gpu --out runs/gpu_bench/gpu_bench.json      # on the GPU (bench/gpu.sh runs this)
     python -m bench.gpu --dry-run --out /tmp/gpu_bench.json      # the same code at tiny scale, any device
     python -m bench.gpu --rows runs/gpu_bench/gpu_bench.json     # print the rows of a finished run
+    python -m bench.gpu --plan                                   # forwards and estimated H100 time per section
 
-Sections run in order of importance and the JSON is rewritten after each one, so a run stopped by its time
-limit keeps what it finished; a section that fails records its error and the next one runs.
+Sections run in order of importance (checks, graphs, compiled, eager, train) and each is bounded by a count
+of blocks or steps (SECTIONS), not by a hoped-for time; the JSON is rewritten after each one, so a run stopped
+by its time limit keeps what it finished; a section that fails records its error and the next one runs.
+Every stream section streams a warm-up of its own first (compilation, graph captures, cuDNN autotuning) and
+starts the measured stream in the warm-up's KV cache, so no capture falls inside the timer; captures and
+compiles are counted per part, and the headline is the steady-state frames/s (median block).
 """
 from __future__ import annotations
 
@@ -32,6 +37,20 @@ from lit_avatar.errors import existing_file, output_file
 FULL = {"preset": "wan2.1-1.3b", "height": "480", "width": "832", "scale": "full"}
 # the same code at tiny scale (CI): micro DiT, tiny Wan VAE and wav2vec2 configs, 64x64
 TINY = {"preset": "micro", "height": "64", "width": "64", "scale": "tiny"}
+# what each section runs at full scale, in blocks of 3 latent frames (12 video frames) and training steps;
+# URCR 21 with 3 kept frames resets at block 7 and then every 6 blocks: 13 warm-up blocks meet every shape
+STREAM = {"psb": [8, 6, 4], "fpb": 3, "max_frames": 21, "keep": 3}
+SECTIONS = {
+    "checks": {**STREAM, "warmup_blocks": 0, "blocks": 7, "decode": 0},  # PSB's lists, fused-SDPA, sync checks
+    "graphs": {**STREAM, "warmup_blocks": 13, "blocks": 25, "graphs": 16},
+    "compiled": {**STREAM, "warmup_blocks": 13, "blocks": 25, "graphs": 16, "compiled": True,
+                 "compiled_shapes": 6},
+    "eager": {**STREAM, "warmup_blocks": 4, "blocks": 25},  # 25 blocks: 3 URCR resets
+    # ODE init: one teacher substep, the trajectory cache (step 0 samples it, step 1 reads it); Self-Forcing with
+    # critic_steps 2 (a generator+critic step, then a critic-only step)
+    "train": {"psb": [8, 6, 4], "fpb": 3, "clip_frames": 21, "levels": 8, "substeps": 1,
+              "steps": {"teacher": 2, "ode_init": 2, "self_forcing": 2}},
+}
 
 
 def build_parser() -> CommandParser:
@@ -40,13 +59,13 @@ def build_parser() -> CommandParser:
                    "every section)")
     p.add_argument("--dry-run", action="store_true", help="tiny scale, few blocks, on whatever device is here")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--latent-frames", type=int, default=2000, help="eager stream length (memory must stay flat)")
-    p.add_argument("--short-latent-frames", type=int, default=120,
-                   help="length of the --cuda-graphs and --compile --cuda-graphs streams")
-    p.add_argument("--stream-seconds", type=float, default=200.0, help="the eager stream stops after this (recorded)")
-    p.add_argument("--short-seconds", type=float, default=30.0, help="each short stream stops after this")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: checks,eager,graphs,compiled,train")
+    p.add_argument("--blocks", type=int, default=None, help="measured blocks per stream section (default: SECTIONS)")
+    p.add_argument("--stream-seconds", type=float, default=120.0,
+                   help="safety stop of a measured stream (recorded as stopped_early); the block count bounds it")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: checks,graphs,compiled,eager,train")
     p.add_argument("--rows", default=None, help="print the BENCHMARKS.md rows of this JSON and exit")
+    p.add_argument("--plan", action="store_true", help="print each section's forwards and estimated H100 seconds "
+                   "(FLOPs counted here on the meta device) and exit; exit 1 if the sum exceeds the 450 s cap")
     return p
 
 
@@ -65,20 +84,19 @@ def environment(device: str) -> dict:
     return info
 
 
-def stream_args(scale: dict, device: str, latent_frames: int, seconds: float, flags: tuple[str, ...],
+def stream_args(scale: dict, device: str, spec: dict, seconds: float, flags: tuple[str, ...],
                 dry: bool) -> list[str]:
-    """bench stream's arguments: the 1.3B path as a user runs it; flags: --compile, --cuda-graphs."""
-    # warm-up blocks: 3 PSB lists + a reset's positions (URCR 21 / blocks of 3: a reset every 6 blocks);
-    # compilation and graph capture happen there, not in the measured stream
-    warmup = "10" if flags else "4"
+    """bench stream's arguments: the 1.3B path as a user runs it, `spec` one of SECTIONS; flags: --compile,
+    --cuda-graphs. Compilation and graph captures happen in the warm-up, not in the measured stream."""
+    psb, horizon, warmup, blocks = ",".join(map(str, spec["psb"])), spec["max_frames"], spec["warmup_blocks"], \
+        spec["blocks"]
+    if dry:  # blocks of 3 at 64x64, 2 PSB lists, URCR 9 (a reset at block 3, then every 2)
+        psb, horizon, warmup, blocks = "2,1", 9, (5 if flags else 2), 4
     argv = ["--preset", scale["preset"], "--height", scale["height"], "--width", scale["width"],
             "--scale", scale["scale"], "--vae", "wan", "--audio", "wav2vec2", "--device", device,
-            "--latent-frames", str(latent_frames), "--psb-steps", "8,6,4", "--horizon", "21",
-            "--compare-blocks", "0", "--warmup-blocks", warmup, "--max-seconds", str(seconds), "--quiet"]
-    if dry:
-        argv[argv.index("8,6,4")] = "2,1"
-        argv[argv.index("--horizon") + 1] = "9"
-        argv[argv.index("--warmup-blocks") + 1] = "2"
+            "--latent-frames", str(blocks * spec["fpb"]), "--frames-per-block", str(spec["fpb"]), "--psb-steps", psb,
+            "--horizon", str(horizon), "--compare-blocks", "0", "--warmup-blocks", str(warmup),
+            "--max-seconds", str(seconds), "--quiet"]
     return argv + list(flags)
 
 
@@ -90,7 +108,7 @@ def checks_section(scale: dict, device: str, dry: bool) -> dict:
     from bench.stream import build_parts, rollout_options
     from lit_avatar.inference.rollout import Rollout
 
-    args = stream_parser().parse(stream_args(scale, device, 30, 60, (), dry))
+    args = stream_parser().parse(stream_args(scale, device, SECTIONS["checks"], 60, (), dry))
     model, vae, _, labels = build_parts(args)
     options = rollout_options(args)
     c = model.config.in_channels
@@ -133,12 +151,12 @@ def checks_section(scale: dict, device: str, dry: bool) -> dict:
     return out
 
 
-def stream_section(scale: dict, device: str, latent_frames: int, seconds: float, flags: tuple[str, ...],
+def stream_section(scale: dict, device: str, spec: dict, seconds: float, flags: tuple[str, ...],
                    dry: bool) -> dict:
     from bench.stream import main as stream_main
 
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_stream_{os.getpid()}_{len(flags)}.json"
-    argv = stream_args(scale, device, latent_frames, seconds, flags, dry) + ["--out", str(path)]
+    argv = stream_args(scale, device, spec, seconds, flags, dry) + ["--out", str(path)]
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # its JSON goes to the file; stdout keeps the rows
         stream_main(argv)
@@ -152,11 +170,13 @@ def train_section(scale: dict, device: str, dry: bool) -> dict:
     from bench.train_step import main as train_main
 
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_train_{os.getpid()}.json"
+    spec = SECTIONS["train"]
+    cache = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_ode_cache_{os.getpid()}"
     argv = ["--preset", scale["preset"], "--height", scale["height"], "--width", scale["width"], "--device", device,
-            "--out", str(path)]
-    if dry:  # micro DiT, a 3-latent-frame clip in 1-frame blocks, one step per stage
-        argv += ["--latent-frames", "3", "--frames-per-block", "1", "--psb-steps", "1", "--steps", "2",
-                 "--audio-feature-dim", "16"]
+            "--out", str(path), "--steps", "2", "--teacher-substeps", str(spec["substeps"]), "--ode-cache", str(cache),
+            "--psb-steps", ",".join(map(str, spec["psb"]))]
+    if dry:  # micro DiT, a 3-latent-frame clip in 1-frame blocks
+        argv += ["--latent-frames", "3", "--frames-per-block", "1", "--psb-steps", "1", "--audio-feature-dim", "16"]
     with contextlib.redirect_stdout(io.StringIO()):
         train_main(argv)
     result = json.loads(path.read_text())
@@ -180,8 +200,8 @@ def rows(result: dict) -> str:
              f"diffusers {env.get('diffusers')}, transformers {env.get('transformers')}", "",
              f"DiT/VAE/wav2vec2 weights in {result.get('eager', {}).get('dtype', '?')}; "
              f"TF32 {result.get('eager', {}).get('tf32', '?')}", "",
-             "| figure | eager | --cuda-graphs | --compile --cuda-graphs |", "|---|---|---|---|"]
-    runs = [result.get(name, {}) for name in ("eager", "graphs", "compiled")]
+             "| figure | --cuda-graphs | --compile --cuda-graphs | eager |", "|---|---|---|---|"]
+    runs = [result.get(name, {}) for name in ("graphs", "compiled", "eager")]
 
     def both(fn) -> str:
         return f"| {fn[0]} | " + " | ".join(fn[1](r.get("stream", {}), r) for r in runs) + " |"
@@ -199,11 +219,22 @@ def rows(result: dict) -> str:
         value = memory(s, "growth_after_first_reset")
         return _fmt(100 * value, ".2f", "%") if value is not None else "n/a"
 
+    def counts(s: dict, r: dict, key: str) -> str:
+        return f"{r.get('warmup', {}).get(key, 'n/a')} / {s.get(key, 'n/a')}"
+
     table = [
+        ("**frames/s at steady state (median block), the headline**",
+         lambda s, r: _fmt(s.get("steady_frames_per_second"), ".1f")),
+        ("CUDA graph captures: warm-up / measured stream", lambda s, r: counts(s, r, "graph_captures")),
+        ("compiled graphs: warm-up / measured stream", lambda s, r: counts(s, r, "compiled_frames")),
+        ("graph breaks: warm-up / measured stream", lambda s, r: counts(s, r, "graph_breaks")),
+        ("warm-up wall time; of it, compiles / captures",
+         lambda s, r: f"{_fmt(r.get('warmup', {}).get('wall_s'), '.1f')} s; "
+                      f"{_fmt(r.get('warmup', {}).get('compile_s'), '.1f')} / "
+                      f"{_fmt(r.get('warmup', {}).get('graph_capture_s'), '.1f')} s"),
         ("latent frames streamed (stopped early?)",
          lambda s, r: f"{s.get('latent_frames', 'n/a')} ({s.get('stopped_early', 'n/a')})"),
         ("frames/s end to end (audio + DiT + VAE), whole stream", lambda s, r: _fmt(s.get("frames_per_second"), ".1f")),
-        ("frames/s at steady state (median block)", lambda s, r: _fmt(s.get("steady_frames_per_second"), ".1f")),
         ("time to first frame, warm / cold (first stream of the process)",
          lambda s, r: f"{_fmt(s.get('time_to_first_frame_s'))} / "
                       f"{_fmt(r.get('warmup', {}).get('time_to_first_frame_s'))} s"),
@@ -222,8 +253,8 @@ def rows(result: dict) -> str:
                   f"{checks.get('no_sync_in_block_loop', 'n/a')}", "",
               "| training stage (batch 1, bf16-mixed) | step times | peak memory allocated |", "|---|---|---|"]
     for stage, data in result.get("train", {}).get("stages", {}).items():
-        if "error" in data:
-            lines.append(f"| {stage} | {data['error']} | |")
+        if "error" in data or "skipped" in data:
+            lines.append(f"| {stage} | {data.get('error', data.get('skipped'))} | |")
             continue
         times = ", ".join(f"{t:.2f}" for t in data.get("step_s", []))
         extra = ""
@@ -232,7 +263,7 @@ def rows(result: dict) -> str:
                      f"{data['critic_only_step_s']:.2f}; per generator update at critic_steps 5: "
                      f"{data['per_generator_update_at_critic_steps_5_s']:.1f})")
         lines.append(f"| {stage} | {times} s{extra} | {_gb(data.get('peak_allocated_bytes'))} |")
-    for section in ("checks", "eager", "graphs", "compiled", "train"):
+    for section in ("checks", "graphs", "compiled", "eager", "train"):
         if "error" in result.get(section, {}):
             lines.append(f"\n{section} FAILED: {result[section]['error']}")
     return "\n".join(lines)
@@ -245,11 +276,15 @@ def main(argv: list[str]) -> int:
 
         print(rows(read_json_object(existing_file(args.rows, "a bench gpu JSON", "--rows"), "bench gpu")))
         return 0
+    if args.plan:
+        from bench.gpu_plan import print_plan
+
+        return print_plan(SECTIONS)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dry = args.dry_run
     scale = TINY if dry else FULL
+    specs = {name: {**spec, "blocks": args.blocks or spec.get("blocks")} for name, spec in SECTIONS.items()}
     if dry:
-        args.latent_frames, args.short_latent_frames = 12, 6
         if device == "cpu":
             torch.set_num_threads(1)  # tiny ops: extra threads only spin on a shared CPU
     skip = {s for s in args.skip.split(",") if s}
@@ -258,15 +293,14 @@ def main(argv: list[str]) -> int:
     result: dict = {"benchmark": "gpu", "dry_run": dry, "command": "python -m bench.gpu " + " ".join(argv),
                     "environment": environment(device)}
     write_json_atomic(out, result, default=str)
+    seconds = args.stream_seconds
     sections = [
         ("checks", lambda: checks_section(scale, device, dry)),
-        ("eager", lambda: stream_section(scale, device, args.latent_frames, args.stream_seconds, (), dry)),
-        ("graphs", lambda: stream_section(scale, device, args.short_latent_frames, args.short_seconds,
-                                          ("--cuda-graphs",), dry)),
-        ("train", lambda: train_section(scale, device, dry)),
-        # last: inductor's first compilation of a 1.3B block is the least predictable cost of the run
-        ("compiled", lambda: stream_section(scale, device, args.short_latent_frames, args.short_seconds,
+        ("graphs", lambda: stream_section(scale, device, specs["graphs"], seconds, ("--cuda-graphs",), dry)),
+        ("compiled", lambda: stream_section(scale, device, specs["compiled"], seconds,
                                             ("--compile", "--cuda-graphs"), dry)),
+        ("eager", lambda: stream_section(scale, device, specs["eager"], seconds, (), dry)),
+        ("train", lambda: train_section(scale, device, dry)),
     ]
     if dry and device == "cpu":
         skip.add("compiled")  # inductor's first compile costs minutes on a small CPU; tests trace it with aot_eager

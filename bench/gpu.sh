@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The prepared GPU benchmark of issue 12: the 1.3B streaming path as a user runs it (real Wan VAE and
-# wav2vec2-base architectures, random weights, 480x832, PSB 8,6,4, MCI, URCR; eager bf16, CUDA graphs, compiled),
-# the fast-path checks, and one training step of each stage. One JSON, then the rows for BENCHMARKS.md.
+# The prepared GPU benchmark of issues 12 and 23: the fast-path checks, then the 1.3B streaming path as a user
+# runs it (real Wan VAE and wav2vec2-base architectures, random weights, 480x832, PSB 8,6,4, MCI, URCR) with CUDA
+# graphs, compiled, and eager bf16, then two training steps of each stage. One JSON, then the BENCHMARKS.md rows.
 #
-#   bench/gpu.sh [--dry-run] [OUT_DIR] [--bench.gpu-option=VALUE ...]
+#   bench/gpu.sh [--dry-run | --plan] [OUT_DIR] [--bench.gpu-option=VALUE ...]
+#
+# --plan (any machine, no GPU, ~1 min): each section's forward count and estimated H100 time, and their sum
+# against the 450 s cap (exit 1 if it does not fit). Sections are bounded by blocks and steps (bench/gpu.py
+# SECTIONS); each writes the JSON the moment it finishes.
 #
 # OUT_DIR defaults to $OUT (the device tool's folder that comes back) or runs/gpu_bench. A fresh GPU machine
 # lacks diffusers: `make gpu-wheels` on a machine with network writes .whl/ (git-ignored locally), and the
 # device call carries it; this script installs from it without network. --dry-run runs the same code at
 # tiny scale on whatever device is here (CI runs it through tests/test_gpu_bench.py).
-# Time: sized to finish within 8 minutes on an H200 (the python part is capped at 450 s; a section cut
-# short by the cap keeps what the earlier sections wrote).
+# Time: the python part is capped at 450 s (--plan estimates ~300 s on an H100); a section cut short by the cap
+# keeps what the earlier sections wrote.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=0
@@ -19,8 +23,9 @@ extra=()
 for arg in "$@"; do
   case $arg in
     --dry-run) dry=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-    --*) extra+=("$arg") ;;  # passed to bench.gpu, e.g. --skip=train or --latent-frames=600
+    --plan) PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} exec ${PYTHON:-python3} -m bench.gpu --plan ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --*) extra+=("$arg") ;;  # passed to bench.gpu, e.g. --skip=train or --blocks=40
     *) out_dir=$arg ;;
   esac
 done

@@ -219,6 +219,16 @@ def rollout_options(args: Namespace, context_frames: int | None = None, urcr: bo
                           psb=PSBOptions(steps=steps), urcr=URCROptions(enabled=urcr, max_frames=args.horizon))
 
 
+def warmup_blocks_for(options) -> int:
+    """Blocks after which a stream meets no new (positions, context length, step list) combination, so no
+    new CUDA graph or compiled shape: the first URCR cycle (PSB's longer lists included), then one cycle after
+    a reset (every later cycle repeats it: the cleared ring is refilled from its first slot)."""
+    fpb, urcr = options.frames_per_block, options.urcr
+    if not urcr.enabled:  # until the ring is full and the steady step list has run
+        return max(len(options.psb.steps), math.ceil(options.window / fpb)) + 1
+    return max(urcr.max_frames // fpb + (urcr.max_frames - urcr.keep_frames) // fpb, len(options.psb.steps) + 1)
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -239,12 +249,34 @@ def _gpu_allocated(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
-def warmup_section(args: Namespace, model, vae, encoder) -> dict:
+def graph_counts(model) -> dict:
+    """CUDA graph captures/replays so far (CUDAGraphDiT) and torch.compile's compiled frames and graph breaks
+    (torch._dynamo counters); zeros for what is not in use."""
+    counts = {"graph_captures": getattr(model, "captures", 0), "graph_replays": getattr(model, "replays", 0),
+              "graph_capture_s": getattr(model, "capture_seconds", 0.0)}
+    try:
+        from torch._dynamo.utils import compilation_time_metrics, counters
+    except ImportError:  # a torch without dynamo: nothing was compiled
+        return {**counts, "compiled_frames": 0, "graph_breaks": 0, "compile_s": 0.0}
+    return {**counts, "compiled_frames": int(counters["stats"]["unique_graphs"]),
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            # dynamo's own timer of every compilation (tracing + inductor), apart from the captures
+            "compile_s": float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))}
+
+
+def _counts_since(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in after}
+
+
+def warmup_section(args: Namespace, model, vae, encoder) -> tuple[dict, object]:
     """A short stream of its own before the measured one: CUDA kernels load, cuDNN picks its algorithms,
-    torch.compile compiles; its first-frame time is the cold start a user sees once per process."""
+    torch.compile compiles, CUDA graphs are captured; its first-frame time is the cold start a user sees once
+    per process. Returns its figures and its KV cache, in which the measured stream starts (same buffers: the
+    graphs captured here replay there, so no capture falls inside the timer)."""
     from lit_avatar.inference.streamer import AvatarStreamer
 
     ref = np.random.default_rng(args.seed + 7).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    before = graph_counts(model)
     start = time.perf_counter()
     streamer = AvatarStreamer(model, vae, encoder, rollout_options(args), ref, seed=args.seed + 7, device=args.device)
     rng, pushed = np.random.default_rng(args.seed + 8), 0
@@ -254,11 +286,13 @@ def warmup_section(args: Namespace, model, vae, encoder) -> dict:
     _sync(torch.device(args.device))
     return {"blocks": streamer.blocks_done, "wall_s": time.perf_counter() - start,
             "time_to_first_frame_s": streamer.first_frame_seconds,
-            "block_s": [r["seconds"] for r in streamer.latency]}
+            "block_s": [r["seconds"] for r in streamer.latency],
+            **_counts_since(before, graph_counts(model))}, streamer.rollout.cache
 
 
-def stream_section(args: Namespace, model, vae, encoder) -> dict:
-    """Stream `latent_frames` latent frames; per-block latency, stage split, RSS and GPU memory per block."""
+def stream_section(args: Namespace, model, vae, encoder, cache=None) -> dict:
+    """Stream `latent_frames` latent frames; per-block latency, stage split, RSS and GPU memory per block.
+    cache: the warm-up's KV cache to start in (its CUDA graphs replay here)."""
     from lit_avatar.inference.streamer import AvatarStreamer, block_span
 
     device = torch.device(args.device)
@@ -268,7 +302,8 @@ def stream_section(args: Namespace, model, vae, encoder) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     ref = np.random.default_rng(args.seed).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
-    streamer = AvatarStreamer(model, vae, encoder, options, ref, seed=args.seed, device=args.device)
+    counts_before = graph_counts(model)
+    streamer = AvatarStreamer(model, vae, encoder, options, ref, seed=args.seed, device=args.device, cache=cache)
     rng = np.random.default_rng(args.seed + 1)
     chunk = 3200  # 0.2 s, what a live source might deliver
     rss, gpu, video_frames, pushed = [], [], 0, 0
@@ -339,6 +374,8 @@ def stream_section(args: Namespace, model, vae, encoder) -> dict:
             "peak_over_block_100": (rss_peak_sampled / rss[100]) if len(rss) > 100 else None,
         },
         "bounded_state_end": streamer.memory_state(),
+        # graph captures and compilations inside the measured stream (0 once the warm-up did them all)
+        **_counts_since(counts_before, graph_counts(model)),
     }
     if device.type == "cuda":
         after = gpu[first_reset] if first_reset is not None else None
@@ -439,9 +476,10 @@ def main(argv: list[str]) -> int:
         "load_average_start": os.getloadavg(), "command": "lit-avatar bench stream " + " ".join(argv),
     }
     # Streaming first: the process's peak RSS then belongs to streaming, not to the full-context baseline.
+    cache = None
     if args.warmup_blocks:
-        result["warmup"] = warmup_section(args, model, vae, encoder)
-    result["stream"] = stream_section(args, model, vae, encoder)
+        result["warmup"], cache = warmup_section(args, model, vae, encoder)
+    result["stream"] = stream_section(args, model, vae, encoder, cache)
     if args.compare_blocks:
         result["kv_vs_recompute"] = compare_section(args, model, vae)
     result["load_average_end"] = os.getloadavg()

@@ -35,8 +35,21 @@ def build_parser() -> CommandParser:
     p.add_argument("--steps", type=int, default=2, help="training steps timed per stage")
     p.add_argument("--spatial-factor", type=int, default=8, help="VAE spatial factor (latent = pixels / this)")
     p.add_argument("--audio-feature-dim", type=int, default=None, help="default: the preset's (wav2vec2-base: 9216)")
+    p.add_argument("--teacher-substeps", type=int, default=4, help="ODE init: teacher substeps per level (1 makes "
+                   "its trajectory sampling 4x cheaper; the training step itself is unchanged)")
+    p.add_argument("--ode-cache", default=None, help="ODE init: trajectory cache folder; with --steps 2 step 0 samples "
+                   "the teacher and step 1 reads the cache (the step a cached run trains with)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     return p
+
+
+def memory_needed(module) -> int:
+    """A lower bound of a stage's device memory: fp32 weights of every network, and for the trained ones
+    their gradients and AdamW's two moments (activations come on top)."""
+    total = 0
+    for p in module.parameters():
+        total += p.numel() * (16 if p.requires_grad else p.element_size())
+    return total
 
 
 class _StepTimes:
@@ -119,7 +132,8 @@ def build_module(stage: str, args: Namespace, device: torch.device):
         from lit_avatar.modules.ode_init import ODEInitModule
 
         return ODEInitModule(_dit(args, device, True, 1), _dit(args, device, False, 0).requires_grad_(False),
-                             rollout=rollout, vae=vae, ema_decay=None), cfg
+                             rollout=rollout, vae=vae, ema_decay=None, teacher_substeps=args.teacher_substeps,
+                             cache_dir=args.ode_cache), cfg
     from lit_avatar.modules.self_forcing import SelfForcingModule
 
     return SelfForcingModule(_dit(args, device, True, 1), _dit(args, device, False, 0).requires_grad_(False),
@@ -136,6 +150,12 @@ def run_stage(stage: str, args: Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     module, cfg = build_module(stage, args, device)
+    needed = memory_needed(module)
+    if device.type == "cuda" and needed > torch.cuda.get_device_properties(device).total_memory:
+        # one GPU cannot hold it; sharding (FSDP, `lit-avatar fit` on several GPUs) or offload would
+        return {"skipped": f"needs at least {needed / 2**30:.1f} GiB (weights, gradients, AdamW) > the card's "
+                           f"{torch.cuda.get_device_properties(device).total_memory / 2**30:.1f} GiB",
+                "memory_needed_lower_bound_bytes": needed}
     batch = synthetic_batch(cfg, args, device)
     timer = _StepTimes(device)
     trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
@@ -147,7 +167,10 @@ def run_stage(stage: str, args: Namespace) -> dict:
     trainer.fit(module, train_dataloaders=loader)
     result = {"steps": len(timer.seconds), "step_s": timer.seconds, "wall_s": time.perf_counter() - start,
               "trained_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
-              "all_parameters": sum(p.numel() for p in module.parameters())}
+              "all_parameters": sum(p.numel() for p in module.parameters()),
+              "memory_needed_lower_bound_bytes": needed}
+    if stage == "ode_init":
+        result["teacher_substeps"], result["trajectory_cache"] = args.teacher_substeps, args.ode_cache is not None
     if stage == "self_forcing" and len(timer.seconds) >= 2:
         result["critic_steps"] = 2
         result["generator_and_critic_step_s"] = timer.seconds[0]
@@ -182,7 +205,9 @@ def main(argv: list[str]) -> int:
         try:
             result["stages"][stage] = run_stage(stage, args)
         except torch.OutOfMemoryError as err:  # what does not fit is the answer for that stage
-            result["stages"][stage] = {"error": f"out of memory: {str(err).splitlines()[0][:300]}"}
+            card = torch.cuda.get_device_properties(args.device).total_memory
+            result["stages"][stage] = {"error": f"out of memory: {str(err).splitlines()[0][:300]}",
+                                       "device_memory_bytes": card}
             torch.cuda.empty_cache()
     text = json.dumps(result, indent=2)
     print(text)

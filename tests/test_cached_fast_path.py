@@ -95,7 +95,7 @@ def test_cached_path_calls_attention_without_masks(monkeypatch):
         rollout.begin(torch.randn(1, 12, 1, 8, 8), None, 1, (8, 8))
         for _ in range(4):
             rollout.next_block(None, shape=(1, 12, 2, 8, 8))
-    assert len(masks) > 50 and all(m is None for m in masks)
+    assert len(masks) > 20 and all(m is None for m in masks)  # self-attention only: the null text needs none
 
 
 def test_block_loop_reads_no_tensor_value(monkeypatch):

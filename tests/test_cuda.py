@@ -50,12 +50,16 @@ def inputs(blocks: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, list
     return ref.to(CUDA), feats.to(CUDA), [n.to(CUDA) for n in noises]
 
 
-def stream(model, blocks: int, seed: int = 1) -> list[torch.Tensor]:
-    """The rollout's blocks from fixed noise; the MCI context noise drawn from a generator seeded alike."""
+def stream(model, blocks: int, seed: int = 1, cache=None, rollouts: list | None = None) -> list[torch.Tensor]:
+    """The rollout's blocks from fixed noise; the MCI context noise drawn from a generator seeded alike.
+    cache: a finished stream's cache to start in; rollouts: collects the Rollout (its cache, for the next)."""
     ref, feats, noises = inputs(blocks, seed)
     rollout = Rollout(model, OPTIONS)
+    if rollouts is not None:
+        rollouts.append(rollout)
     with torch.inference_mode():
-        rollout.begin(ref, None, 1, LATENT[-2:], generator=torch.Generator(device=CUDA).manual_seed(seed))
+        rollout.begin(ref, None, 1, LATENT[-2:], generator=torch.Generator(device=CUDA).manual_seed(seed),
+                      cache=cache)
         tokens = model.audio_tokens(feats)
         return [rollout.next_block(tokens[:, 2 * i:2 * i + 2], noise=noises[i]) for i in range(blocks)]
 
@@ -86,6 +90,23 @@ def test_cuda_graph_replay_matches_eager():
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, msg=lambda m, where=where: f"{where}: {m}")
     # per stream 21 denoising forwards (3 + 9 x 2 steps); URCR cycles the positions, so 3 graphs serve them
     assert graphed.replays == 2 * 21 and graphed.captures == 2 * 3
+
+
+def test_cuda_graphs_captured_in_one_stream_replay_in_the_next_started_in_its_cache():
+    """bench stream's warm-up/measured pair on real graphs: the second stream, started in the first one's
+    cache, captures nothing and its frames equal eager ones (a stale buffer address would change them)."""
+    from lit_avatar.inference.cuda_graphs import CUDAGraphDiT
+
+    model = tiny_model()
+    graphed = CUDAGraphDiT(model)
+    rollouts: list = []
+    stream(graphed, 10, 1, rollouts=rollouts)
+    captures = graphed.captures
+    replayed = stream(graphed, 10, 2, cache=rollouts[0].cache)
+    eager = stream(model, 10, 2)
+    assert captures == 3 and graphed.captures == captures
+    for a, b in zip(eager, replayed):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
 def test_steady_blocks_use_fused_attention_and_never_sync():

@@ -34,7 +34,7 @@ def test_gpu_sh_dry_run(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(site), "OUT": str(tmp_path / "out")}
     env.pop("OMP_NUM_THREADS", None)
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "gpu_bench.json").read_text())
     assert result["dry_run"] is True
@@ -48,6 +48,10 @@ def test_gpu_sh_dry_run(tmp_path):
     assert set(stream["latency_s"]["steady"]) == {"p50", "p90", "p99"}
     assert result["eager"]["warmup"]["blocks"] >= 2
     assert result["graphs"]["cuda_graphs"] and result["graphs"]["stream"]["blocks"] >= 2
+    # every capture in the warm-up, none inside the measured stream's timer (issue 23)
+    assert result["graphs"]["warmup"]["graph_captures"] > 0 and result["graphs"]["stream"]["graph_captures"] == 0
+    ran = [name for name in result if name in ("checks", "graphs", "eager", "train")]
+    assert ran == ["checks", "graphs", "eager", "train"]  # in order of importance (compiled: skipped on a CPU)
     stages = result["train"]["stages"]
     assert set(stages) == {"teacher", "ode_init", "self_forcing"}
     assert all(len(s["step_s"]) == 2 and min(s["step_s"]) > 0 for s in stages.values())

@@ -45,9 +45,9 @@ def test_gradient_flows_only_through_the_exit_forward():
     calls = []
     original = gen.forward_cached
 
-    def spy(x, timestep, frame_positions, cache, audio_tokens=None, write_frames=None):
+    def spy(x, timestep, frame_positions, cache, audio_tokens=None, write_frames=None, **kwargs):
         calls.append({"grad": torch.is_grad_enabled(), "write": write_frames is not None, "t": float(timestep[0])})
-        return original(x, timestep, frame_positions, cache, audio_tokens, write_frames)
+        return original(x, timestep, frame_positions, cache, audio_tokens, write_frames, **kwargs)
 
     gen.forward_cached = spy
     x0, conds = clip_inputs(random_batch(), module.vae, module.audio_encoder)

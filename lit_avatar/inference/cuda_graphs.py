@@ -10,13 +10,18 @@ reads by address stays put: the KV cache's buffers (allocated once per stream, w
 K/V, and the RoPE table of the call's positions (held by the graph's entry, so the model's table cache
 cannot free it). A graph is keyed by shapes, positions and the context length; URCR keeps positions
 bounded, so a stream needs a handful of graphs. Cache writes (the MCI context forward) run eagerly: their
-ring slots change every block. Graphs belong to one stream's cache and are dropped when a new one starts.
+ring slots change every block. Graphs belong to one cache's buffers: they are dropped when a forward brings
+another cache (held by a weak reference, never by id(): a freed cache's id can be reused by the next one) or
+when the cache replaced a buffer (KVCache.generation). A new stream started on a finished stream's cache
+(Rollout.begin(cache=...)) reuses its buffers, so its graphs replay without a capture.
 
 On a CPU (tests) the same bookkeeping runs with an eager "capture": the function is re-run from the static
 inputs at every replay, so a varying input that was not copied in shows up as a wrong result.
 """
 from __future__ import annotations
 
+import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from lit_avatar.models.dit import BlockAudio
 
 GRAPHS_KEPT = 32
 
@@ -33,7 +40,7 @@ class _Entry:
     replay: Callable[[], None]
     x: torch.Tensor
     timestep: torch.Tensor
-    audio: torch.Tensor | None
+    audio: torch.Tensor | BlockAudio | None
     out: torch.Tensor
     rope: tuple[torch.Tensor, torch.Tensor]
 
@@ -75,10 +82,12 @@ class CUDAGraphDiT(nn.Module):
         self.inner = model
         self._capture = capture
         self._graphs: OrderedDict[tuple, _Entry] = OrderedDict()
-        self._cache_id: int | None = None
+        self._cache_ref: weakref.ref | None = None
+        self._generation = -1
         self._pool = None
         self.captures = 0
         self.replays = 0
+        self.capture_seconds = 0.0  # host time spent capturing (warm-up runs included)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -90,19 +99,17 @@ class CUDAGraphDiT(nn.Module):
         return self.inner(*args, **kwargs)
 
     def forward_cached(self, x: torch.Tensor, timestep: torch.Tensor, frame_positions, cache, audio_tokens=None,
-                       write_frames: list[int] | None = None) -> torch.Tensor:
+                       write_frames: list[int] | None = None, write_only: bool = False) -> torch.Tensor | None:
         """AvatarDiT.forward_cached; denoising calls (no write, no gradient) replay a graph."""
         if write_frames is not None or torch.is_grad_enabled():
-            return self.inner.forward_cached(x, timestep, frame_positions, cache, audio_tokens, write_frames)
+            return self.inner.forward_cached(x, timestep, frame_positions, cache, audio_tokens, write_frames,
+                                             write_only)
         if isinstance(frame_positions, torch.Tensor):
             frame_positions = frame_positions.tolist()
         positions = tuple(int(p) for p in frame_positions)
-        if self._cache_id != id(cache):  # a new stream: its buffers are elsewhere
-            self._graphs.clear()
-            self._cache_id = id(cache)
+        self._follow(cache)
         key = (tuple(x.shape), x.dtype, tuple(timestep.shape), positions, cache.context_end(),
-               None if audio_tokens is None else (tuple(audio_tokens.shape), audio_tokens.dtype),
-               cache.block_frames, x.device)
+               _audio_key(audio_tokens), cache.block_frames, x.device)
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._build(x, timestep, positions, cache, audio_tokens)
@@ -113,22 +120,52 @@ class CUDAGraphDiT(nn.Module):
             self._graphs.move_to_end(key)
         entry.x.copy_(x)
         entry.timestep.copy_(timestep)
-        if entry.audio is not None:
-            entry.audio.copy_(audio_tokens)
+        _copy_audio(entry.audio, audio_tokens)
         entry.replay()
         self.replays += 1
         return entry.out.clone()  # the next replay of any graph of this pool overwrites the static output
 
+    def _follow(self, cache) -> None:
+        """Drop every graph when the cache is another one (or was freed) or replaced a buffer."""
+        if self._cache_ref is None or self._cache_ref() is not cache or self._generation != cache.generation:
+            self._graphs.clear()
+            self._cache_ref, self._generation = weakref.ref(cache), cache.generation
+
     def _build(self, x, timestep, positions, cache, audio_tokens) -> _Entry:
         static_x, static_t = x.clone(), timestep.clone()
-        static_audio = None if audio_tokens is None else audio_tokens.clone()
+        static_audio = _clone_audio(audio_tokens)
         p = self.inner.config.patch_size
         rope = self.inner.rope_table(positions, x.shape[-2] // p[1], x.shape[-1] // p[2], x.device)
+        cache_ref = weakref.ref(cache)  # the CPU stand-in keeps `run`: it must not keep the cache alive
 
         def run() -> torch.Tensor:
-            return self.inner.forward_cached(static_x, static_t, list(positions), cache, static_audio)
+            return self.inner.forward_cached(static_x, static_t, list(positions), cache_ref(), static_audio)
 
         capture = self._capture or (_cuda_capture if x.device.type == "cuda" else _eager_capture)
+        start = time.perf_counter()
         replay, out, self._pool = capture(run, self._pool)
+        self.capture_seconds += time.perf_counter() - start
         self.captures += 1
         return _Entry(replay, static_x, static_t, static_audio, out, rope)
+
+
+def _audio_key(audio) -> tuple | None:
+    if audio is None:
+        return None
+    if isinstance(audio, BlockAudio):
+        return (tuple(audio.tokens.shape), tuple(audio.kv.shape), audio.kv.dtype)
+    return (tuple(audio.shape), audio.dtype)
+
+
+def _clone_audio(audio):
+    if isinstance(audio, BlockAudio):
+        return BlockAudio(audio.tokens.clone(), audio.kv.clone())
+    return None if audio is None else audio.clone()
+
+
+def _copy_audio(static, audio) -> None:
+    if isinstance(static, BlockAudio):
+        static.tokens.copy_(audio.tokens)
+        static.kv.copy_(audio.kv)
+    elif static is not None:
+        static.copy_(audio)

@@ -60,13 +60,25 @@ class Rollout:
         self.max_position_seen = -1
 
     def begin(self, ref: torch.Tensor | None, text: torch.Tensor | None, batch: int, latent_hw: tuple[int, int],
-              generator: torch.Generator | None = None) -> None:
-        """Start a stream: a fresh cache holding the reference sink and the text K/V."""
+              generator: torch.Generator | None = None, cache: KVCache | None = None) -> None:
+        """Start a stream: a cache holding the reference sink and the text state.
+
+        cache: a finished stream's cache of the same geometry to start in (its buffers, and so the CUDA
+            graphs captured on them, are reused); default a fresh one.
+        """
         h, w = latent_hw
         p = self.model.config.patch_size
         # the scratch holds what one forward brings: a block, or the frames re-encoded at a URCR reset
         scratch = max(self.options.frames_per_block, self.options.urcr.keep_frames if self.options.urcr.enabled else 0)
-        self.cache = self.model.new_cache(self.options.window, h, w, block_frames=scratch)
+        fresh = self.model.new_cache(self.options.window, h, w, block_frames=scratch)
+        if cache is not None:
+            geometry = ("num_layers", "capacity", "tokens_per_frame", "block_frames")
+            if any(getattr(cache, name) != getattr(fresh, name) for name in geometry):
+                raise ValueError("Rollout.begin(cache=...): the cache was made for another window, frame size or "
+                                 "block size")
+            cache.restart()
+            fresh = cache
+        self.cache = fresh
         self.model.prefill(self.cache, ref, text, batch, h // p[1], w // p[2])
         self.generator = generator
         self.records.clear()
@@ -101,16 +113,20 @@ class Rollout:
         # The generator (if any) lives on the model's device, so streams are reproducible per device.
         return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
 
-    def _write_context(self, frames: list[_HistoryFrame], positions: list[int], sigma: float) -> None:
-        """One forward at timestep sigma over the (noised) frames, storing their keys/values."""
+    def _write_context(self, frames: list[_HistoryFrame], positions: list[int], sigma: float,
+                       block_audio=None) -> None:
+        """One forward at timestep sigma over the (noised) frames, storing their keys/values (block_audio:
+        the frames' audio with its K/V already computed, when they are the block just denoised)."""
         latents = torch.cat([f.latent for f in frames], dim=2)
         audio = None if frames[0].audio is None else torch.cat([f.audio for f in frames], dim=1)
+        audio = block_audio if block_audio is not None else audio
         if sigma > 0:
             latents = (1 - sigma) * latents + sigma * self._randn_like(latents)
         t = torch.full((latents.shape[0],), 1000.0 * sigma, device=latents.device)
         self.max_position_seen = max(self.max_position_seen, max(positions))
         # positions stay Python ints: no host-to-device copy, the RoPE table comes from the model's cache
-        self.model.forward_cached(latents, t, positions, self.cache, audio, write_frames=[f.index for f in frames])
+        self.model.forward_cached(latents, t, positions, self.cache, audio, write_frames=[f.index for f in frames],
+                                  write_only=True)
 
     def _maybe_reset(self) -> bool:
         """URCR: re-index the cache from position 0 when the next block would pass the horizon."""
@@ -143,6 +159,7 @@ class Rollout:
         device = self.model.null_text.device
         x = noise.to(device) if noise is not None else torch.randn(shape, generator=self.generator, device=device)
         sigmas = self._sigma_values(self._block)  # Python floats: the step loop reads no tensor value
+        block_audio = self.model.block_audio(audio_tokens)  # audio K/V once for all of this block's forwards
         steps = len(sigmas) - 1
         last = steps - 1 if exit_step is None else min(exit_step, steps - 1)
         x0 = x
@@ -150,7 +167,7 @@ class Rollout:
             s, s_next = sigmas[j], sigmas[j + 1]
             t = torch.full((x.shape[0],), 1000.0 * s, device=x.device)
             with torch.set_grad_enabled(torch.is_grad_enabled() and j == last and exit_step is not None):
-                v = self.model.forward_cached(x, t, positions, self.cache, audio_tokens)
+                v = self.model.forward_cached(x, t, positions, self.cache, block_audio)
             x0 = x - s * v
             if j == last:
                 break
@@ -173,7 +190,7 @@ class Rollout:
         while len(self._history) > keep:
             self._history.popleft()
         with torch.no_grad():
-            self._write_context(new_frames, positions, sigma_m)
+            self._write_context(new_frames, positions, sigma_m, block_audio)
         self.records.append(BlockRecord(self._block, positions, [float(s) for s in sigmas[: last + 2]],
                                         sigma_m, reset, forwards=last + 2))
         self._block += 1

@@ -25,6 +25,7 @@ from lit_avatar.inference.audio_stream import SAMPLES_PER_FRAME, BlockAudioFeatu
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.inference.rollout import Rollout
 from lit_avatar.inference.stage_timer import StageTimer
+from lit_avatar.models.attention import KVCache
 
 __all__ = ["AvatarStreamer", "block_span", "reference_tensor"]
 
@@ -79,13 +80,15 @@ class AvatarStreamer:
             the encoder's `stream_lookahead_frames` (wav2vec2: 8), else 3 (exact for a local encoder).
         audio_features: a feature source to use instead of encoding the pushed audio per block (e.g.
             PrecomputedAudioFeatures of the whole file); the pushed audio then only keeps time.
+        cache: a finished stream's KV cache to start in (Rollout.begin): e.g. a benchmark's measured stream
+            after its warm-up stream, so that CUDA graphs are captured once, before the timer.
     """
 
     def __init__(self, model: nn.Module, vae: nn.Module, audio_encoder: nn.Module | None, options: RolloutOptions,
                  ref_image: torch.Tensor | np.ndarray, text: torch.Tensor | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", context_seconds: float = 2.0,
                  max_latency_records: int | None = None, lookahead_frames: int | None = None,
-                 audio_features: BlockAudioFeatures | None = None) -> None:
+                 audio_features: BlockAudioFeatures | None = None, cache: KVCache | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vae = vae.to(self.device).eval() if isinstance(vae, nn.Module) else vae
@@ -119,7 +122,7 @@ class AvatarStreamer:
             self.rollout = Rollout(self.model, options, max_records=1)
             generator = torch.Generator(device=self.device).manual_seed(seed)
             self.rollout.begin(ref_latent, None if text is None else text.to(self.device), 1,
-                               tuple(ref_latent.shape[-2:]), generator=generator)
+                               tuple(ref_latent.shape[-2:]), generator=generator, cache=cache)
         self.decoder = vae.stream_decoder()
         self.timer = StageTimer(self.device)
         self.latency: deque[dict] = deque(maxlen=max_latency_records)

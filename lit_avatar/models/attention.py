@@ -107,6 +107,21 @@ class SelfAttention(_Projections):
             keys, values = k, v
         return self.o(sdpa(q, keys, values)), k, v
 
+    def keys_values(self, x: torch.Tensor,
+                    rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only the keys (after RoPE) and values of x [B,L,dim], as forward returns them (a cache write
+        whose attention output is not used)."""
+        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1)), *rope)
+        return k, self.v(x).unflatten(-1, (self.num_heads, -1))
+
+
+@dataclass
+class FixedOutput:
+    """A cross-attention's output that is the same for every query: a context of one token (the null text)
+    gets softmax weight 1 whatever the query, so the output is o(v) [B, 1, dim], computed once per context."""
+
+    value: torch.Tensor
+
 
 class CrossAttention(_Projections):
     """Cross-attention to a context (text); K/V can be computed once and reused."""
@@ -114,6 +129,12 @@ class CrossAttention(_Projections):
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.norm_k(self.k(context)).unflatten(-1, (self.num_heads, -1))
         return k, self.v(context).unflatten(-1, (self.num_heads, -1))
+
+    def context_state(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | FixedOutput:
+        """What a cached stream keeps of its context: the output itself when the context is one token
+        (no query, norm or attention left to run per forward), else the K/V."""
+        k, v = self.context_kv(context)
+        return FixedOutput(self.o(v.flatten(2))) if k.shape[1] == 1 else (k, v)
 
     def forward(self, x: torch.Tensor, context_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
@@ -130,11 +151,15 @@ class FrameLocalCrossAttention(CrossAttention):
         nn.init.zeros_(self.o.weight)
         nn.init.zeros_(self.o.bias)
 
-    def forward_frames(self, x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """x [B,F,N,dim], audio [B,F,A,audio_dim] -> [B,F,N,dim]."""
+    def frames_kv(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio [B,F,A,audio_dim] -> K/V stacked [2, B*F, A, H, hd] (computed once per block by a stream)."""
+        return torch.stack(self.context_kv(audio.flatten(0, 1)))
+
+    def forward_frames(self, x: torch.Tensor, audio: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B,F,N,dim], audio [B,F,A,audio_dim] -> [B,F,N,dim]; kv: frames_kv(audio) if already computed."""
         b, f, n, d = x.shape
-        kv = self.context_kv(audio.flatten(0, 1))
-        return self(x.flatten(0, 1), kv).view(b, f, n, d)
+        kv = self.frames_kv(audio) if kv is None else kv
+        return self(x.flatten(0, 1), (kv[0], kv[1])).view(b, f, n, d)
 
 
 @dataclass
@@ -153,7 +178,7 @@ class LayerCache:
     v: torch.Tensor | None = None
     sink_start: int = 0  # where the sink begins (= the scratch's size)
     sink_tokens: int = 0
-    text_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    text_kv: tuple[torch.Tensor, torch.Tensor] | FixedOutput | None = None  # CrossAttention.context_state
 
     @property
     def ref_k(self) -> torch.Tensor | None:
@@ -187,6 +212,7 @@ class KVCache:
     slot_positions: list[int] = field(default_factory=list)  # the RoPE time position each slot was written at
     write_count: int = 0
     sink_tokens: int = 0
+    generation: int = 0  # bumped whenever a buffer a captured CUDA graph reads is replaced
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -223,6 +249,7 @@ class KVCache:
             v[:, self._scratch:self._scratch + keep] = cache.v[:, cache.sink_start:]
         cache.k, cache.v = k, v
         cache.sink_start, cache.sink_tokens = self._scratch, self.sink_tokens
+        self.generation += 1
 
     def _ensure(self, layer: int, like: torch.Tensor, frames: int) -> None:
         if frames > self.block_frames:
@@ -291,7 +318,32 @@ class KVCache:
             cache.v[:, dst] = v[:, i * n:j * n]
             i = j
 
+    def set_text(self, layer: int, state: tuple[torch.Tensor, torch.Tensor] | FixedOutput) -> None:
+        """Store one layer's text state (CrossAttention.context_state). A new text of the same shape is
+        copied into the old buffers, so graphs captured on this cache stay valid across a prompt change."""
+        cache = self.layers[layer]
+        old, new = _tensors(cache.text_kv), _tensors(state)
+        same = [(t.shape, t.dtype) for t in old] == [(t.shape, t.dtype) for t in new]
+        if type(cache.text_kv) is type(state) and same:
+            for dst, src in zip(old, new):
+                dst.copy_(src)
+            return
+        cache.text_kv = state
+        self.generation += 1
+
+    def restart(self) -> None:
+        """Make this cache ready for a new stream in the same buffers (sink and text are re-filled in place
+        by prefill): a finished stream's CUDA graphs then replay in the next one without a capture."""
+        self.clear_frames()
+        self.write_count = 0
+
     def clear_frames(self) -> None:
         """Forget every context frame; keep the reference sink and the text K/V (URCR reset)."""
         self.slot_frames = [-1] * self.capacity
         self.slot_positions = [-1] * self.capacity
+
+
+def _tensors(state: tuple[torch.Tensor, torch.Tensor] | FixedOutput | None) -> list[torch.Tensor]:
+    if state is None:
+        return []
+    return [state.value] if isinstance(state, FixedOutput) else list(state)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_avatar.models.attention import CrossAttention, FrameLocalCrossAttention, KVCache, SelfAttention
+from lit_avatar.models.attention import CrossAttention, FixedOutput, FrameLocalCrossAttention, KVCache, SelfAttention
 from lit_avatar.models.presets import DiTConfig, get_preset
 from lit_avatar.models.rope import RotaryEmbedding3D
 
@@ -53,6 +53,15 @@ class ClipConditions:
         return ClipConditions(audio, ref, None if drop_text else self.text)
 
 
+@dataclass
+class BlockAudio:
+    """A block's audio tokens [B,F,A,audio_dim] and every layer's audio K/V of them, stacked
+    [layers, 2, B*F, A, H, hd] (one tensor: a CUDA graph's static copy is one kernel)."""
+
+    tokens: torch.Tensor
+    kv: torch.Tensor
+
+
 class FP32LayerNorm(nn.LayerNorm):
     """LayerNorm evaluated in float32 whatever the parameter dtype (bf16 training)."""
 
@@ -79,11 +88,31 @@ class AvatarBlock(nn.Module):
             self.norm_audio = FP32LayerNorm(dim, cfg.eps, elementwise_affine=True)
             self.audio_attn = FrameLocalCrossAttention(dim, cfg.num_heads, cfg.audio_dim, cfg.eps)
 
-    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This layer's text K/V of the embedded text context [B,L,dim] (computed once per stream when
-        cached). A method of the block, not of its cross-attention, so that a sharded block can register
-        it as an FSDP forward method and have its parameters gathered for the call."""
-        return self.cross_attn.context_kv(context)
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | FixedOutput:
+        """This layer's text state of the embedded text context [B,L,dim], computed once per stream when
+        cached: the K/V, or the cross-attention output itself for a one-token text (the null text).
+        A method of the block, not of its cross-attention, so that a sharded block can register it as an
+        FSDP forward method and have its parameters gathered for the call (as audio_kv and write_kv)."""
+        return self.cross_attn.context_state(context)
+
+    def audio_kv(self, audio: torch.Tensor) -> torch.Tensor:
+        """This layer's audio K/V [2,B*F,A,H,hd] of a block's audio tokens [B,F,A,audio_dim]: once per
+        block, not in each of its denoising forwards."""
+        return self.audio_attn.frames_kv(audio)
+
+    def write_kv(self, x: torch.Tensor, e: torch.Tensor,
+                 rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only the self-attention keys/values of x (what the last layer of a cache-write forward is for:
+        its attention output, cross-attention and FFN would feed a head whose output nobody reads)."""
+        shift, scale = (self.modulation[:, :2].unsqueeze(0) + e[:, :, :2].float()).unsqueeze(3).unbind(2)
+        h = (self.norm1(x) * (1 + scale) + shift).type_as(x)
+        return self.self_attn.keys_values(h.flatten(1, 2), rope)
+
+    def _text_attention(self, x: torch.Tensor, text_kv) -> torch.Tensor:
+        if isinstance(text_kv, FixedOutput):  # the same vector for every query: nothing to compute
+            return text_kv.value.unsqueeze(1)
+        b, f, n, d = x.shape
+        return self.cross_attn(self.norm3(x.flatten(1, 2)).type_as(x), text_kv).view(b, f, n, d)
 
     def forward(
         self,
@@ -96,6 +125,7 @@ class AvatarBlock(nn.Module):
         block_tokens: int | None = None,
         kv_buffer: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_window: tuple[int, int, int] | None = None,
+        audio_kv: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B,F,N,dim], e [B,F,6,dim] (time projection per frame), audio [B,F,A,audio_dim] or None.
 
@@ -104,6 +134,7 @@ class AvatarBlock(nn.Module):
             gathered when it is sharded).
         block_tokens: block-causal self-attention over x in blocks of this many tokens (None: full).
         kv_buffer and kv_window: the KV-cached path (SelfAttention.forward).
+        audio_kv: this layer's audio_kv(audio), when the caller computed it once for several forwards.
 
         Returns the new x and this layer's self-attention keys/values of x (for the cache).
         """
@@ -114,9 +145,9 @@ class AvatarBlock(nn.Module):
         h = (self.norm1(x) * (1 + scale) + shift).type_as(x)
         attn, k, v = self.self_attn(h.flatten(1, 2), rope, prefix, block_tokens, kv_buffer, kv_window)
         x = (x.float() + attn.view(b, f, n, d) * gate).type_as(x)
-        x = x + self.cross_attn(self.norm3(x.flatten(1, 2)).type_as(x), text_kv).view(b, f, n, d)
+        x = x + self._text_attention(x, text_kv)
         if audio is not None:
-            x = x + self.audio_attn.forward_frames(self.norm_audio(x).type_as(x), audio)
+            x = x + self.audio_attn.forward_frames(self.norm_audio(x).type_as(x), audio, audio_kv)
         h = (self.norm2(x) * (1 + c_scale) + c_shift).type_as(x)
         x = (x.float() + self.ffn(h).float() * c_gate).type_as(x)
         return x, k, v
@@ -185,7 +216,8 @@ class AvatarDiT(nn.Module):
     def embed_frames(self, latents: torch.Tensor) -> torch.Tensor:
         """[B,C,F,H,W] -> tokens [B,F,N,dim]."""
         x = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype))
-        return x.flatten(3).permute(0, 2, 3, 1)
+        # contiguous: a compiled block's stride guards would otherwise split layer 0 from the others
+        return x.flatten(3).permute(0, 2, 3, 1).contiguous()
 
     def time_embed(self, timestep: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """timestep [B] or [B,F] -> (temb [B,F,dim], e [B,F,6,dim])."""
@@ -305,17 +337,32 @@ class AvatarDiT(nn.Module):
     @torch.no_grad()
     def prefill(self, cache: KVCache, ref: torch.Tensor | None, text: torch.Tensor | None,
                 batch: int, hh: int, ww: int) -> None:
-        """Compute the text K/V and the reference sink's keys/values once per stream."""
-        text_ctx = self.text_context(text, batch)
+        """Compute the text state and the reference sink's keys/values once per stream."""
+        self.set_text(cache, text, batch)
         ref_state = self._ref_init(ref, batch, hh, ww) if ref is not None else None
         for i, block in enumerate(self.blocks):
             layer = cache.layers[i]
-            layer.text_kv = block.text_kv(text_ctx)
             if ref_state is not None:
                 ref_x, ref_e, ref_rope = ref_state
                 ref_x, ref_k, ref_v = block(ref_x, ref_e, ref_rope, layer.text_kv)
                 cache.set_sink(i, ref_k, ref_v)
                 ref_state = (ref_x, ref_e, ref_rope)
+
+    @torch.no_grad()
+    def set_text(self, cache: KVCache, text: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """(Re)fill every layer's text state in the cache (the null text's cross-attention output, or a
+        prompt's K/V); a prompt change mid-stream calls this, and a text of the same shape is written into
+        the same buffers (KVCache.set_text). The reference sink is not recomputed. Returns the embedded text."""
+        text_ctx = self.text_context(text, batch)
+        for i, block in enumerate(self.blocks):
+            cache.set_text(i, block.text_kv(text_ctx))
+        return text_ctx
+
+    def block_audio(self, audio_tokens: torch.Tensor | None) -> BlockAudio | None:
+        """A block's audio tokens with every layer's audio K/V computed once, for all of its forwards."""
+        if audio_tokens is None or not self.config.audio:
+            return None
+        return BlockAudio(audio_tokens, torch.stack([block.audio_kv(audio_tokens) for block in self.blocks]))
 
     def forward_cached(
         self,
@@ -323,9 +370,10 @@ class AvatarDiT(nn.Module):
         timestep: torch.Tensor,
         frame_positions: torch.Tensor | Sequence[int],
         cache: KVCache,
-        audio_tokens: torch.Tensor | None = None,
+        audio_tokens: torch.Tensor | BlockAudio | None = None,
         write_frames: list[int] | None = None,
-    ) -> torch.Tensor:
+        write_only: bool = False,
+    ) -> torch.Tensor | None:
         """Velocity for one block given the cached context.
 
         Without gradient, each layer writes its keys/values into the cache's scratch and attends over
@@ -339,8 +387,11 @@ class AvatarDiT(nn.Module):
             frame_positions: RoPE time index of each of the F frames; Python ints avoid any host-device
                 round trip (a tensor is read with .tolist()).
             cache: filled by prefill() and earlier writes.
-            audio_tokens: the block's projected audio tokens [B,F,A,audio_dim] (see audio_tokens()).
+            audio_tokens: the block's projected audio tokens [B,F,A,audio_dim] (see audio_tokens()), or
+                block_audio() of them (their K/V computed once for all of a block's forwards).
             write_frames: absolute frame indices; when given, this forward's keys/values are stored.
+            write_only: a cache write whose velocity is not wanted: the last layer stops at its keys/values,
+                the head does not run, and None is returned.
         """
         b, _, f, height, width = x.shape
         if isinstance(frame_positions, torch.Tensor):
@@ -354,15 +405,23 @@ class AvatarDiT(nn.Module):
         slots = cache.reserve_slots(write_frames, list(frame_positions)) if write_frames is not None else None
         fused = not torch.is_grad_enabled()
         heads_like = tokens.flatten(1, 2).unflatten(-1, (self.config.num_heads, -1))  # a view: k's shape and dtype
+        audio, audio_kv = (audio_tokens.tokens, audio_tokens.kv) if isinstance(audio_tokens, BlockAudio) else \
+            (audio_tokens, None)
+        last = len(self.blocks) - 1 if write_only and slots is not None else None
         for i, block in enumerate(self.blocks):
-            text_kv = cache.layers[i].text_kv
-            if fused:
+            text_kv, layer_audio_kv = cache.layers[i].text_kv, None if audio_kv is None else audio_kv[i]
+            if i == last:
+                k, v = block.write_kv(tokens, e, rope)
+            elif fused:
                 kv_buffer, kv_window = cache.attention_window(i, heads_like, end)
-                tokens, k, v = block(tokens, e, rope, text_kv, audio_tokens, kv_buffer=kv_buffer, kv_window=kv_window)
+                tokens, k, v = block(tokens, e, rope, text_kv, audio, kv_buffer=kv_buffer, kv_window=kv_window,
+                                     audio_kv=layer_audio_kv)
             else:
-                tokens, k, v = block(tokens, e, rope, text_kv, audio_tokens, cache.context(i, end))
+                tokens, k, v = block(tokens, e, rope, text_kv, audio, cache.context(i, end), audio_kv=layer_audio_kv)
             if slots is not None:
                 cache.write(i, slots, k, v)
+        if last is not None:
+            return None
         return self.unpatchify(self.head(tokens, temb), height, width).float()
 
 

@@ -4,9 +4,9 @@ Each AvatarDiT is sharded per parameter (`fully_shard`) as units: every AvatarBl
 for the rest (embeddings, head, audio projector, null text). The LightningModule root is never a unit:
 Lightning calls `training_step`, not `forward`, so a root unit would never gather its parameters. The DiT
 is also driven through methods other than `forward` (the rollout calls `prefill`, `forward_cached` and
-`audio_tokens`; a block's `text_kv`), which are registered as FSDP forward methods so that each call
-gathers the unit's parameters. Frozen networks (teacher, EMA copies) are sharded the same way; the frozen
-VAE and audio encoder stay whole on every rank (small, and called outside any DiT).
+`audio_tokens`; a block's `text_kv`, `audio_kv`, `write_kv`), which are registered as FSDP forward methods
+so that each call gathers the unit's parameters. Frozen networks (teacher, EMA copies) are sharded the same way;
+the frozen VAE and audio encoder stay whole on every rank (small, and called outside any DiT).
 
 Gradient norms of sharded parameters are DTensors: `global_grad_norm` and `torch.nn.utils.clip_grad_norm_`
 reduce them over the mesh, so every rank sees, logs and clips by the norm of the full gradient.
@@ -60,7 +60,8 @@ def shard_dit(model: nn.Module, mesh, mp_policy=None) -> None:
     kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy()}
     for block in model.blocks:
         fully_shard(block, **kwargs)
-        register_fsdp_forward_method(block, "text_kv")
+        for method in ("text_kv", "audio_kv", "write_kv"):
+            register_fsdp_forward_method(block, method)
     # explicitly resharded after every call (by default a root unit stays gathered after forward): one left
     # gathered after a no-grad call (the rollout's cached forwards, a frozen teacher, sampling with the EMA)
     # would show its unsharded, gradient-less tensors to parameters(), i.e. to the EMA update and the norms
