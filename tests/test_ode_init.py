@@ -22,10 +22,13 @@ class Recorder(nn.Module):
         self.conv = nn.Conv3d(channels, channels, 1)
         self.calls = []
 
-    def forward(self, x, timestep, audio=None, ref=None, text=None, frames_per_block=None):
+    def forward(self, x, timestep, audio=None, ref=None, text=None, frames_per_block=None, window=None, context=None,
+                context_timestep=None):
         out = self.conv(x)
         self.calls.append({"t": timestep.detach().clone(), "fpb": frames_per_block, "audio": audio,
-                           "x": x.detach().clone(), "v": out.detach().clone()})
+                           "x": x.detach().clone(), "v": out.detach().clone(), "window": window,
+                           "context": None if context is None else context.detach().clone(),
+                           "context_t": None if context_timestep is None else context_timestep.detach().clone()})
         return out
 
 
@@ -69,16 +72,16 @@ def test_regression_is_block_causal_with_per_block_student_levels_and_caches(tmp
     loss.backward()
     assert student.conv.weight.grad.abs().sum() > 0 and teacher.conv.weight.grad is None
     call = student.calls[-1]
-    assert call["fpb"] == 2 and call["t"].shape == (2, 4)
+    assert call["fpb"] == 2 and call["t"].shape == (2, 4) and call["window"] == OPTS.window
+    assert call["context"].shape == call["x"].shape
     t = call["t"] / 1000
     assert torch.equal(t[:, 0], t[:, 1]) and torch.equal(t[:, 2], t[:, 3])  # one level per block
     levels = psb_levels(OPTS.psb.steps, OPTS.shift)
-    block1 = set(levels[[0, 2]].tolist())  # block 1: 2 steps of the same schedule (+ its clean end)
+    block1 = set(levels[[0, 2]].tolist())  # block 1: 2 steps of the same schedule (its clean end is the target)
     seen = set()
     for seed in range(20):
         module.regression_loss(b, torch.Generator().manual_seed(seed))
-        t1 = student.calls[-1]["t"][:, 2] / 1000
-        seen |= set(t1[t1 > OPTS.mci.max + 1e-6].tolist())  # levels above the MCI range: trajectory states
+        seen |= set((student.calls[-1]["t"][:, 2] / 1000).tolist())
     assert seen == block1
     # the trajectory cache: one file per sample, and no teacher call once cached
     assert len(list(tmp_path.glob("*.pt"))) == 2
@@ -117,7 +120,7 @@ def test_fit_two_steps_with_a_micro_dit_and_record(tmp_path):
 
 
 def _context_draws(mci_enabled, seeds=range(16)):
-    """(level, input, velocity, loss, clean end) of the student's call for several level draws."""
+    """(call, loss, clean end) of the student's call for several level draws."""
     from dataclasses import replace
 
     from lit_avatar.inference.options import MCIOptions
@@ -130,8 +133,7 @@ def _context_draws(mci_enabled, seeds=range(16)):
     out = []
     for seed in seeds:
         loss = module.regression_loss(b, torch.Generator().manual_seed(seed))
-        call = student.calls[-1]
-        out.append((call["t"] / 1000, call["x"], call["v"], loss.detach(), clean))
+        out.append((student.calls[-1], loss.detach(), clean))
     return out
 
 
@@ -141,41 +143,30 @@ def _conds(module, b):
     return clip_inputs(b, module.vae, module.audio_encoder)[1]
 
 
-def _expected_loss(level, x, v, clean, context):
-    pred = x - level[:, None, :, None, None] * v
-    err = (pred - clean).pow(2)
-    keep = (~context)[:, None, :, None, None].float().expand_as(err)
-    return (err * keep).sum() / keep.sum().clamp_min(1e-8)
+def _expected_loss(call, clean):
+    level = call["t"] / 1000
+    pred = call["x"] - level[:, None, :, None, None] * call["v"]
+    return (pred - clean).pow(2).mean()
 
 
-def test_ode_init_draws_the_clean_level_as_context_and_leaves_it_out_of_the_loss():
-    """CausVid: a block may sit at its trajectory's clean end; later blocks attend to it, the loss skips it."""
-    levels = psb_levels(OPTS.psb.steps, OPTS.shift)
-    clean_draws = 0
-    for level, x, v, loss, clean in _context_draws(mci_enabled=False):
-        context = level == 0
-        clean_draws += int(context.any())
-        for i in range(level.shape[0]):
-            torch.testing.assert_close(x[i][:, context[i]], clean[i][:, context[i]])  # the clean end itself
-        assert set(level.flatten().tolist()) <= set(levels.tolist())
-        torch.testing.assert_close(loss, _expected_loss(level, x, v, clean, context))
-    assert clean_draws > 0  # over 16 draws the clean level comes up (block 1 has 3 levels)
+def test_ode_init_context_is_the_clean_end_as_the_cache_holds_it_without_mci():
+    """Every block starts from a trajectory state (never its clean end) and reads its context from the clean
+    end at s = 0, the level the cache holds without MCI; the loss covers every frame."""
+    levels = set(psb_levels(OPTS.psb.steps, OPTS.shift)[:-1].tolist())
+    for call, loss, clean in _context_draws(mci_enabled=False):
+        assert set((call["t"] / 1000).flatten().tolist()) <= levels
+        torch.testing.assert_close(call["context"], clean)
+        assert torch.equal(call["context_t"], torch.zeros_like(call["context_t"]))
+        torch.testing.assert_close(loss, _expected_loss(call, clean))
 
 
 def test_ode_init_context_sits_at_the_mci_level_when_mci_is_on():
-    """With MCI the inference cache holds the clean output corrupted to s_m: the draw trains that input."""
-    trajectory_levels = set(psb_levels(OPTS.psb.steps, OPTS.shift).tolist())
-    seen_context = 0
-    for level, x, v, loss, clean in _context_draws(mci_enabled=True):
-        context = torch.tensor([[lv not in trajectory_levels for lv in row] for row in level.tolist()])
-        for i in range(level.shape[0]):
-            s = level[i][context[i]]
-            if not len(s):
-                continue
-            seen_context += 1
-            assert ((s >= 0.05 - 1e-6) & (s <= 0.2 + 1e-6)).all()
-            # the input is (1 - s) clean + s noise: it stays near the clean end, never on a trajectory state
-            err = (x[i][:, context[i]] - clean[i][:, context[i]]).pow(2).mean()
-            assert 0 < err < 0.2 ** 2 * 4
-        torch.testing.assert_close(loss, _expected_loss(level, x, v, clean, context))
-    assert seen_context > 0
+    """With MCI the inference cache holds the clean output corrupted to s_m: the context copy is that input."""
+    for call, loss, clean in _context_draws(mci_enabled=True):
+        s = call["context_t"] / 1000
+        assert ((s >= 0.05 - 1e-6) & (s <= 0.2 + 1e-6)).all()
+        assert torch.equal(s[:, 0], s[:, 1]) and torch.equal(s[:, 2], s[:, 3])  # one level per block
+        # the context is (1 - s) clean + s noise: near the clean end, never on it
+        err = (call["context"] - clean).pow(2).mean()
+        assert 0 < err < 0.2 ** 2 * 4
+        torch.testing.assert_close(loss, _expected_loss(call, clean))
