@@ -9,17 +9,14 @@ import torch
 from torch import nn
 
 from lit_avatar.diffusion import (
-    AvatarGuidance,
     SigmaSampler,
     add_noise,
-    sample_euler,
-    shifted_schedule,
     velocity_target,
 )
 from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
 from lit_avatar.errors import UserError
 from lit_avatar.inference.loading import generator_record, video_size_of
-from lit_avatar.models.dit import AvatarDiT
+from lit_avatar.models.dit import AvatarDiT, ClipConditions
 from lit_avatar.models.vae import VideoVAE
 from lit_avatar.modules.conditions import audio_feats_of, drop_conditions, latents_of, ref_latent_of
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
@@ -27,6 +24,7 @@ from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
+from lit_avatar.modules.teacher_sampler import TeacherSampler
 from lit_avatar.seeding import step_generator
 
 
@@ -130,7 +128,6 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
         self.sigma_sampler = SigmaSampler(
             timestep_sampling, shift=timestep_shift, loc=logit_normal_loc, scale=logit_normal_scale
         )
-        self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
         self._last_ema_step = -1
         self._video_size: tuple[int, int] | None = None
 
@@ -286,8 +283,8 @@ class TeacherModule(KeepsFrozenInEval, pl.LightningModule):
             shape = shape[:2] + (1 + (batch["video"].shape[2] - 1) // tf,) + shape[3:]
         audio, ref, text = self.conditions(batch, shape[2])
         noise = torch.randn(shape, generator=generator).to(self.device)
-        sigmas = shifted_schedule(num_steps or self.hparams.sample_steps, self.hparams.sample_shift)
-        latents = sample_euler(self.guidance.denoiser(net, audio, ref, text), noise, sigmas, progress=progress)
+        sampler = TeacherSampler.from_hparams(self.hparams, steps=num_steps)
+        latents = sampler.latents(net, ClipConditions(audio, ref, text), noise, progress=progress)
         return self.vae.decode(latents).float().clamp(-1, 1)
 
     def _log_samples(self, batch: dict, batch_idx: int) -> None:
