@@ -16,7 +16,7 @@ from eval.inputs import load_audio_for, load_reference, match_videos, read_sidec
 from lit_avatar.data.atomic import write_json_atomic
 from lit_avatar.errors import UserError
 
-ALL_METRICS = ("fid", "fvd", "sync", "csim", "drift", "synthsync", "appearance")
+ALL_METRICS = ("fid", "fvd", "sync", "csim", "drift", "synthsync", "appearance", "seams")
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS = {
     "fid": FID_WEIGHTS,
@@ -95,6 +95,9 @@ def _load_scorers(opts: EvalOptions, has_real: bool) -> tuple[dict, object | Non
             continue
         if metric == "synthsync":
             out[metric] = S.SynthSyncScorer()
+            continue
+        if metric == "seams":  # needs only the generated frames and the grid in their sidecar
+            out[metric] = S.SeamScorer()
             continue
         if metric == "appearance":  # SynthTalk: SSIM/PSNR outside the mouth box (eval.appearance)
             from eval.appearance import AppearanceScorer
@@ -222,6 +225,14 @@ def _drift_aggregate(videos: dict[str, dict]) -> dict:
     return out
 
 
+def _seam_scores(name: str, gen_path: Path, frames: np.ndarray, sidecar: dict, scorer, opts: EvalOptions) -> dict:
+    if "grid" not in sidecar:
+        _say(opts, f"{name}: seams skipped (needs {gen_path.with_suffix('.json')} with the causal grid that "
+                   "`lit-avatar generate` writes)")
+        return {}
+    return scorer.video(frames, sidecar["grid"])
+
+
 def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, drift_dir, tb_dir) -> dict:
     gen_path = matching.gen[name]
     frames, _ = read_video(gen_path, fps=opts.fps)
@@ -297,6 +308,8 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
             curve = scorers["appearance"].drift(opts.fps, opts.window) if drift_on else None
             if curve is not None:
                 curves["ref_ssim"] = curve
+    if "seams" in scorers:
+        row.update(_seam_scores(name, gen_path, frames, sidecar, scorers["seams"], opts))
     if drift_on and curves:
         from eval.drift import log_tensorboard, plot_curves
 

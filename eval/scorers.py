@@ -289,3 +289,31 @@ class SynthSyncScorer:
 
     def protocol_info(self) -> dict:
         return {"protocol": "synthsync", "videos": len(self.rows), "frames": self.frames}
+
+
+class SeamScorer:
+    """Frame change across block seams over frame change inside blocks (eval.stream_scores.seam_flicker), with
+    the seams where the generator's causal grid puts them (the `grid` entry `lit-avatar generate` writes into
+    the sidecar); aggregate means."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def video(self, frames: np.ndarray, grid: dict) -> dict:
+        from eval.stream_scores import seam_flicker
+        from lit_avatar.causal_grid import CausalGrid
+
+        causal = CausalGrid(int(grid["frames_per_block"]), int(grid["temporal_factor"]), float(grid.get("fps", 25)))
+        row = seam_flicker(frames[None], causal)
+        self.rows.append(row)
+        return row
+
+    def aggregate(self) -> dict:
+        keys = ("flicker_boundary", "flicker_inside", "flicker_ratio")
+        if not self.rows:
+            return {k: None for k in keys}
+        return {k: float(np.nanmean([r[k] for r in self.rows])) for k in keys}
+
+    def protocol_info(self) -> dict:
+        return {"protocol": "mean |frame t - frame t-1| at the causal grid's block seams / inside blocks",
+                "videos": len(self.rows)}

@@ -17,16 +17,24 @@ import numpy as np
 from eval.appearance import judge, masked_ssim_psnr
 from eval.drift import DriftCurve, curve_from_windows, window_bounds
 from eval.synthsync import synthsync
+from lit_avatar.causal_grid import CausalGrid
 
 CURVES = ("synthsync_r", "ssim_outside_mouth", "ref_ssim", "brightness")
 
 
-def seam_flicker(frames: np.ndarray, frames_per_block: int) -> dict[str, float]:
-    """Mean |frame t+1 - frame t| across block seams vs inside blocks (ratio > 1: visible seams)."""
+def seam_flicker(frames: np.ndarray, grid: CausalGrid) -> dict[str, float]:
+    """Mean |frame t - frame t-1| across block seams vs inside blocks (ratio > 1: visible seams), with the
+    seams where the causal grid puts them (Wan, tf 4, fpb 3: frames 9, 21, 33, ...).
+
+    Args:
+        frames: [B, T, H, W, C] (uint8 or float; the ratio is scale-free).
+        grid: the generator's causal grid.
+    """
     x = np.asarray(frames, np.float64)
-    diff = np.abs(x[:, 1:] - x[:, :-1]).mean(axis=(0, 2, 3, 4))
-    t = np.arange(1, x.shape[1])
-    seam = (t % frames_per_block) == 0
+    diff = np.abs(x[:, 1:] - x[:, :-1]).mean(axis=(0, 2, 3, 4))  # [T-1]: frame t vs t-1, t = 1..T-1
+    seam = np.zeros(x.shape[1], dtype=bool)
+    seam[grid.seams(x.shape[1])] = True
+    seam = seam[1:]
     boundary = float(diff[seam].mean()) if seam.any() else float("nan")
     inside = float(diff[~seam].mean()) if (~seam).any() else float("nan")
     return {"flicker_boundary": boundary, "flicker_inside": inside,
@@ -39,7 +47,7 @@ def _sync(frames, box, audio, start: int, end: int, fps: float) -> float:
 
 
 def score_streams(gen: np.ndarray, real: np.ndarray, refs: np.ndarray, boxes: Sequence[Sequence[float]],
-                  audio: np.ndarray, frames_per_block: int, fps: float = 25.0, window_s: float = 10.0,
+                  audio: np.ndarray, grid: CausalGrid, window_s: float = 10.0,
                   first_seconds: float = 1.0) -> tuple[dict[str, float], dict[str, DriftCurve]]:
     """Scores of a batch of streams, averaged over clips, and the mean drift curves.
 
@@ -48,13 +56,14 @@ def score_streams(gen: np.ndarray, real: np.ndarray, refs: np.ndarray, boxes: Se
         refs: uint8 [B, H, W, 3] reference images.
         boxes: [B, 4] mouth boxes.
         audio: [B, S] 16 kHz waveforms aligned with frame 0.
-        frames_per_block: video frames per generated block.
+        grid: the generator's causal grid: where seams are, frames per second of audio.
 
     Returns:
         (scalars, curves): scalars hold the means over clips; curves the window means over clips.
     """
     b, t = gen.shape[:2]
-    first = max(int(round(first_seconds * fps)), 2)
+    fps = grid.fps
+    first = max(grid.frames_for_seconds(first_seconds), 2)
     bounds = window_bounds(t, fps, window_s)
     rows, curves = [], {k: [] for k in CURVES}
     for i in range(b):
@@ -83,7 +92,7 @@ def score_streams(gen: np.ndarray, real: np.ndarray, refs: np.ndarray, boxes: Se
             row[f"drift_{k}_first"], row[f"drift_{k}_last"] = c.values[0], c.values[-1]
         rows.append(row)
     scalars = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-    scalars.update(seam_flicker(gen, frames_per_block))
+    scalars.update(seam_flicker(gen, grid))
     mean_curves = {k: mean_curve(cs) for k, cs in curves.items()}
     return scalars, mean_curves
 

@@ -122,6 +122,7 @@ def stream_and_score(ckpt: Path, streams: dict, seed: int, protocol: dict):
     import torch
 
     from eval.stream_scores import score_streams
+    from lit_avatar.causal_grid import CausalGrid
     from lit_avatar.checkpoint import load_generator
     from lit_avatar.data.frames import to_uint8_frames
     from lit_avatar.inference.clip_rollout import rollout_clip
@@ -137,12 +138,12 @@ def stream_and_score(ckpt: Path, streams: dict, seed: int, protocol: dict):
                                   generator=step_generator(seed, 0, 1))
         frames = to_uint8_frames(bundle.vae.decode(latents).float().clamp(-1, 1))
     seconds = time.perf_counter() - start
-    fpb = bundle.rollout_options.frames_per_block * int(getattr(bundle.vae, "temporal_factor", 1))
+    grid = CausalGrid(bundle.rollout_options.frames_per_block, int(getattr(bundle.vae, "temporal_factor", 1)))
     scalars, curves = score_streams(frames, streams["real_frames"], streams["ref_frames"],
-                                    streams["mouth_box"].numpy(), streams["audio"].numpy(), fpb,
+                                    streams["mouth_box"].numpy(), streams["audio"].numpy(), grid,
                                     window_s=protocol["window_s"], first_seconds=protocol["first_seconds"])
     scalars["ms_per_frame"] = 1000 * seconds / (frames.shape[0] * frames.shape[1])
-    horizon_s = bundle.rollout_options.urcr.max_frames * int(getattr(bundle.vae, "temporal_factor", 1)) / 25.0
+    horizon_s = grid.horizon_seconds(bundle.rollout_options.urcr.max_frames)
     return scalars, curves, horizon_s
 
 

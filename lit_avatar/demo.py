@@ -10,7 +10,8 @@
    step counts, batch sizes and folders overridden, and is reused by a later run with the same settings;
 5. compares student and teacher on held-out identities: appearance (SSIM outside the mouth box against
    the real clip, eval.appearance), SynthSync r with the true and with shuffled audio, and seconds per
-   frame of each, measured in the same run;
+   frame of each, measured in the same run over the same stages (denoising + VAE decode; the teacher
+   through its one sampler, with the shift and guidance its checkpoint stores);
 6. streams a 60-second video of a held-out identity from its audio with `lit-avatar generate` (the
    student, PSB + MCI + URCR), and prints a summary: losses, appearance, SynthSync, speed, files.
 
@@ -286,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{compare['teacher_synthsync_r_shuffled']:+.2f}), student {compare['student_synthsync_r']:+.2f} "
           f"(shuffled {compare['student_synthsync_r_shuffled']:+.2f}) on {args.num_samples} held-out clips")
     print(f"  speed per frame    teacher {compare['teacher_ms_per_frame']:.1f} ms ({compare['teacher_steps']}), "
-          f"student {compare['student_ms_per_frame']:.1f} ms: {compare['speedup']:.1f}x")
+          f"student {compare['student_ms_per_frame']:.1f} ms: {compare['speedup']:.1f}x (timed: "
+          f"{compare['timed_stages']})")
     print(f"  long stream        {stream['video']} ({stream['frames']} frames), SynthSync r "
           f"{stream['synthsync_r']:+.2f} (reversed audio {stream['synthsync_r_reversed_audio']:+.2f}, real video "
           f"{stream['synthsync_r_real']:+.2f}), appearance SSIM {stream['ssim_outside_mouth']:.2f}")

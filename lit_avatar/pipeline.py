@@ -114,21 +114,14 @@ def score_samples(frames, batch: dict) -> dict:
     return {"synthsync_r": sync["r"], "synthsync_r_shuffled": sync["r_shuffled"], **appearance_of_batch(frames, batch)}
 
 
-def sample_teacher(teacher, batch: dict, steps: int, audio_guidance: float = 2.0, shift: float = 2.0,
-                   seed: int = 0):
-    """The teacher's Euler sampler with audio CFG over whole clips: video [B,3,T,H,W] in [-1, 1]."""
+def teacher_sampler(teacher_ckpt: Path, steps: int | None = None):
+    """The TeacherSampler the teacher's checkpoint was trained with (its hyper-parameters: shift, guidance)."""
     import torch
 
-    from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule
-    from lit_avatar.modules.conditions import clip_inputs
+    from lit_avatar.modules.teacher_sampler import TeacherSampler
 
-    with torch.inference_mode():
-        x0, conds = clip_inputs(batch, teacher.vae, teacher.audio_encoder)
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        guidance = AvatarGuidance(audio_scale=audio_guidance)
-        denoiser = guidance.denoiser(teacher.model, conds.audio, conds.ref, conds.text)
-        latents = sample_euler(denoiser, noise, shifted_schedule(steps, shift), progress=_bar("teacher sampling"))
-        return teacher.vae.decode(latents).float().clamp(-1, 1)
+    hparams = torch.load(str(teacher_ckpt), map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+    return TeacherSampler.from_hparams(hparams, steps=steps)
 
 
 def _bar(desc: str):
@@ -140,22 +133,32 @@ def _bar(desc: str):
 
 def check_teacher(teacher_ckpt: Path, batch: dict, steps: int = 16, seed: int = 0) -> dict:
     """Sample the teacher on held-out clips and score them (the demo stops here when the teacher failed)."""
+    import torch
+
     from lit_avatar.checkpoint import load_generator
     from lit_avatar.data.frames import to_uint8_frames
+    from lit_avatar.modules.conditions import clip_inputs
 
-    video = sample_teacher(load_generator(teacher_ckpt), batch, steps, seed=seed)
+    teacher = load_generator(teacher_ckpt)
+    sampler = teacher_sampler(teacher_ckpt, steps)
+    with torch.inference_mode():
+        x0, conds = clip_inputs(batch, teacher.vae, teacher.audio_encoder)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        latents = sampler.latents(teacher.model, conds, noise, progress=_bar("teacher sampling"))
+        video = teacher.vae.decode(latents).float().clamp(-1, 1)
     return score_samples(to_uint8_frames(video), batch)
 
 
 def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict, teacher_steps: int = 16,
-                            audio_guidance: float = 2.0, teacher_shift: float = 2.0, seed: int = 0,
-                            keep_frames: bool = False) -> dict:
+                            seed: int = 0, keep_frames: bool = False) -> dict:
     """SynthSync (true vs shuffled audio), appearance and seconds per generated frame of both, same clips.
 
     With keep_frames, the uint8 frames of both are returned too (keys student_frames, teacher_frames).
-    The student runs the shared rollout (its PSB/MCI/URCR options from its checkpoint); the teacher runs
-    the Euler sampler with audio CFG over the whole clip. Both are timed in this one call, so the speed
-    ratio compares like with like on the same machine and load.
+    The student runs the shared rollout (its PSB/MCI/URCR options from its checkpoint); the teacher runs its
+    own sampler (TeacherSampler, settings from its checkpoint) over the whole clip. Both sides are timed over
+    the same stages: denoising from noise to clean latents plus the VAE decode; the conditions (audio features,
+    reference latent) are computed once beforehand and shared, untimed. Both run in this one call, so the
+    speed ratio compares like with like on the same machine and load.
     """
     import time
 
@@ -168,17 +171,20 @@ def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict,
 
     student = load_generator(student_ckpt)
     teacher = load_generator(teacher_ckpt)
+    sampler = teacher_sampler(teacher_ckpt, teacher_steps)
     frames = batch["video"].shape[0] * batch["video"].shape[2]
     with torch.inference_mode():
         x0, conds = clip_inputs(batch, student.vae, student.audio_encoder)
         start = time.perf_counter()
         latents, _ = rollout_clip(student.model, student.rollout_options, conds, tuple(x0.shape),
                                   generator=torch.Generator().manual_seed(seed))
-        student_video = student.vae.decode(latents)
+        student_video = student.vae.decode(latents).float().clamp(-1, 1)
         student_s = time.perf_counter() - start
-    start = time.perf_counter()
-    teacher_video = sample_teacher(teacher, batch, teacher_steps, audio_guidance, teacher_shift, seed)
-    teacher_s = time.perf_counter() - start
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        start = time.perf_counter()
+        latents = sampler.latents(teacher.model, conds, noise, progress=_bar("teacher sampling"))
+        teacher_video = teacher.vae.decode(latents).float().clamp(-1, 1)
+        teacher_s = time.perf_counter() - start
     student_frames, teacher_frames = to_uint8_frames(student_video), to_uint8_frames(teacher_video)
     scores = {f"{who}_{k}": v for who, f in (("student", student_frames), ("teacher", teacher_frames))
               for k, v in score_samples(f, batch).items()}
@@ -186,7 +192,8 @@ def compare_student_teacher(student_ckpt: Path, teacher_ckpt: Path, batch: dict,
     extra = {"student_frames": student_frames, "teacher_frames": teacher_frames} if keep_frames else {}
     return {**extra, **scores,
         "student_steps": f"{','.join(map(str, steps))} (PSB; later blocks {steps[-1]})",
-        "teacher_steps": f"{teacher_steps} x {1 if audio_guidance == 1 else 2} forwards (audio CFG {audio_guidance:g})",
+        "teacher_steps": sampler.describe(),
+        "timed_stages": "denoising + VAE decode on both sides (conditions computed once, shared, untimed)",
         "student_ms_per_frame": 1000 * student_s / frames, "teacher_ms_per_frame": 1000 * teacher_s / frames,
         "speedup": teacher_s / student_s, "frames": frames,
     }

@@ -3,7 +3,7 @@ dense block-causal mask, with and without the reference-sink prefix, including a
 import pytest
 import torch
 
-from lit_avatar.models.attention import block_causal_sdpa, sdpa
+from lit_avatar.models.attention import CausalWindow, causal_window_sdpa, sdpa
 from lit_avatar.models.dit import block_causal_mask
 
 
@@ -17,7 +17,7 @@ def test_block_causal_sdpa_equals_dense_mask(frames, with_prefix):
     keys = torch.cat([prefix[0], k], 1) if with_prefix else k
     values = torch.cat([prefix[1], v], 1) if with_prefix else v
     dense = sdpa(q, keys, values, mask)
-    torch.testing.assert_close(block_causal_sdpa(q, k, v, fpb * n, prefix), dense, rtol=0, atol=1e-5)
+    torch.testing.assert_close(causal_window_sdpa(q, k, v, CausalWindow(n, fpb), prefix), dense, rtol=0, atol=1e-5)
 
 
 def test_dit_block_causal_forward_ignores_later_blocks():

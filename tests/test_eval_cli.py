@@ -53,7 +53,7 @@ def test_eval_end_to_end(workspace, capsys):
     err = capsys.readouterr().err
     assert "only_gen" in err and "only_real" in err
     assert res["unmatched"] == {"gen_only": ["only_gen"], "real_only": ["only_real"]}
-    assert set(res["computed"]) == {"fid", "fvd", "sync", "csim", "synthsync", "appearance", "drift"}
+    assert set(res["computed"]) == {"fid", "fvd", "sync", "csim", "synthsync", "appearance", "drift", "seams"}
     assert res["videos"]["only_gen"]["frames"] == 8
     for name in ("a", "b"):
         row = res["videos"][name]

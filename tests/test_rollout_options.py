@@ -20,9 +20,9 @@ class RecordingModel(AvatarDiT):
         super().__init__(config=get_preset("micro", num_layers=1))
         self.calls = []
 
-    def forward_cached(self, x, timestep, frame_positions, cache, audio_tokens=None, write_frames=None):
+    def forward_cached(self, x, timestep, frame_positions, cache, audio_tokens=None, write_frames=None, **kwargs):
         self.calls.append((timestep.clone(), x.clone(), write_frames, [int(p) for p in frame_positions]))
-        return super().forward_cached(x, timestep, frame_positions, cache, audio_tokens, write_frames)
+        return super().forward_cached(x, timestep, frame_positions, cache, audio_tokens, write_frames, **kwargs)
 
 
 def _run(options: RolloutOptions, blocks: int = 5, training: bool = False):

@@ -9,7 +9,6 @@ given) are written atomically: an error never leaves a partial file behind.
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 from pathlib import Path
@@ -114,6 +113,8 @@ def latency_summary(records: list[dict], first_frame_seconds: float | None, wall
         "max_block_s": max(seconds) if seconds else None,
         "reset_block_median_s": statistics.median(resets) if resets else None,
         "reset_blocks": len(resets),
+        "reset_block_indices": [r["block"] for r in records if r["reset"]],  # where URCR re-indexed the cache
+        "block_frames": [r["frames"] for r in records],  # video frames per block: the causal grid's spans
         "time_to_first_frame_s": first_frame_seconds,
         "wall_s": wall_seconds,
         "frames_per_second": frames / wall_seconds if wall_seconds > 0 else None,
@@ -164,7 +165,7 @@ def main(argv: list[str]) -> int:
     if len(audio) < streamer.samples_per_first_block:
         raise UserError(f"{args.audio}: {len(audio) / SAMPLE_RATE:.3f} s of audio is shorter than one block "
                         f"({streamer.samples_per_first_block / SAMPLE_RATE:.3f} s)")
-    total_frames = math.ceil(len(audio) / 640)
+    total_frames = streamer.grid.frames_for_samples(len(audio))
     # frames are encoded as they stream out: memory stays bounded however long the audio is
     with VideoWriter(out, fps=FPS, audio=audio, sample_rate=SAMPLE_RATE) as writer:
         wall = _stream(streamer, audio, total_frames, writer, progress=not args.no_progress)
@@ -178,6 +179,9 @@ def main(argv: list[str]) -> int:
         "dtype": str(dtype).removeprefix("torch."), "compile": bool(args.compile),
         "cuda_graphs": bool(args.cuda_graphs), "decoder": args.decoder, **fast,
         "rollout": dataclasses.asdict(options), "latency": summary,
+        # where the blocks meet in this video: `lit-avatar eval` scores its seams there (metric "seams")
+        "grid": {"frames_per_block": streamer.grid.frames_per_block,
+                 "temporal_factor": streamer.grid.temporal_factor, "fps": streamer.grid.fps},
     }
     try:
         write_json_atomic(out.with_suffix(".json"), sidecar)

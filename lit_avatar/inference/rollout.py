@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lit_avatar.causal_grid import CausalGrid
 from lit_avatar.diffusion.schedule import psb_level_indices, psb_levels
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.models.attention import KVCache
@@ -56,7 +57,6 @@ class Rollout:
         self._sigma_lists: dict[int, list[float]] = {}
         self._block = 0
         self._next_frame = 0
-        self._next_position = 0
         self.max_position_seen = -1
 
     def begin(self, ref: torch.Tensor | None, text: torch.Tensor | None, batch: int, latent_hw: tuple[int, int],
@@ -83,7 +83,7 @@ class Rollout:
         self.generator = generator
         self.records.clear()
         self._history.clear()
-        self._block = self._next_frame = self._next_position = 0
+        self._block = self._next_frame = 0
         self.max_position_seen = -1
 
     def sigmas_for(self, block: int) -> torch.Tensor:
@@ -128,18 +128,22 @@ class Rollout:
         self.model.forward_cached(latents, t, positions, self.cache, audio, write_frames=[f.index for f in frames],
                                   write_only=True)
 
-    def _maybe_reset(self) -> bool:
-        """URCR: re-index the cache from position 0 when the next block would pass the horizon."""
-        urcr, fpb = self.options.urcr, self.options.frames_per_block
-        if not urcr.enabled or self._next_position + fpb <= urcr.max_frames:
-            return False
+    def _positions(self) -> tuple[list[int], bool]:
+        """The next block's RoPE positions and whether URCR resets the cache first (CausalGrid.block_positions)."""
+        urcr = self.options.urcr
+        grid = CausalGrid(self.options.frames_per_block)
+        return grid.block_positions(self._block, urcr.max_frames if urcr.enabled else None, urcr.keep_frames)
+
+    def _reset(self) -> None:
+        """URCR: forget the context, re-encode the last keep_frames frames at positions 0.. (the grid's count)."""
+        keep = self.options.urcr.keep_frames
         self.cache.clear_frames()
-        kept = list(self._history)[-urcr.keep_frames:] if urcr.keep_frames else []
+        kept = list(self._history)[-keep:] if keep else []
+        if len(kept) != keep:
+            raise RuntimeError(f"URCR reset with {len(kept)} history frames, {keep} to keep")
         if kept:
             with torch.no_grad():
                 self._write_context(kept, list(range(len(kept))), self._context_sigma())
-        self._next_position = len(kept)
-        return True
 
     def next_block(self, audio_tokens: torch.Tensor | None, noise: torch.Tensor | None = None,
                    exit_step: int | None = None, shape: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -153,8 +157,9 @@ class Rollout:
             shape: [B,C,fpb,h,w] when noise is not given.
         """
         fpb = self.options.frames_per_block
-        reset = self._maybe_reset()
-        positions = list(range(self._next_position, self._next_position + fpb))
+        positions, reset = self._positions()
+        if reset:
+            self._reset()
         self.max_position_seen = max(self.max_position_seen, positions[-1])
         device = self.model.null_text.device
         x = noise.to(device) if noise is not None else torch.randn(shape, generator=self.generator, device=device)
@@ -195,5 +200,4 @@ class Rollout:
                                         sigma_m, reset, forwards=last + 2))
         self._block += 1
         self._next_frame += fpb
-        self._next_position += fpb
         return x0

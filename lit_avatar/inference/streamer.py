@@ -6,12 +6,11 @@ decoded with the VAE's causal stream decoder, and its frames are returned. Every
 is bounded: the audio buffer keeps a trailing window, the rollout's KV cache and history are fixed-size
 (URCR), and only the newest rollout record is kept.
 
-Frame accounting follows the VAE's causal grid (tf = vae.temporal_factor, fpb = frames per block): the
-first block covers 1 + tf*(fpb-1) video frames (latent 0 is frame 0 alone), every later block tf*fpb.
+Frame accounting follows the VAE's causal grid (lit_avatar.causal_grid; tf = vae.temporal_factor, fpb = frames
+per block): the first block covers 1 + tf*(fpb-1) video frames (latent 0 is frame 0 alone), every later block tf*fpb.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lit_avatar.causal_grid import CausalGrid
 from lit_avatar.data.frames import to_uint8_frames
 from lit_avatar.errors import UserError
 from lit_avatar.inference.audio_stream import SAMPLES_PER_FRAME, BlockAudioFeatures
@@ -31,17 +31,14 @@ __all__ = ["AvatarStreamer", "block_span", "reference_tensor"]
 
 
 def block_span(block: int, frames_per_block: int, temporal_factor: int) -> tuple[int, int]:
-    """(first video frame, video frame count) of a latent block on the causal grid.
+    """(first video frame, video frame count) of a latent block: CausalGrid.block_span, for callers without a grid.
 
     Args:
         block: block index from 0.
         frames_per_block: latent frames per block.
         temporal_factor: video frames per latent frame.
     """
-    first = 1 + temporal_factor * (frames_per_block - 1)
-    if block == 0:
-        return 0, first
-    return first + (block - 1) * temporal_factor * frames_per_block, temporal_factor * frames_per_block
+    return CausalGrid(frames_per_block, temporal_factor).block_span(block)
 
 
 def reference_tensor(image: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -94,6 +91,7 @@ class AvatarStreamer:
         self.vae = vae.to(self.device).eval() if isinstance(vae, nn.Module) else vae
         self.options = options
         self.temporal_factor = int(vae.temporal_factor)
+        self.grid = CausalGrid(options.frames_per_block, self.temporal_factor)
         if model.config.temporal_factor != self.temporal_factor:
             raise UserError(f"model temporal_factor {model.config.temporal_factor} != VAE temporal_factor "
                             f"{self.temporal_factor}: the audio grid would not match the latents")
@@ -139,10 +137,10 @@ class AvatarStreamer:
     @property
     def samples_per_first_block(self) -> int:
         """Audio samples the first block covers (shorter audio cannot make a block's worth of video)."""
-        return block_span(0, self.options.frames_per_block, self.temporal_factor)[1] * SAMPLES_PER_FRAME
+        return self.grid.block_span(0)[1] * SAMPLES_PER_FRAME
 
     def _next_span(self) -> tuple[int, int]:
-        return block_span(self.blocks_done, self.options.frames_per_block, self.temporal_factor)
+        return self.grid.block_span(self.blocks_done)
 
     def _step(self) -> np.ndarray:
         """Generate, decode and return the next block's frames; record its latency."""
@@ -205,7 +203,7 @@ class AvatarStreamer:
             self.first_push_time = time.perf_counter()
         self.flushed = True
         self.audio.finish()
-        target = math.ceil(self.audio.total_samples / SAMPLES_PER_FRAME)
+        target = self.grid.frames_for_samples(self.audio.total_samples)
         produced = self.frames_out
         parts = []
         with torch.inference_mode():

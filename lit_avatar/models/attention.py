@@ -2,7 +2,8 @@
 
 Self-attention takes an optional *prefix* of keys/values (the reference sink, and in causal
 inference the cached context frames) in front of its own, so one code path serves the
-bidirectional teacher, block-causal training (one SDPA call per query block) and KV-cached streaming.
+bidirectional teacher, block-causal training (one SDPA call per query block, over the same window the
+cache holds) and KV-cached streaming.
 """
 from __future__ import annotations
 
@@ -21,21 +22,66 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     return out.transpose(1, 2).flatten(2)
 
 
-def block_causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_tokens: int,
-                      prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Block-causal attention without a mask: q/k/v [B,L,H,D] of L tokens in blocks of `block_tokens`.
+@dataclass(frozen=True)
+class CausalWindow:
+    """The keys each query block of a full-sequence causal forward reads: exactly what the rollout's KV cache
+    holds when that block is denoised or written (DESIGN.md "training attention equals inference attention").
 
-    Query block j attends to the prefix (the reference sink) and the keys of blocks 0..j. One unmasked
-    SDPA call per query block keeps the fused kernels and never materialises an [L, L] mask (at 21 latent
-    frames of 480x832 a dense one is ~1 GB per layer call, ~2 GB once made additive).
+    The sequence is `context_frames` frames of a teacher-forced context copy (the frames at the level the cache
+    holds them: clean, or noised to the MCI level) followed by the frames being denoised, both on the same
+    block grid. Query block [s, e) of either part reads the reference sink, the `window` frames before s (from
+    the context copy when there is one, else from the sequence itself) and its own block.
+
+    Args:
+        tokens_per_frame: tokens of one latent frame.
+        frames_per_block: latent frames per block.
+        window: context frames a block sees (the cache's capacity); None: every earlier frame.
+        context_frames: frames of the context copy at the head of the sequence (0: none).
     """
+
+    tokens_per_frame: int
+    frames_per_block: int
+    window: int | None = None
+    context_frames: int = 0
+
+    def _lowest(self, start: int) -> int:
+        return 0 if self.window is None else max(0, start - self.window)
+
+    def key_spans(self, frames: int) -> list[tuple[int, int, list[tuple[int, int]]]]:
+        """(first query frame, end query frame, key frame spans) per query block of a `frames`-long sequence."""
+        c, fpb = self.context_frames, self.frames_per_block
+        out = []
+        for s in range(0, c, fpb):  # the context copy: as the cache write of each block saw it
+            e = min(s + fpb, c)
+            out.append((s, e, [(self._lowest(s), e)]))
+        for s in range(0, frames - c, fpb):  # the frames being denoised
+            e = min(s + fpb, frames - c)
+            if c:
+                out.append((c + s, c + e, [(self._lowest(s), min(s, c)), (c + s, c + e)]))
+            else:
+                out.append((s, e, [(self._lowest(s), e)]))
+        return out
+
+
+def causal_window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: CausalWindow,
+                       prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Block-causal windowed attention without a mask: q/k/v [B,L,H,D], L a whole number of frames.
+
+    One unmasked SDPA call per query block over [sink | its key spans] keeps the fused kernels and never
+    materialises an [L, L] mask (at 21 latent frames of 480x832 a dense one is ~1 GB per layer call).
+    """
+    n = layout.tokens_per_frame
     outs = []
-    for start in range(0, q.shape[1], block_tokens):
-        end = min(start + block_tokens, q.shape[1])
-        keys, values = k[:, :end], v[:, :end]
-        if prefix is not None:
-            keys, values = torch.cat([prefix[0], keys], dim=1), torch.cat([prefix[1], values], dim=1)
-        outs.append(sdpa(q[:, start:end], keys, values))
+    for qs, qe, spans in layout.key_spans(q.shape[1] // n):
+        keys = [prefix[0]] if prefix is not None else []
+        values = [prefix[1]] if prefix is not None else []
+        for ks, ke in spans:
+            if ke > ks:
+                keys.append(k[:, ks * n:ke * n])
+                values.append(v[:, ks * n:ke * n])
+        kk = keys[0] if len(keys) == 1 else torch.cat(keys, dim=1)
+        vv = values[0] if len(values) == 1 else torch.cat(values, dim=1)
+        outs.append(sdpa(q[:, qs * n:qe * n], kk, vv))
     return torch.cat(outs, dim=1)
 
 
@@ -78,14 +124,14 @@ class SelfAttention(_Projections):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-        block_tokens: int | None = None,
+        causal: CausalWindow | None = None,
         kv_buffer: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_window: tuple[int, int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B,L,dim] -> (out [B,L,dim], k, v [B,L,H,hd]); k is returned after RoPE, ready to cache.
 
-        block_tokens: when set, block-causal over x's own tokens (see block_causal_sdpa); the prefix is
-        seen by every query either way.
+        causal: when set, block-causal windowed attention over x's own tokens (see causal_window_sdpa); the
+        prefix is seen by every query either way.
         With kv_buffer (a KV cache's per-layer buffers, see KVCache.attention_window), this call's keys and
         values are written into buffer[:, write_start:write_end] and attention reads the contiguous
         buffer[:, write_start:read_end]: the cached context is never copied (no concatenation per layer).
@@ -94,8 +140,8 @@ class SelfAttention(_Projections):
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (heads, -1)), *rope)
         k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, (heads, -1)), *rope)
         v = self.v(x).unflatten(-1, (heads, -1))
-        if block_tokens is not None and block_tokens < x.shape[1]:
-            return self.o(block_causal_sdpa(q, k, v, block_tokens, prefix)), k, v
+        if causal is not None:
+            return self.o(causal_window_sdpa(q, k, v, causal, prefix)), k, v
         if kv_buffer is not None:
             write_start, write_end, read_end = kv_window
             kv_buffer[0][:, write_start:write_end] = k

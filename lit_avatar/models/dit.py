@@ -17,7 +17,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lit_avatar.models.attention import CrossAttention, FixedOutput, FrameLocalCrossAttention, KVCache, SelfAttention
+from lit_avatar.models.attention import (
+    CausalWindow,
+    CrossAttention,
+    FixedOutput,
+    FrameLocalCrossAttention,
+    KVCache,
+    SelfAttention,
+)
 from lit_avatar.models.presets import DiTConfig, get_preset
 from lit_avatar.models.rope import RotaryEmbedding3D
 
@@ -122,7 +129,7 @@ class AvatarBlock(nn.Module):
         text_kv: tuple[torch.Tensor, torch.Tensor] | torch.Tensor,
         audio: torch.Tensor | None = None,
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
-        block_tokens: int | None = None,
+        causal: CausalWindow | None = None,
         kv_buffer: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_window: tuple[int, int, int] | None = None,
         audio_kv: torch.Tensor | None = None,
@@ -132,7 +139,7 @@ class AvatarBlock(nn.Module):
         text_kv: this layer's cached text K/V, or the embedded text context [B,L,dim] whose K/V the block
             computes itself (the full-sequence forward: inside the block's forward its parameters are
             gathered when it is sharded).
-        block_tokens: block-causal self-attention over x in blocks of this many tokens (None: full).
+        causal: block-causal windowed self-attention over x (None: full; see CausalWindow).
         kv_buffer and kv_window: the KV-cached path (SelfAttention.forward).
         audio_kv: this layer's audio_kv(audio), when the caller computed it once for several forwards.
 
@@ -143,7 +150,7 @@ class AvatarBlock(nn.Module):
         b, f, n, d = x.shape
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.unsqueeze(0) + e.float()).unsqueeze(3).unbind(2)
         h = (self.norm1(x) * (1 + scale) + shift).type_as(x)
-        attn, k, v = self.self_attn(h.flatten(1, 2), rope, prefix, block_tokens, kv_buffer, kv_window)
+        attn, k, v = self.self_attn(h.flatten(1, 2), rope, prefix, causal, kv_buffer, kv_window)
         x = (x.float() + attn.view(b, f, n, d) * gate).type_as(x)
         x = x + self._text_attention(x, text_kv)
         if audio is not None:
@@ -266,6 +273,9 @@ class AvatarDiT(nn.Module):
         text: torch.Tensor | None = None,
         frames_per_block: int | None = None,
         frame_positions: torch.Tensor | None = None,
+        window: int | None = None,
+        context: torch.Tensor | None = None,
+        context_timestep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Velocity prediction for a whole clip.
 
@@ -275,22 +285,38 @@ class AvatarDiT(nn.Module):
             audio: windowed audio features [B,T,W,D] for the clip, T = 1 + temporal_factor*(F-1); None skips the path.
             ref: reference latent [B,C,1,H,W]; None skips the sink.
             text: text embeddings [B,L,text_dim]; None uses the learned null embedding.
-            frames_per_block: when set, block-causal attention (a frame sees its own and earlier blocks).
+            frames_per_block: when set, block-causal attention: a block sees its own frames and the `window`
+                frames before it (CausalWindow), as the rollout's KV cache does.
             frame_positions: RoPE time index per frame [F] (default 0..F-1).
+            window: context frames each block sees (the rollout's `window`); None: every earlier frame.
+            context: teacher-forced context [B,C,F,H,W]: the clip as the cache holds it (clean, or noised to the
+                MCI level); block-causal only. Blocks of x then read their context from it, not from x, exactly
+                as a block of the rollout reads the cache (its frames of the last block are never read).
+            context_timestep: the context's timestep, [B] or per-frame [B,F].
         """
         b, _, f, height, width = x.shape
-        tokens = self.embed_frames(x)
-        n = tokens.shape[2]
-        hh, ww = height // self.config.patch_size[1], width // self.config.patch_size[2]
+        fpb = frames_per_block
+        c = 0 if context is None or fpb is None else fpb * ((f - 1) // fpb)  # context frames anyone reads
         if frame_positions is None:
             frame_positions = torch.arange(f, device=x.device)
-        rope = self.rope(frame_positions, hh, ww)
         temb, e = self.time_embed(timestep, f)
-        text_ctx = self.text_context(text, b)
         audio_tok = self._project_audio(audio)
         if audio_tok is not None and audio_tok.shape[1] != f:
             raise ValueError(f"audio gives {audio_tok.shape[1]} latent frames, video has {f}")
-        block_tokens = frames_per_block * n if frames_per_block is not None else None
+        if c:  # [context copy | x]: one sequence, one pass
+            x = torch.cat([context[:, :, :c], x], dim=2)
+            ctx_t = torch.zeros(b, device=x.device) if context_timestep is None else context_timestep
+            ctx_t = ctx_t if ctx_t.ndim == 1 else ctx_t[:, :c]
+            ctx_temb, ctx_e = self.time_embed(ctx_t, c)
+            temb, e = torch.cat([ctx_temb, temb], dim=1), torch.cat([ctx_e, e], dim=1)
+            frame_positions = torch.cat([frame_positions[:c], frame_positions])
+            audio_tok = None if audio_tok is None else torch.cat([audio_tok[:, :c], audio_tok], dim=1)
+        tokens = self.embed_frames(x)
+        n = tokens.shape[2]
+        hh, ww = height // self.config.patch_size[1], width // self.config.patch_size[2]
+        rope = self.rope(frame_positions, hh, ww)
+        text_ctx = self.text_context(text, b)
+        causal = CausalWindow(n, fpb, window, c) if fpb is not None else None
         ref_state = self._ref_init(ref, b, hh, ww) if ref is not None else None
         for block in self.blocks:
             prefix = None
@@ -299,8 +325,8 @@ class AvatarDiT(nn.Module):
                 ref_x, rk, rv = self._run_block(block, ref_x, ref_e, ref_rope, text_ctx)
                 ref_state = (ref_x, ref_e, ref_rope)
                 prefix = (rk, rv)
-            tokens, _, _ = self._run_block(block, tokens, e, rope, text_ctx, audio_tok, prefix, block_tokens)
-        return self.unpatchify(self.head(tokens, temb), height, width).float()
+            tokens, _, _ = self._run_block(block, tokens, e, rope, text_ctx, audio_tok, prefix, causal)
+        return self.unpatchify(self.head(tokens[:, c:], temb[:, c:]), height, width).float()
 
     def _ref_init(self, ref: torch.Tensor, batch: int, hh: int, ww: int):
         ref_x = self.embed_frames(ref)

@@ -3,7 +3,8 @@
 The bidirectional teacher integrates its probability-flow ODE with many Euler steps and CFG; the states it
 passes at the student's noise levels (the rollout's PSB schedule) and its clean end form a trajectory.
 The student, in block-causal mode with per-frame timesteps, learns to jump from any of those states to
-the clean end, so DMD starts from a generator that already denoises in few steps.
+the clean end, so DMD starts from a generator that already denoises in few steps. It attends exactly as the
+rollout does at inference: the reference sink plus the last `window` context frames, at the MCI level.
 """
 from __future__ import annotations
 
@@ -177,27 +178,24 @@ class ODEInitModule(TrainingStage):
         return traj
 
     def draw_levels(self, b: int, num_frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per sample and block, an index into the shared levels that the block's PSB list visits,
-        its clean end included (CausVid draws t = 0 too): [B, t] per-frame indices.
-
-        A block drawn clean stands for context the student wrote earlier: later blocks attend to it, as
-        they do at inference, but it is left out of the loss (`regression_loss`).
-        """
+        """Per sample and block, an index into the shared levels that the block's PSB list visits before its
+        clean end: [B, t] per-frame indices. The context every block reads is the teacher-forced copy
+        (`context_inputs`), so no block has to be drawn clean to stand for context."""
         opts = self.rollout_options
         fpb = opts.frames_per_block
         num_blocks = -(-num_frames // fpb)
         idx = torch.empty(b, num_blocks, dtype=torch.long)
         for i in range(num_blocks):
-            # the block's PSB levels, the clean one last
-            visited = torch.tensor(psb_level_indices(opts.psb.steps, opts.psb.steps_for(i)))
+            # the block's noisy PSB levels (its clean end, last, is the target)
+            visited = torch.tensor(psb_level_indices(opts.psb.steps, opts.psb.steps_for(i))[:-1])
             idx[:, i] = visited[torch.randint(len(visited), (b,), generator=generator)]
         return idx.repeat_interleave(fpb, dim=1)[:, :num_frames]
 
     def context_inputs(self, clean: torch.Tensor,
                        generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks drawn at the clean level as the cache sees them at inference: with MCI, the clean end
-        corrupted to a level s_m drawn per block from [mci.min, mci.max] (as self-forcing trains); without
-        MCI, clean at s = 0. Returns (inputs [B,C,t,h,w], per-frame levels [B, t])."""
+        """The clip as the rollout's cache holds it: with MCI, the clean end corrupted to a level s_m drawn
+        per block from [mci.min, mci.max] (as self-forcing trains); without MCI, clean at s = 0.
+        Returns (context [B,C,t,h,w], per-frame levels [B, t])."""
         opts = self.rollout_options
         b, _, t = clean.shape[:3]
         if not opts.mci.enabled:
@@ -211,29 +209,29 @@ class ODEInitModule(TrainingStage):
 
     def regression_loss(self, batch: dict, generator: torch.Generator | None = None,
                         net: nn.Module | None = None) -> torch.Tensor:
-        """MSE between the student's x0 (block-causal, per-frame levels) and the trajectory's clean end,
-        over the frames not drawn at the clean (context) level."""
+        """MSE between the student's x0 and the trajectory's clean end. Each block starts from the trajectory
+        at its drawn level and attends to the reference sink and the rollout's `window` context frames, taken
+        from the context copy at the level the cache holds them (teacher forcing with the inference window)."""
         net = self.generator if net is None else net
+        opts = self.rollout_options
         x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
         traj = self.trajectories(batch, tuple(x0.shape), conds)
         b, _, t, h, w = x0.shape
-        levels = psb_levels(self.rollout_options.psb.steps, self.rollout_options.shift).to(self.device)
+        levels = psb_levels(opts.psb.steps, opts.shift).to(self.device)
         idx = self.draw_levels(b, t, generator).to(self.device)  # [B, t]
         frames = torch.arange(t, device=self.device)
         states = traj.permute(1, 3, 0, 2, 4, 5)  # [B, t, K+1, C, h, w]
         xs = states[torch.arange(b, device=self.device)[:, None], frames[None, :], idx]  # [B, t, C, h, w]
         xs = xs.permute(0, 2, 1, 3, 4)
         sigma = levels[idx]  # [B, t]
-        is_context = idx == len(levels) - 1
         ctx_x, ctx_sigma = self.context_inputs(traj[-1], generator)
-        xs = torch.where(is_context[:, None, :, None, None], ctx_x, xs)
-        sigma = torch.where(is_context, ctx_sigma, sigma)
-        v = net(xs, to_timestep(sigma), frames_per_block=self.rollout_options.frames_per_block, **conds.as_kwargs())
+        v = net(xs, to_timestep(sigma), frames_per_block=opts.frames_per_block, window=opts.window,
+                context=ctx_x, context_timestep=to_timestep(ctx_sigma), **conds.as_kwargs())
         pred = x0_from_velocity(xs, v, sigma)
         weight = None
         if self.hparams.mouth_weight != 1.0 and "mouth_box" in batch:
             weight = box_weight_map(batch["mouth_box"], h, w, self.hparams.mouth_weight)
-        return weighted_mse(pred, traj[-1], weight, frame_mask=~is_context)
+        return weighted_mse(pred, traj[-1], weight)
 
     # ----- Lightning hooks -----
 

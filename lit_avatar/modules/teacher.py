@@ -9,11 +9,8 @@ from torch import nn
 
 from lit_avatar.checkpoint import generator_record
 from lit_avatar.diffusion import (
-    AvatarGuidance,
     SigmaSampler,
     add_noise,
-    sample_euler,
-    shifted_schedule,
     velocity_target,
 )
 from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
@@ -25,6 +22,7 @@ from lit_avatar.modules.frozen import freeze
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
 from lit_avatar.modules.stage import TrainingStage, batch_size_of
+from lit_avatar.modules.teacher_sampler import TeacherSampler
 from lit_avatar.seeding import step_generator
 
 
@@ -127,7 +125,6 @@ class TeacherModule(TrainingStage):
         self.sigma_sampler = SigmaSampler(
             timestep_sampling, shift=timestep_shift, loc=logit_normal_loc, scale=logit_normal_scale
         )
-        self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
 
     # ----- loss -----
 
@@ -249,9 +246,8 @@ class TeacherModule(TrainingStage):
             shape = shape[:2] + (latent_frames(batch["video"].shape[2], self.vae),) + shape[3:]
         conds = clip_conditions(batch, self.vae, self.audio_encoder, shape[2])
         noise = torch.randn(shape, generator=generator).to(self.device)
-        sigmas = shifted_schedule(num_steps or self.hparams.sample_steps, self.hparams.sample_shift)
-        denoiser = self.guidance.denoiser(net, conds.audio, conds.ref, conds.text)
-        latents = sample_euler(denoiser, noise, sigmas, progress=progress)
+        sampler = TeacherSampler.from_hparams(self.hparams, steps=num_steps)
+        latents = sampler.latents(net, conds, noise, progress=progress)
         return self.vae.decode(latents).float().clamp(-1, 1)
 
     def _log_samples(self, batch: dict, batch_idx: int) -> None:

@@ -1,0 +1,60 @@
+"""The one way the bidirectional teacher samples a clip: guided Euler steps on its shifted schedule.
+
+TeacherModule.sample (validation samples) and the demo's teacher check and speed comparison both call it
+with the settings the teacher was trained with (its checkpoint's hyper-parameters), so no caller carries
+its own shift or guidance.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lit_avatar.diffusion import AvatarGuidance, sample_euler, shifted_schedule
+from lit_avatar.models.dit import ClipConditions
+
+
+@dataclass(frozen=True)
+class TeacherSampler:
+    """Euler steps on `shifted_schedule(steps, shift)` with audio and reference CFG.
+
+    Args:
+        steps: Euler steps per clip.
+        shift: timestep shift of the sampling schedule.
+        audio_guidance: CFG scale of the audio condition over reference(+text).
+        ref_guidance: CFG scale of reference(+text) over no condition; 1 skips the unconditional pass.
+    """
+
+    steps: int = 16
+    shift: float = 3.0
+    audio_guidance: float = 2.0
+    ref_guidance: float = 1.0
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any], steps: int | None = None) -> TeacherSampler:
+        """The sampler a TeacherModule with these hyper-parameters uses (its checkpoint stores them)."""
+        return cls(steps=int(steps or hparams.get("sample_steps", cls.steps)),
+                   shift=float(hparams.get("sample_shift", cls.shift)),
+                   audio_guidance=float(hparams.get("audio_guidance", cls.audio_guidance)),
+                   ref_guidance=float(hparams.get("ref_guidance", cls.ref_guidance)))
+
+    @property
+    def forwards_per_step(self) -> int:
+        if self.audio_guidance == 1.0 and self.ref_guidance == 1.0:  # as AvatarGuidance skips passes
+            return 1
+        return 2 if self.ref_guidance == 1.0 else 3
+
+    def describe(self) -> str:
+        return (f"{self.steps} Euler steps x {self.forwards_per_step} forwards (shift {self.shift:g}, audio CFG "
+                f"{self.audio_guidance:g}, reference CFG {self.ref_guidance:g})")
+
+    @torch.no_grad()
+    def latents(self, net: nn.Module, conds: ClipConditions, noise: torch.Tensor,
+                progress: Callable | None = None) -> torch.Tensor:
+        """Clean latents [B,C,t,h,w] from `noise` of that shape under `conds`."""
+        guidance = AvatarGuidance(audio_scale=self.audio_guidance, ref_scale=self.ref_guidance)
+        denoiser = guidance.denoiser(net, conds.audio, conds.ref, conds.text)
+        return sample_euler(denoiser, noise, shifted_schedule(self.steps, self.shift), progress=progress)
