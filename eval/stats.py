@@ -56,21 +56,24 @@ def paired_difference(variant: Sequence[float], baseline: Sequence[float], level
     return mean_ci([a - b for a, b in pairs], level)
 
 
-def summarize(per_seed: dict[str, dict[str, list[float]]], baseline: str, level: float = 0.95) -> dict[str, dict]:
+def summarize(per_seed: dict[str, dict[str, list[float]]], baseline: str | dict[str, str],
+              level: float = 0.95) -> dict[str, dict]:
     """{variant: {metric: [value per seed]}} -> {variant: aggregate} for the results JSON.
 
     Each metric gets `metric` (mean), `metric_ci95` ([low, high]), `metric_n`, and for variants other than
     the baseline `metric_diff` (mean paired difference to it), `metric_diff_ci95` and `metric_differs`
-    (True when that interval excludes 0).
+    (True when that interval excludes 0). `baseline` is one variant for all, or {variant: its baseline}
+    for tables of pairs (a variant not named there gets no difference).
     """
+    pairs = baseline if isinstance(baseline, dict) else {v: baseline for v in per_seed if v != baseline}
     out: dict[str, dict] = {}
-    base = per_seed.get(baseline, {})
     for variant, metrics in per_seed.items():
+        base = per_seed.get(pairs.get(variant, ""), {})
         agg: dict = {}
         for key, values in metrics.items():
             iv = mean_ci(values, level)
             agg[key], agg[f"{key}_ci95"], agg[f"{key}_n"] = iv.mean, [iv.low, iv.high], iv.n
-            if variant != baseline and key in base:
+            if key in base:
                 d = paired_difference(values, base[key], level)
                 agg[f"{key}_diff"], agg[f"{key}_diff_ci95"] = d.mean, [d.low, d.high]
                 agg[f"{key}_differs"] = d.excludes(0.0)

@@ -1,7 +1,8 @@
 """Scores of long generated streams against their real SynthTalk recordings: what each contribution targets.
 
 - overall: SynthSync r (true vs shuffled audio), appearance (eval.appearance) and the credited r;
-- first blocks (PSB): appearance and SynthSync r of the first `first_seconds`;
+- first blocks (PSB): appearance and SynthSync r of the first `first_seconds`, and the whole-frame error
+  (MSE, PSNR) against the real recording of the first block and of the first `first_seconds`;
 - seams (MCI): frame change across block seams over frame change inside blocks;
 - drift (URCR, and error accumulation for MCI): SynthSync r, appearance SSIM, reference SSIM and
   brightness per `window_s` window (eval.drift), their slope per minute and last window.
@@ -41,6 +42,26 @@ def seam_flicker(frames: np.ndarray, grid: CausalGrid) -> dict[str, float]:
             "flicker_ratio": boundary / inside if inside > 1e-12 else float("nan")}
 
 
+def first_frames_error(gen: np.ndarray, real: np.ndarray, block_frames: int, first_frames: int) -> dict[str, float]:
+    """Whole-frame error against the real recording over the first block and the first `first_frames` frames.
+
+    MSE on [0, 1] pixels (mean over frames, pixels and channels) and PSNR from that MSE; the mouth is
+    included, since the first block's mouth is what few denoising steps get wrong.
+
+    Args:
+        gen, real: uint8 [T, H, W, 3] of one clip.
+        block_frames: video frames of the first generated block.
+        first_frames: video frames of the first seconds.
+    """
+    out = {}
+    for name, end in (("first_block", block_frames), ("first", first_frames)):
+        a = gen[:end].astype(np.float64) / 255.0
+        b = real[:end].astype(np.float64) / 255.0
+        mse = float(((a - b) ** 2).mean())
+        out[f"{name}_mse"], out[f"{name}_psnr"] = mse, float(10 * np.log10(1.0 / max(mse, 1e-10)))
+    return out
+
+
 def _sync(frames, box, audio, start: int, end: int, fps: float) -> float:
     hop = int(round(16000 / fps))
     return synthsync(frames[start:end], box, audio[start * hop:end * hop], fps=fps)["r"]
@@ -75,7 +96,8 @@ def score_streams(gen: np.ndarray, real: np.ndarray, refs: np.ndarray, boxes: Se
                "ssim_outside_mouth": float(ssim.mean()), "psnr_outside_mouth": float(psnr.mean()),
                "ref_ssim": float(ref_ssim.mean()),
                "first_ssim_outside_mouth": float(ssim[:first].mean()),
-               "first_synthsync_r": _sync(gen[i], boxes[i], audio[i], 0, first, fps)}
+               "first_synthsync_r": _sync(gen[i], boxes[i], audio[i], 0, first, fps),
+               **first_frames_error(gen[i], real[i], frames_per_block, first)}
         row["synthsync_r_credited"] = judge(row["ssim_outside_mouth"], row["synthsync_r"],
                                             row["synthsync_r_shuffled"]).credited_r
         bright = gen[i].astype(np.float64).mean(axis=(1, 2, 3)) / 255.0

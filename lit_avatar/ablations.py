@@ -60,6 +60,7 @@ def load_plan(args: Namespace) -> tuple[dict, dict]:
         if key not in cfg:
             raise UserError(f"--table {path}: missing key {key!r}")
     protocol = dict(cfg["quick" if args.quick else "protocol"])
+    _check_baseline(cfg["baseline"], list(cfg["variants"]), path)
     if args.seeds:
         protocol["seeds"] = int_list(args.seeds, "--seeds", minimum=0)
     for key, value in (("dmd_steps", args.steps), ("clips", args.clips), ("seconds", args.seconds),
@@ -72,9 +73,21 @@ def load_plan(args: Namespace) -> tuple[dict, dict]:
         if bad:
             raise UserError(f"--variants: unknown {bad}; expected some of {','.join(cfg['variants'])}")
         cfg["variants"] = {v: cfg["variants"][v] for v in chosen}
+    if isinstance(cfg["baseline"], dict):  # pairs outside the chosen variants drop out (`--variants` may run one)
+        cfg["baseline"] = {k: v for k, v in cfg["baseline"].items() if k in cfg["variants"] and v in cfg["variants"]}
     if protocol["dmd_steps"] < 1 or protocol["clips"] < 1 or protocol["seconds"] <= 0 or not protocol["seeds"]:
         raise UserError("--steps/--clips/--seconds/--seeds: expected positive values and at least one seed")
     return cfg, protocol
+
+
+def _check_baseline(baseline, variants: list[str], path: Path) -> None:
+    """`baseline` names one variant, or maps variants to their partners (tables of pairs)."""
+    from lit_avatar.errors import UserError
+
+    named = list(baseline.items()) if isinstance(baseline, dict) else [("baseline", baseline)]
+    bad = [f"{k}: {v}" for k, v in named if (k != "baseline" and k not in variants) or v not in variants]
+    if bad:
+        raise UserError(f"--table {path}: baseline: {bad} are not variants; expected some of {','.join(variants)}")
 
 
 def _base_stages(args: Namespace):
@@ -147,6 +160,10 @@ def stream_and_score(ckpt: Path, streams: dict, seed: int, protocol: dict):
     return scalars, curves, horizon_s
 
 
+def _baseline_of(baseline: str | dict[str, str], variant: str) -> str | None:
+    return baseline.get(variant) if isinstance(baseline, dict) else baseline
+
+
 def write_outputs(out: Path, cfg: dict, per_seed: dict, curves: dict, horizon_s: float, command: str) -> str:
     """Results JSON per variant (eval.stats), drift curves to TensorBoard and PNG, the table (eval.tables)."""
     import yaml
@@ -163,7 +180,8 @@ def write_outputs(out: Path, cfg: dict, per_seed: dict, curves: dict, horizon_s:
     rows, mean_curves = [], {}
     for variant, agg in aggregates.items():
         mean_curves[variant] = {k: mean_curve(cs) for k, cs in curves[variant].items()}
-        record = {"method": variant, "aggregate": agg, "per_seed": per_seed[variant], "baseline": cfg["baseline"],
+        record = {"method": variant, "aggregate": agg, "per_seed": per_seed[variant],
+                  "baseline": _baseline_of(cfg["baseline"], variant),
                   "rope_horizon_s": horizon_s, "command": command,
                   "drift": {k: c.to_dict() for k, c in mean_curves[variant].items()}}
         path = results_dir / f"{variant}.json"
