@@ -97,7 +97,7 @@ def score_streams(gen: np.ndarray, real: np.ndarray, refs: np.ndarray, boxes: Se
                "ref_ssim": float(ref_ssim.mean()),
                "first_ssim_outside_mouth": float(ssim[:first].mean()),
                "first_synthsync_r": _sync(gen[i], boxes[i], audio[i], 0, first, fps),
-               **first_frames_error(gen[i], real[i], frames_per_block, first)}
+               **first_frames_error(gen[i], real[i], grid.block_span(0)[1], first)}
         row["synthsync_r_credited"] = judge(row["ssim_outside_mouth"], row["synthsync_r"],
                                             row["synthsync_r_shuffled"]).credited_r
         bright = gen[i].astype(np.float64).mean(axis=(1, 2, 3)) / 255.0

@@ -28,13 +28,14 @@ def test_first_frames_error_matches_hand_computed_mse_and_psnr():
 
 def test_stream_scores_carry_the_first_block_error():
     from eval.stream_scores import score_streams
+    from lit_avatar.causal_grid import CausalGrid
 
     rng = np.random.default_rng(1)
     real = rng.integers(0, 256, size=(2, 50, 16, 16, 3), dtype=np.uint8)
     gen = real.copy()
     gen[:, :4] = 128  # a flat grey first block of 4 frames, the rest exact
     audio = rng.uniform(-1, 1, size=(2, 32000)).astype(np.float32)
-    scalars, _ = score_streams(gen, real, real[:, 0], [[0.25, 0.6, 0.75, 0.9]] * 2, audio, frames_per_block=4,
+    scalars, _ = score_streams(gen, real, real[:, 0], [[0.25, 0.6, 0.75, 0.9]] * 2, audio, CausalGrid(4),
                                window_s=1.0, first_seconds=1.0)
     grey = ((real[:, :4].astype(np.float64) - 128) / 255) ** 2
     assert scalars["first_block_mse"] == pytest.approx(grey.mean())
