@@ -62,12 +62,11 @@ class TrajectoryCache:
     draws random starts) never reuses another clip's trajectory.
 
     Args:
-        folder: where the files live (created).
+        folder: where the files live (created by the first save, so building a module writes nothing).
     """
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        os.makedirs(folder, exist_ok=True)
 
     @staticmethod
     def key(sample_key: str, conds: ClipConditions, index: int, shape: tuple[int, ...]) -> str:
@@ -86,6 +85,7 @@ class TrajectoryCache:
         return torch.load(path, weights_only=True) if os.path.isfile(path) else None
 
     def save(self, key: str, trajectory: torch.Tensor) -> None:
+        os.makedirs(self.folder, exist_ok=True)
         with atomic_path(self.path(key)) as tmp:
             torch.save(trajectory.detach().cpu().clone(), tmp)
 
