@@ -161,7 +161,7 @@ def test_wan_recipe_on_meta_device():
     backbone = sum(p.numel() for n, p in dit.named_parameters() if "audio" not in n)
     assert backbone == 1_418_996_800 + 4096  # diffusers' WanTransformer3DModel + the learned null text
     assert sum(p.numel() for p in dit.parameters()) == 1_738_687_552
-    assert cli.model.hparams.timestep_shift == 5.0 and cli.model.ema_model is not None
+    assert cli.model.sigma_sampler.shift == 5.0 and cli.model.ema_model is not None
     assert dit.config.gradient_checkpointing  # activation checkpointing per AvatarBlock
     cfg = cli.parser.parse_args(["--config", str(WAN)])
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.gradient_clip_val == 1.0

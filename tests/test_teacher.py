@@ -12,6 +12,7 @@ from lit_avatar.modules.conditions import drop_conditions
 from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, param_groups
+from lit_avatar.modules.teacher_draws import ConditionDropout, MotionPrefix
 
 
 class StandIn(nn.Module):
@@ -125,8 +126,8 @@ def test_param_groups_decay_matrices_only_and_warmup_ramps():
 
 
 def test_flow_loss_motion_prefix_and_mouth_weight():
-    teacher = make_teacher(motion_frames=2, motion_prob=1.0, motion_sigma_min=0.05, motion_sigma_max=0.1,
-                           audio_dropout=0.0, ref_dropout=0.0, all_dropout=0.0)
+    teacher = make_teacher(motion_prefix=MotionPrefix(frames=2, prob=1.0, sigma_min=0.05, sigma_max=0.1),
+                           condition_dropout=ConditionDropout(audio=0.0, ref=0.0, unconditional=0.0))
     batch = make_batch(frames=5)
     loss = teacher.flow_loss(batch, generator=torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and math.isfinite(loss.item())
@@ -137,8 +138,8 @@ def test_flow_loss_motion_prefix_and_mouth_weight():
     assert torch.all(ts[:, 2:] == ts[:, 2:3])  # the rest at the sample's level
     assert call["audio"].shape == (2, 5, 5, 40) and call["ref"].shape == (2, 12, 1, 8, 8)
     # the prefix frames do not count: a model that is wrong only there has the loss of a perfect one
-    teacher2 = make_teacher(motion_frames=2, motion_prob=1.0, mouth_weight=1.0, audio_dropout=0.0, ref_dropout=0.0,
-                            all_dropout=0.0)
+    teacher2 = make_teacher(motion_prefix=MotionPrefix(frames=2, prob=1.0), mouth_weight=1.0,
+                            condition_dropout=ConditionDropout(audio=0.0, ref=0.0, unconditional=0.0))
     g = torch.Generator().manual_seed(0)
     x0 = teacher2.vae.encode(batch["video"])
 
@@ -154,7 +155,7 @@ def test_flow_loss_motion_prefix_and_mouth_weight():
 
 
 def test_dropout_reaches_the_model():
-    teacher = make_teacher(audio_dropout=0.0, ref_dropout=0.0, all_dropout=1.0)
+    teacher = make_teacher(condition_dropout=ConditionDropout(audio=0.0, ref=0.0, unconditional=1.0))
     teacher.flow_loss(make_batch())
     call = teacher.model.calls[-1]
     assert call["audio"].abs().sum() == 0 and call["ref"].abs().sum() == 0
