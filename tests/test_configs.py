@@ -21,7 +21,7 @@ def tiny_args(shards: Path, save_dir: Path, *extra: str) -> list[str]:
         "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
         f"--trainer.logger.init_args.save_dir={save_dir}",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        "--model.init_args.sample_steps=2", "--model.init_args.val_max_samples=2",
+        "--model.init_args.sampler.steps=2", "--model.init_args.val_max_samples=2",
         *extra,
     ]
 

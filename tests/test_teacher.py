@@ -13,6 +13,7 @@ from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, param_groups
 from lit_avatar.modules.teacher_draws import ConditionDropout, MotionPrefix
+from lit_avatar.modules.teacher_sampler import TeacherSampler
 
 
 class StandIn(nn.Module):
@@ -169,7 +170,7 @@ def test_fit_updates_ema_logs_and_samples(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     torch.manual_seed(0)
-    teacher = make_teacher(ema_decay=0.5, sample_steps=2, val_max_samples=2, audio_guidance=2.0,
+    teacher = make_teacher(ema_decay=0.5, sampler=TeacherSampler(steps=2, audio_guidance=2.0), val_max_samples=2,
                            optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01))
     data = [make_batch(seed=i) for i in range(3)]
     loader = torch.utils.data.DataLoader(data, batch_size=None)
@@ -215,7 +216,7 @@ def test_teacher_checkpoint_carries_the_generator_record(tmp_path):
 
 
 def test_sample_shape_and_determinism():
-    teacher = make_teacher(sample_steps=3)
+    teacher = make_teacher(sampler=TeacherSampler(steps=3))
     batch = make_batch(frames=5)
     a = teacher.sample(batch, generator=torch.Generator().manual_seed(1))
     b = teacher.sample(batch, generator=torch.Generator().manual_seed(1))
@@ -264,7 +265,8 @@ def test_precomputed_latents_and_audio_feats():
     from lit_avatar.modules.teacher import TeacherModule
 
     model = StandIn()
-    teacher = TeacherModule(model=model, vae=PatchVAE(2), audio_encoder=None, sample_steps=2, mouth_weight=1.0)
+    teacher = TeacherModule(model=model, vae=PatchVAE(2), audio_encoder=None, sampler=TeacherSampler(steps=2),
+                            mouth_weight=1.0)
     g = torch.Generator().manual_seed(0)
     batch = {"latents": torch.randn(2, 12, 5, 8, 8, generator=g),
              "ref_latent": torch.randn(2, 12, 1, 8, 8, generator=g),

@@ -25,6 +25,8 @@ from lit_avatar.modules.teacher_draws import ConditionDropout, MotionPrefix
 from lit_avatar.modules.teacher_sampler import TeacherSampler
 from lit_avatar.seeding import step_generator
 
+VALIDATION_SAMPLER = TeacherSampler(steps=20)  # frozen: safe as a default
+
 
 class TeacherModule(TrainingStage):
     """Stage 1: flow-matching training of the bidirectional AvatarDiT teacher.
@@ -51,10 +53,9 @@ class TeacherModule(TrainingStage):
             Without it lip sync barely emerges at small budgets (DESIGN.md).
         ema_decay: decay of the weight EMA used for validation samples; None disables the EMA copy.
         ema_start_step: optimizer step from which the EMA averages (before it, it copies the weights).
-        sample_steps: Euler steps for validation samples.
-        sample_shift: timestep shift of the sampling schedule.
-        audio_guidance: CFG scale of the audio condition over reference(+text).
-        ref_guidance: CFG scale of reference(+text) over no condition; 1 skips the unconditional pass.
+        sampler: how validation samples are drawn (Euler steps, schedule shift, audio and reference CFG); the
+            checkpoint stores its settings as `sample_steps`, `sample_shift`, `audio_guidance` and
+            `ref_guidance`, from which `lit-avatar generate` and the demo sample the teacher.
         val_sample_batches: validation batches from which clips are sampled and logged (0 = none).
         val_max_samples: clips sampled per such batch.
         seed: seed of the validation noise, so samples at different steps are comparable.
@@ -76,21 +77,19 @@ class TeacherModule(TrainingStage):
         mouth_weight: float = 5.0,
         ema_decay: float | None = 0.999,
         ema_start_step: int = 0,
-        sample_steps: int = 20,
-        sample_shift: float = 3.0,
-        audio_guidance: float = 2.0,
-        ref_guidance: float = 1.0,
+        sampler: TeacherSampler = VALIDATION_SAMPLER,
         val_sample_batches: int = 1,
         val_max_samples: int = 4,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if mouth_weight <= 0 or sample_steps < 1:
-            raise UserError("model: mouth_weight must be > 0 and sample_steps >= 1")
+        if mouth_weight <= 0 or sampler.steps < 1:
+            raise UserError("model: mouth_weight must be > 0 and sampler.steps >= 1")
         # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
         # the checkpoint names them
         self.save_hyperparameters(ignore=["model", "vae", "audio_encoder", "optimizer", "lr_scheduler",
-                                          "sigma_sampler", "condition_dropout", "motion_prefix"])
+                                          "sigma_sampler", "condition_dropout", "motion_prefix", "sampler"])
+        self.hparams.update(sampler.hparams())
         self.make_optimizer = optimizer
         self.make_lr_scheduler = lr_scheduler
         self.model = model
@@ -201,7 +200,7 @@ class TeacherModule(TrainingStage):
 
         Args:
             batch: batch dict with `video` or `latents`, `audio` or `audio_feats`, `ref` or `ref_latent`.
-            num_steps: Euler steps (default `sample_steps`), on `shifted_schedule(num_steps, sample_shift)`.
+            num_steps: Euler steps (default the sampler's), on its shifted schedule.
             generator: CPU generator for the starting noise.
             use_ema: sample with the EMA weights when there are any.
             progress: optional iterator wrapper (e.g. tqdm) for the steps.
