@@ -9,7 +9,7 @@ from torch import nn
 from lit_avatar.models.audio import MelAudioEncoder
 from lit_avatar.models.vae import PatchVAE
 from lit_avatar.modules.conditions import drop_conditions
-from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.ema import EMASettings, ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, param_groups
 from lit_avatar.modules.teacher_draws import ConditionDropout, MotionPrefix
@@ -170,7 +170,8 @@ def test_fit_updates_ema_logs_and_samples(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     torch.manual_seed(0)
-    teacher = make_teacher(ema_decay=0.5, sampler=TeacherSampler(steps=2, audio_guidance=2.0), val_max_samples=2,
+    teacher = make_teacher(ema_settings=EMASettings(0.5), sampler=TeacherSampler(steps=2, audio_guidance=2.0),
+                           val_max_samples=2,
                            optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01))
     data = [make_batch(seed=i) for i in range(3)]
     loader = torch.utils.data.DataLoader(data, batch_size=None)

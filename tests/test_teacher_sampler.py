@@ -10,7 +10,7 @@ from lit_avatar.modules.teacher_sampler import TeacherSampler
 
 def test_module_sample_and_the_checkpoint_sampler_agree(tmp_path):
     settings = TeacherSampler(steps=3, shift=4.0, audio_guidance=2.5, ref_guidance=1.5)
-    teacher = make_teacher(sampler=settings, ema_decay=None)
+    teacher = make_teacher(sampler=settings, ema_settings=None)
     batch = make_batch(frames=5)
     video = teacher.sample(batch, generator=torch.Generator().manual_seed(1))
     ckpt = tmp_path / "teacher.ckpt"

@@ -12,11 +12,13 @@ from torch import nn
 from lit_avatar.checkpoint import load_stage_weights
 from lit_avatar.errors import UserError
 from lit_avatar.inference.options import RolloutOptions
+from lit_avatar.modules.ema import EMASettings
 from lit_avatar.modules.frozen import freeze
 from lit_avatar.modules.stage import TrainingStage
 
 # built objects: checkpoints store hparams loaded with weights_only=True, the config in the checkpoint names them
-_BUILT = ("generator", "teacher", "rollout", "vae", "audio_encoder")
+_BUILT = ("generator", "teacher", "rollout", "vae", "audio_encoder", "ema_settings")
+STUDENT_EMA = EMASettings(decay=0.99)  # frozen: safe as a default
 
 
 class DistillationStage(TrainingStage):
@@ -32,7 +34,7 @@ class DistillationStage(TrainingStage):
         generator_weights: checkpoint loaded into the student (the ODE-init stage's, or the teacher's).
         weights_prefix: state-dict prefix in those checkpoints; default: each checkpoint's record/EMA.
         mouth_weight: loss weight inside the batch's `mouth_box` (1 elsewhere); 1 = off.
-        ema_decay: EMA decay of the student; None disables it.
+        ema_settings: the student's weight EMA; None disables it. Default: decay 0.99 from the first step.
         seed: seed of every random draw of the stage (combined with the step and rank).
     """
 
@@ -52,7 +54,7 @@ class DistillationStage(TrainingStage):
         generator_weights: str | None = None,
         weights_prefix: str | None = None,
         mouth_weight: float = 5.0,
-        ema_decay: float | None = 0.99,
+        ema_settings: EMASettings | None = STUDENT_EMA,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -69,4 +71,4 @@ class DistillationStage(TrainingStage):
             load_stage_weights(generator, generator_weights, weights_prefix)
         self.generator, self.teacher, self.vae, self.audio_encoder = generator, teacher, vae, audio_encoder
         freeze(teacher, vae, audio_encoder)
-        self.init_ema(ema_decay)
+        self.init_ema(ema_settings)

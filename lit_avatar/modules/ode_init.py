@@ -109,9 +109,8 @@ class ODEInitModule(DistillationStage):
             norms at weight decay 0); default AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01.
         lr_scheduler: builds the schedule of that optimizer, stepped every optimizer step; default a linear
             warm-up over 20 steps (LinearWarmup); None keeps the learning rate constant.
-        ema_start_step: optimizer step from which the EMA averages.
         **kwargs: the DistillationStage's (rollout, vae, audio_encoder, teacher_weights, generator_weights,
-            weights_prefix, mouth_weight, ema_decay, seed).
+            weights_prefix, mouth_weight, ema_settings, seed).
     """
 
     sharded = ("generator", "generator_ema", "teacher")
@@ -128,7 +127,6 @@ class ODEInitModule(DistillationStage):
         cache_dir: str | None = None,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01),
         lr_scheduler: LRSchedulerCallable | None = lambda optimizer: LinearWarmup(optimizer, warmup_steps=20),
-        ema_start_step: int = 0,
         **kwargs: Any,
     ) -> None:
         if teacher_substeps < 1:

@@ -30,6 +30,7 @@ from lit_avatar.modules.conditions import clip_inputs
 from lit_avatar.modules.critic import critic_flow_loss, critic_from_teacher
 from lit_avatar.modules.distillation import DistillationStage
 from lit_avatar.modules.dmd import DMDLoss
+from lit_avatar.modules.ema import EMASettings
 from lit_avatar.modules.losses import box_weight_map
 from lit_avatar.modules.optim import (
     LRSchedulerCallable,
@@ -59,6 +60,7 @@ def _no_closure() -> None:
     """The generator's backward already ran (manual optimisation); the optimizer's closure has nothing to do."""
 
 
+SELF_FORCING_EMA = EMASettings(decay=0.99, start_step=200)  # frozen: safe as a default
 FRESH_SAMPLE_STEP = 10**12  # draws of the critic's fresh rollout: those of a step number training never reaches
 
 
@@ -95,13 +97,13 @@ class SelfForcingModule(DistillationStage):
         min_timestep: lower clamp of the scoring timestep (20).
         max_timestep: upper clamp of the scoring timestep (980).
         same_exit_step: one exit draw shared by all blocks of a rollout, or one per block.
-        ema_start_step: iteration (critic update, `trainer.global_step`) from which the generator EMA
-            averages; before it the EMA copies the generator. Self-Forcing counts iterations: 200 of 3,000
-            with 5 critic updates per generator update averages 560 of the 600 generator updates.
+        ema_settings: the generator's weight EMA (None disables it); its start step counts iterations (critic
+            updates, `trainer.global_step`), as Self-Forcing does: 200 of 3,000 with 5 critic updates per
+            generator update averages 560 of the 600 generator updates. Default: decay 0.99 from iteration 200.
         val_max_samples: validation clips generated per batch for SynthSync and the logged samples.
         val_sample_batches: validation batches whose samples are logged as images/mp4.
         **kwargs: the DistillationStage's (rollout, vae, audio_encoder, teacher_weights, generator_weights,
-            weights_prefix, mouth_weight, ema_decay, seed).
+            weights_prefix, mouth_weight, seed).
     """
 
     sharded = ("generator", "generator_ema", "critic", "teacher")
@@ -126,7 +128,7 @@ class SelfForcingModule(DistillationStage):
         min_timestep: float = 20.0,
         max_timestep: float = 980.0,
         same_exit_step: bool = True,
-        ema_start_step: int = 200,
+        ema_settings: EMASettings | None = SELF_FORCING_EMA,
         val_max_samples: int = 4,
         val_sample_batches: int = 1,
         **kwargs: Any,
@@ -135,7 +137,7 @@ class SelfForcingModule(DistillationStage):
             raise UserError(f"model.critic_steps: expected >= 1, got {critic_steps}")
         if critic_sample not in ("fresh", "reuse"):
             raise UserError(f"model.critic_sample: expected 'fresh' or 'reuse', got {critic_sample!r}")
-        super().__init__(generator, teacher, **kwargs)
+        super().__init__(generator, teacher, ema_settings=ema_settings, **kwargs)
         self.optimizer_builders = {"generator": (generator_optimizer, generator_lr_scheduler),
                                 "critic": (critic_optimizer, critic_lr_scheduler)}
         self.critic = critic if critic is not None else critic_from_teacher(teacher)

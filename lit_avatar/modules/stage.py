@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from lit_avatar.checkpoint import video_size_of
-from lit_avatar.errors import UserError
-from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.ema import EMASettings, ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.frozen import KeepsFrozenInEval
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 
@@ -37,11 +36,10 @@ class TrainingStage(KeepsFrozenInEval, pl.LightningModule):
     ema: str = "ema_model"
     sharded: tuple[str, ...] = ()
 
-    def init_ema(self, decay: float | None) -> None:
-        """The frozen EMA copy of the trained network (None without decay)."""
-        if decay is not None and not 0.0 <= decay < 1.0:
-            raise UserError(f"model.ema_decay: expected in [0, 1) or None, got {decay}")
-        setattr(self, self.ema, make_ema_copy(getattr(self, self.trained)) if decay is not None else None)
+    def init_ema(self, settings: EMASettings | None) -> None:
+        """The frozen EMA copy of the trained network (None without settings)."""
+        self.ema_settings = settings
+        setattr(self, self.ema, make_ema_copy(getattr(self, self.trained)) if settings is not None else None)
         self._last_ema_step = -1
         self._video_size: tuple[int, int] | None = None
 
@@ -62,8 +60,8 @@ class TrainingStage(KeepsFrozenInEval, pl.LightningModule):
         if ema is None or step == self._last_ema_step:
             return  # no EMA, or no optimizer step happened (gradient accumulation)
         self._last_ema_step = step
-        ema_update(ema, getattr(self, self.trained), ema_decay_at(step, self.hparams.ema_decay,
-                                                                  self.hparams.ema_start_step))
+        ema_update(ema, getattr(self, self.trained), ema_decay_at(step, self.ema_settings.decay,
+                                                                  self.ema_settings.start_step))
 
     def note_video_size(self, batch: dict) -> None:
         """Remember the training video size for the checkpoint's generator record."""

@@ -17,6 +17,7 @@ from lit_avatar.errors import UserError
 from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.vae import VideoVAE
 from lit_avatar.modules.conditions import clip_conditions, clip_inputs, latent_frames, latents_of
+from lit_avatar.modules.ema import EMASettings
 from lit_avatar.modules.frozen import freeze
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
@@ -25,7 +26,8 @@ from lit_avatar.modules.teacher_draws import ConditionDropout, MotionPrefix
 from lit_avatar.modules.teacher_sampler import TeacherSampler
 from lit_avatar.seeding import step_generator
 
-VALIDATION_SAMPLER = TeacherSampler(steps=20)  # frozen: safe as a default
+VALIDATION_SAMPLER = TeacherSampler(steps=20)  # frozen: safe as defaults
+TEACHER_EMA = EMASettings(decay=0.999)
 
 
 class TeacherModule(TrainingStage):
@@ -51,8 +53,8 @@ class TeacherModule(TrainingStage):
             (Motion Condition Injection); None: no prefix.
         mouth_weight: loss weight inside the batch's `mouth_box` (1 elsewhere, mean-normalised); 1 = off.
             Without it lip sync barely emerges at small budgets (DESIGN.md).
-        ema_decay: decay of the weight EMA used for validation samples; None disables the EMA copy.
-        ema_start_step: optimizer step from which the EMA averages (before it, it copies the weights).
+        ema_settings: the weight EMA used for validation samples and the checkpoint record; None disables the
+            EMA copy. Default: decay 0.999 from the first step.
         sampler: how validation samples are drawn (Euler steps, schedule shift, audio and reference CFG); the
             checkpoint stores its settings as `sample_steps`, `sample_shift`, `audio_guidance` and
             `ref_guidance`, from which `lit-avatar generate` and the demo sample the teacher.
@@ -75,8 +77,7 @@ class TeacherModule(TrainingStage):
         condition_dropout: ConditionDropout | None = None,
         motion_prefix: MotionPrefix | None = None,
         mouth_weight: float = 5.0,
-        ema_decay: float | None = 0.999,
-        ema_start_step: int = 0,
+        ema_settings: EMASettings | None = TEACHER_EMA,
         sampler: TeacherSampler = VALIDATION_SAMPLER,
         val_sample_batches: int = 1,
         val_max_samples: int = 4,
@@ -88,7 +89,8 @@ class TeacherModule(TrainingStage):
         # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
         # the checkpoint names them
         self.save_hyperparameters(ignore=["model", "vae", "audio_encoder", "optimizer", "lr_scheduler",
-                                          "sigma_sampler", "condition_dropout", "motion_prefix", "sampler"])
+                                          "sigma_sampler", "condition_dropout", "motion_prefix", "sampler",
+                                          "ema_settings"])
         self.hparams.update(sampler.hparams())
         self.make_optimizer = optimizer
         self.make_lr_scheduler = lr_scheduler
@@ -96,7 +98,7 @@ class TeacherModule(TrainingStage):
         self.vae = vae
         self.audio_encoder = audio_encoder
         freeze(vae, audio_encoder)
-        self.init_ema(ema_decay)
+        self.init_ema(ema_settings)
         self.sigma_sampler = sigma_sampler if sigma_sampler is not None else SigmaSampler("logit_normal")
         self.condition_dropout = condition_dropout if condition_dropout is not None else ConditionDropout()
         self.motion_prefix = motion_prefix if motion_prefix is not None else MotionPrefix()
