@@ -304,24 +304,7 @@ def stream_section(args: Namespace, model, vae, encoder, cache=None) -> dict:
     ref = np.random.default_rng(args.seed).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
     counts_before = graph_counts(model)
     streamer = AvatarStreamer(model, vae, encoder, options, ref, seed=args.seed, device=args.device, cache=cache)
-    rng = np.random.default_rng(args.seed + 1)
-    chunk = 3200  # 0.2 s, what a live source might deliver
-    rss, gpu, video_frames, pushed = [], [], 0, 0
-    start = time.perf_counter()
-    while streamer.blocks_done < blocks:
-        audio = _audio_chunk(rng, pushed, chunk)
-        pushed += chunk
-        before = streamer.blocks_done
-        frames = streamer.push_audio(audio)
-        video_frames += len(frames)
-        made = streamer.blocks_done - before
-        rss.extend([rss_bytes()] * made)  # RSS after the push that made each block
-        gpu.extend([_gpu_allocated(device)] * made)  # allocator's view: no device synchronisation
-        if not args.quiet and streamer.blocks_done // 500 != before // 500:
-            print(f"  block {streamer.blocks_done}/{blocks}", file=sys.stderr)
-        if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
-            break
-    wall = time.perf_counter() - start
+    wall, rss, gpu = _push_until(args, streamer, blocks, device)
     records = list(streamer.latency)  # the last push may have made a block or two more than asked
     video_frames = sum(r["frames"] for r in records)
     seconds = [r["seconds"] for r in records]
@@ -333,8 +316,6 @@ def stream_section(args: Namespace, model, vae, encoder, cache=None) -> dict:
     mid = seconds[100:200]
     last = seconds[-100:]
     cpu = [r["cpu_seconds"] for r in records]
-    rss_after_reset = rss[first_reset] if first_reset is not None else None
-    rss_peak_sampled = max(rss) if rss else None
     frames_per_block = block_span(1, fpb, tf)[1]
     stages = {name: _percentiles([records[i][name] for i in steady_idx if name in records[i]])
               for name in ("audio_s", "dit_s", "vae_s")}
@@ -364,30 +345,62 @@ def stream_section(args: Namespace, model, vae, encoder, cache=None) -> dict:
             "blocks_100_200_median": _median(cpu[100:200]), "last_100_median": _median(cpu[-100:]),
             "last_100_vs_100_200": (_median(cpu[-100:]) / _median(cpu[100:200])) if len(cpu) >= 200 else None,
         },
-        "rss_bytes": {
-            "after_first_reset": rss_after_reset, "peak_sampled": rss_peak_sampled, "end": rss[-1] if rss else None,
-            "peak_process": peak_rss_bytes(),
-            "peak_process_over_after_first_reset": (peak_rss_bytes() / rss_after_reset) if rss_after_reset else None,
-            "peak_over_after_first_reset": (rss_peak_sampled / rss_after_reset) if rss_after_reset else None,
-            "end_over_after_first_reset": (rss[-1] / rss_after_reset) if rss_after_reset else None,
-            "at_block_100": rss[100] if len(rss) > 100 else None,
-            "peak_over_block_100": (rss_peak_sampled / rss[100]) if len(rss) > 100 else None,
-        },
+        "rss_bytes": _rss_figures(rss, first_reset),
         "bounded_state_end": streamer.memory_state(),
         # graph captures and compilations inside the measured stream (0 once the warm-up did them all)
         **_counts_since(counts_before, graph_counts(model)),
     }
     if device.type == "cuda":
-        after = gpu[first_reset] if first_reset is not None else None
-        result["gpu_memory_bytes"] = {
-            "peak_allocated": torch.cuda.max_memory_allocated(device),
-            "peak_reserved": torch.cuda.max_memory_reserved(device),
-            "allocated_after_first_reset": after,
-            "allocated_max_after_first_reset": max(gpu[first_reset:]) if after else None,
-            "growth_after_first_reset": (max(gpu[first_reset:]) / after - 1.0) if after else None,
-            "allocated_end": gpu[-1],
-        }
+        result["gpu_memory_bytes"] = _gpu_figures(device, gpu, first_reset)
     return result
+
+
+def _push_until(args: Namespace, streamer, blocks: int, device: torch.device) -> tuple[float, list, list]:
+    """Push 0.2 s audio chunks until `blocks` blocks are made (or --max-seconds passes): wall seconds, and the RSS
+    and GPU memory after the push that made each block."""
+    rng = np.random.default_rng(args.seed + 1)
+    chunk = 3200  # 0.2 s, what a live source might deliver
+    rss, gpu, pushed = [], [], 0
+    start = time.perf_counter()
+    while streamer.blocks_done < blocks:
+        audio = _audio_chunk(rng, pushed, chunk)
+        pushed += chunk
+        before = streamer.blocks_done
+        streamer.push_audio(audio)
+        made = streamer.blocks_done - before
+        rss.extend([rss_bytes()] * made)  # RSS after the push that made each block
+        gpu.extend([_gpu_allocated(device)] * made)  # allocator's view: no device synchronisation
+        if not args.quiet and streamer.blocks_done // 500 != before // 500:
+            print(f"  block {streamer.blocks_done}/{blocks}", file=sys.stderr)
+        if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
+            break
+    return time.perf_counter() - start, rss, gpu
+
+
+def _rss_figures(rss: list[int], first_reset: int | None) -> dict:
+    after_reset = rss[first_reset] if first_reset is not None else None
+    peak_sampled = max(rss) if rss else None
+    return {
+        "after_first_reset": after_reset, "peak_sampled": peak_sampled, "end": rss[-1] if rss else None,
+        "peak_process": peak_rss_bytes(),
+        "peak_process_over_after_first_reset": (peak_rss_bytes() / after_reset) if after_reset else None,
+        "peak_over_after_first_reset": (peak_sampled / after_reset) if after_reset else None,
+        "end_over_after_first_reset": (rss[-1] / after_reset) if after_reset else None,
+        "at_block_100": rss[100] if len(rss) > 100 else None,
+        "peak_over_block_100": (peak_sampled / rss[100]) if len(rss) > 100 else None,
+    }
+
+
+def _gpu_figures(device: torch.device, gpu: list[int], first_reset: int | None) -> dict:
+    after = gpu[first_reset] if first_reset is not None else None
+    return {
+        "peak_allocated": torch.cuda.max_memory_allocated(device),
+        "peak_reserved": torch.cuda.max_memory_reserved(device),
+        "allocated_after_first_reset": after,
+        "allocated_max_after_first_reset": max(gpu[first_reset:]) if after else None,
+        "growth_after_first_reset": (max(gpu[first_reset:]) / after - 1.0) if after else None,
+        "allocated_end": gpu[-1],
+    }
 
 
 def _sync(device: torch.device) -> None:

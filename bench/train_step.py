@@ -127,18 +127,18 @@ def build_module(stage: str, args: Namespace, device: torch.device):
     if stage == "teacher":
         from lit_avatar.modules.teacher import TeacherModule
 
-        return TeacherModule(_dit(args, device, True, 0), vae, None, ema_decay=None), cfg
+        return TeacherModule(_dit(args, device, True, 0), vae, None, ema_settings=None), cfg
     if stage == "ode_init":
         from lit_avatar.modules.ode_init import ODEInitModule
 
         return ODEInitModule(_dit(args, device, True, 1), _dit(args, device, False, 0).requires_grad_(False),
-                             rollout=rollout, vae=vae, ema_decay=None, teacher_substeps=args.teacher_substeps,
+                             rollout=rollout, vae=vae, ema_settings=None, teacher_substeps=args.teacher_substeps,
                              cache_dir=args.ode_cache), cfg
     from lit_avatar.modules.self_forcing import SelfForcingModule
 
     return SelfForcingModule(_dit(args, device, True, 1), _dit(args, device, False, 0).requires_grad_(False),
                              critic=_dit(args, device, True, 2), rollout=rollout, vae=vae, critic_steps=2,
-                             ema_decay=None), cfg
+                             ema_settings=None), cfg
 
 
 def run_stage(stage: str, args: Namespace) -> dict:

@@ -271,22 +271,7 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
         if curve is not None:
             curves["sync_c"] = curve
     if "csim" in scorers and faces.usable:
-        reference = load_reference(name, opts.refs)
-        ref_from = "refs"
-        if reference is None:
-            if real_frames is not None:
-                reference, ref_from = real_frames[0], "real_frame0"
-            else:
-                reference, ref_from = frames[0], "gen_frame0"
-        # the reference's own sidecar if it has one, else the generated video's (same identity and framing)
-        own = {"refs": Path(opts.refs or ".") / f"{name}.json", "real_frame0": matching.real.get(name, gen_path)}
-        ref_sidecar = read_sidecar(Path(own[ref_from]).with_suffix(".mp4")) if ref_from in own else {}
-        ref_faces = face_geometry(reference[None], ref_sidecar or sidecar, detector)
-        if ref_faces.usable:
-            row.update(scorers["csim"].video(frames, faces.landmarks, reference, ref_faces.landmarks[0]))
-            row["csim_reference"] = ref_from
-        else:
-            _say(opts, f"{name}: no face found in the CSIM reference ({ref_from}): csim skipped")
+        row.update(_csim_scores(name, matching, frames, faces, real_frames, sidecar, scorers["csim"], detector, opts))
         if drift_on:
             curves["csim"] = scorers["csim"].drift(opts.fps, opts.window)
     if "synthsync" in scorers:
@@ -311,11 +296,36 @@ def _score_video(name, matching, scorers, detector, opts, read_video, drift_on, 
     if "seams" in scorers:
         row.update(_seam_scores(name, gen_path, frames, sidecar, scorers["seams"], opts))
     if drift_on and curves:
-        from eval.drift import log_tensorboard, plot_curves
-
-        png = drift_dir / f"{name}.png"
-        plot_curves(curves, png, title=name)
-        log_tensorboard(curves, tb_dir, prefix=f"drift/{name}")
-        row["drift"] = {k: c.to_dict() for k, c in curves.items()}
-        row["drift_plot"] = str(png)
+        row.update(_write_drift(name, curves, drift_dir, tb_dir))
     return row
+
+
+def _csim_scores(name, matching, frames, faces: FaceGeometry, real_frames, sidecar: dict, scorer, detector,
+                 opts: EvalOptions) -> dict:
+    """Identity similarity against --refs/<name>, else the real video's first frame, else the generated one's."""
+    gen_path = matching.gen[name]
+    reference = load_reference(name, opts.refs)
+    ref_from = "refs"
+    if reference is None:
+        if real_frames is not None:
+            reference, ref_from = real_frames[0], "real_frame0"
+        else:
+            reference, ref_from = frames[0], "gen_frame0"
+    # the reference's own sidecar if it has one, else the generated video's (same identity and framing)
+    own = {"refs": Path(opts.refs or ".") / f"{name}.json", "real_frame0": matching.real.get(name, gen_path)}
+    ref_sidecar = read_sidecar(Path(own[ref_from]).with_suffix(".mp4")) if ref_from in own else {}
+    ref_faces = face_geometry(reference[None], ref_sidecar or sidecar, detector)
+    if not ref_faces.usable:
+        _say(opts, f"{name}: no face found in the CSIM reference ({ref_from}): csim skipped")
+        return {}
+    return {**scorer.video(frames, faces.landmarks, reference, ref_faces.landmarks[0]), "csim_reference": ref_from}
+
+
+def _write_drift(name: str, curves: dict, drift_dir: Path, tb_dir) -> dict:
+    """Plots and logs one video's drift curves; the row's drift fields."""
+    from eval.drift import log_tensorboard, plot_curves
+
+    png = drift_dir / f"{name}.png"
+    plot_curves(curves, png, title=name)
+    log_tensorboard(curves, tb_dir, prefix=f"drift/{name}")
+    return {"drift": {k: c.to_dict() for k, c in curves.items()}, "drift_plot": str(png)}

@@ -188,8 +188,68 @@ def _step_seconds(ckpt: Path) -> float | None:
     return json.loads(path.read_text())["median_s"] if path.is_file() else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _fail(out: Path, log_file: Path, line: str, summary: dict) -> int:
+    summary["failed"] = line
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"demo failed: {line} (details: {out / 'summary.json'}, library log: {log_file})", flush=True)
+    return 1
+
+
+def _teacher_summary(teacher: Path, teacher_check: dict) -> dict:
     from eval.appearance import APPEARANCE_PASS_SSIM, SYNC_PASS_MARGIN
+
+    print(f"      teacher check: appearance SSIM {teacher_check['ssim_outside_mouth']:.2f}, SynthSync r "
+          f"{teacher_check['synthsync_r']:+.2f} (shuffled {teacher_check['synthsync_r_shuffled']:+.2f})", flush=True)
+    return {"teacher_check": teacher_check, "teacher_loss_first50": _loss_window(teacher.parents[1], True),
+            "teacher_loss_last50": _loss_window(teacher.parents[1], False),
+            "thresholds": {"appearance_ssim": APPEARANCE_PASS_SSIM,
+                           "synthsync_margin_over_shuffled": SYNC_PASS_MARGIN}}
+
+
+def _finish_summary(summary: dict, ckpts: dict[str, Path], compare: dict, files: dict, stream: dict,
+                    timings: dict) -> dict:
+    """Adds the distillation results to `summary`; returns each model's (failure reason, verdict)."""
+    summary.update({
+        "ode_loss_first50": _loss_window(ckpts["ode_init"].parents[1], True),
+        "ode_loss_last50": _loss_window(ckpts["ode_init"].parents[1], False),
+        **compare, **files, "stream": stream,
+        "checkpoints": {who: str(path) for who, path in ckpts.items()},
+        "seconds_per_step": {"teacher": _step_seconds(ckpts["teacher"]), "ode_init": _step_seconds(ckpts["ode_init"]),
+                             "dmd": _step_seconds(ckpts["student"])},
+        "seconds": timings,
+    })
+    verdicts = {who: _verdict_line(who, {k[len(who) + 1:]: v for k, v in compare.items() if k.startswith(who + "_")})
+                for who in ("teacher", "student")}
+    for who, (_, v) in verdicts.items():
+        summary[f"{who}_synthsync_r_credited"] = v.credited_r
+    return verdicts
+
+
+def _print_summary(summary: dict, args: Namespace, out: Path, logs: Path, log_file: Path) -> None:
+    compare, stream = summary, summary["stream"]
+    print("summary")
+    if summary["teacher_loss_first50"] is not None:
+        print(f"  teacher loss       {summary['teacher_loss_first50']:.3f} (first 50 steps) -> "
+              f"{summary['teacher_loss_last50']:.3f} (last 50)")
+    print(f"  appearance SSIM    teacher {compare['teacher_ssim_outside_mouth']:.2f}, student "
+          f"{compare['student_ssim_outside_mouth']:.2f} (outside the mouth box, against the real clips; pass >= 0.5, "
+          f"noise ~0.01)")
+    print(f"  SynthSync r        teacher {compare['teacher_synthsync_r']:+.2f} (shuffled audio "
+          f"{compare['teacher_synthsync_r_shuffled']:+.2f}), student {compare['student_synthsync_r']:+.2f} "
+          f"(shuffled {compare['student_synthsync_r_shuffled']:+.2f}) on {args.num_samples} held-out clips")
+    print(f"  speed per frame    teacher {compare['teacher_ms_per_frame']:.1f} ms ({compare['teacher_steps']}), "
+          f"student {compare['student_ms_per_frame']:.1f} ms: {compare['speedup']:.1f}x (timed: "
+          f"{compare['timed_stages']})")
+    print(f"  long stream        {stream['video']} ({stream['frames']} frames), SynthSync r "
+          f"{stream['synthsync_r']:+.2f} (reversed audio {stream['synthsync_r_reversed_audio']:+.2f}, real video "
+          f"{stream['synthsync_r_real']:+.2f}), appearance SSIM {stream['ssim_outside_mouth']:.2f}")
+    print(f"  clips (mp4+audio)  {out}/teacher_*.mp4, {out}/student_*.mp4; real/teacher/student: "
+          f"{summary['comparison']}, {summary['frame_grid']}")
+    print(f"  logs, checkpoints  {logs} (make tensorboard, or tensorboard --logdir {logs}); library log {log_file}")
+    print(f"  time               {summary['seconds']}")
+
+
+def main(argv: list[str] | None = None) -> int:
     from lit_avatar import pipeline
     from lit_avatar.quiet import route_library_logs
 
@@ -211,12 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     def lap(name: str, t0: float) -> None:
         timings[name] = round(time.perf_counter() - t0, 1)
 
-    def fail(line: str, summary: dict) -> int:
-        summary["failed"] = line
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        print(f"demo failed: {line} (details: {out / 'summary.json'}, library log: {log_file})", flush=True)
-        return 1
-
     history = ["lit_avatar.modules.callbacks.LossHistory"]
     t0 = time.perf_counter()
     info = make_data(data, args)
@@ -229,16 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     batch = held_out_batch(data, args)
     teacher_check = pipeline.check_teacher(teacher, batch, args.teacher_sample_steps, args.seed)
     lap("teacher", t0)
-    summary: dict = {"teacher_check": teacher_check, "teacher_loss_first50": _loss_window(teacher.parents[1], True),
-                     "teacher_loss_last50": _loss_window(teacher.parents[1], False),
-                     "thresholds": {"appearance_ssim": APPEARANCE_PASS_SSIM,
-                                    "synthsync_margin_over_shuffled": SYNC_PASS_MARGIN}}
+    summary = _teacher_summary(teacher, teacher_check)
     reason, _ = _verdict_line("teacher", teacher_check)
-    print(f"      teacher check: appearance SSIM {teacher_check['ssim_outside_mouth']:.2f}, SynthSync r "
-          f"{teacher_check['synthsync_r']:+.2f} (shuffled {teacher_check['synthsync_r_shuffled']:+.2f})", flush=True)
     if reason and not args.keep_going:
         summary["seconds"] = timings
-        return fail(reason + f" after {args.teacher_steps} teacher steps; distillation skipped", summary)
+        return _fail(out, log_file, reason + f" after {args.teacher_steps} teacher steps; distillation skipped",
+                     summary)
     print(f"[3/6] ODE init of the causal student: {args.ode_steps} steps of {args.ode_batch} clips", flush=True)
     t0 = time.perf_counter()
     ode, _ = pipeline.fit_stage(
@@ -262,43 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     stream = stream_long_video(student, out, args, int(info["identities"]) if "identities" in info else 60)
     lap("stream", t0)
     timings["total"] = round(time.perf_counter() - started, 1)
-    summary.update({
-        "ode_loss_first50": _loss_window(ode.parents[1], True),
-        "ode_loss_last50": _loss_window(ode.parents[1], False),
-        **compare, **files, "stream": stream,
-        "checkpoints": {"teacher": str(teacher), "ode_init": str(ode), "student": str(student)},
-        "seconds_per_step": {"teacher": _step_seconds(teacher), "ode_init": _step_seconds(ode),
-                             "dmd": _step_seconds(student)},
-        "seconds": timings,
-    })
-    verdicts = {who: _verdict_line(who, {k[len(who) + 1:]: v for k, v in compare.items() if k.startswith(who + "_")})
-                for who in ("teacher", "student")}
-    for who, (_, v) in verdicts.items():
-        summary[f"{who}_synthsync_r_credited"] = v.credited_r
+    verdicts = _finish_summary(summary, {"teacher": teacher, "ode_init": ode, "student": student}, compare, files,
+                               stream, timings)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print("summary")
-    if summary["teacher_loss_first50"] is not None:
-        print(f"  teacher loss       {summary['teacher_loss_first50']:.3f} (first 50 steps) -> "
-              f"{summary['teacher_loss_last50']:.3f} (last 50)")
-    print(f"  appearance SSIM    teacher {compare['teacher_ssim_outside_mouth']:.2f}, student "
-          f"{compare['student_ssim_outside_mouth']:.2f} (outside the mouth box, against the real clips; pass >= 0.5, "
-          f"noise ~0.01)")
-    print(f"  SynthSync r        teacher {compare['teacher_synthsync_r']:+.2f} (shuffled audio "
-          f"{compare['teacher_synthsync_r_shuffled']:+.2f}), student {compare['student_synthsync_r']:+.2f} "
-          f"(shuffled {compare['student_synthsync_r_shuffled']:+.2f}) on {args.num_samples} held-out clips")
-    print(f"  speed per frame    teacher {compare['teacher_ms_per_frame']:.1f} ms ({compare['teacher_steps']}), "
-          f"student {compare['student_ms_per_frame']:.1f} ms: {compare['speedup']:.1f}x (timed: "
-          f"{compare['timed_stages']})")
-    print(f"  long stream        {stream['video']} ({stream['frames']} frames), SynthSync r "
-          f"{stream['synthsync_r']:+.2f} (reversed audio {stream['synthsync_r_reversed_audio']:+.2f}, real video "
-          f"{stream['synthsync_r_real']:+.2f}), appearance SSIM {stream['ssim_outside_mouth']:.2f}")
-    print(f"  clips (mp4+audio)  {out}/teacher_*.mp4, {out}/student_*.mp4; real/teacher/student: "
-          f"{files['comparison']}, {files['frame_grid']}")
-    print(f"  logs, checkpoints  {logs} (make tensorboard, or tensorboard --logdir {logs}); library log {log_file}")
-    print(f"  time               {timings}")
+    _print_summary(summary, args, out, logs, log_file)
     for reason, _ in verdicts.values():
         if reason:
-            return fail(reason, summary)
+            return _fail(out, log_file, reason, summary)
     return 0
 
 

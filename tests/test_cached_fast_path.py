@@ -12,13 +12,7 @@ from lit_avatar.inference.rollout import Rollout
 from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.presets import get_preset
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only spin
 
 
 def _model(preset: str = "micro", **overrides) -> AvatarDiT:

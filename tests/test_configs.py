@@ -21,7 +21,7 @@ def tiny_args(shards: Path, save_dir: Path, *extra: str) -> list[str]:
         "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
         f"--trainer.logger.init_args.save_dir={save_dir}",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        "--model.init_args.sample_steps=2", "--model.init_args.val_max_samples=2",
+        "--model.init_args.sampler.steps=2", "--model.init_args.val_max_samples=2",
         *extra,
     ]
 
@@ -161,7 +161,7 @@ def test_wan_recipe_on_meta_device():
     backbone = sum(p.numel() for n, p in dit.named_parameters() if "audio" not in n)
     assert backbone == 1_418_996_800 + 4096  # diffusers' WanTransformer3DModel + the learned null text
     assert sum(p.numel() for p in dit.parameters()) == 1_738_687_552
-    assert cli.model.hparams.timestep_shift == 5.0 and cli.model.ema_model is not None
+    assert cli.model.sigma_sampler.shift == 5.0 and cli.model.ema_model is not None
     assert dit.config.gradient_checkpointing  # activation checkpointing per AvatarBlock
     cfg = cli.parser.parse_args(["--config", str(WAN)])
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.gradient_clip_val == 1.0

@@ -5,6 +5,7 @@ import json
 import lightning.pytorch as pl
 import torch
 
+from lit_avatar.modules.ema import EMASettings
 from tests.test_self_forcing import adamw, make_module
 
 
@@ -32,8 +33,8 @@ def test_two_process_ddp_splits_shards_and_keeps_ranks_in_sync(synth_shards, tmp
 
     from lit_avatar.data.datamodule import AvatarDataModule
 
-    module = make_module(critic_steps=2, generator_optimizer=adamw(1e-3), critic_optimizer=adamw(1e-3), ema_decay=0.5,
-                         ema_start_step=0)
+    module = make_module(critic_steps=2, generator_optimizer=adamw(1e-3), critic_optimizer=adamw(1e-3),
+                         ema_settings=EMASettings(0.5, 0))
     data = AvatarDataModule(train_shards=str(synth_shards / "train-*.tar"), batch_size=2, clip_frames=4, size=16,
                             num_workers=0, shuffle_buffer=0)
     strategy = DDPStrategy(start_method="spawn", process_group_backend="gloo", find_unused_parameters=True)

@@ -18,19 +18,19 @@ def net(seed: int) -> nn.Module:
 def teacher_module(**kwargs):
     from lit_avatar.modules.teacher import TeacherModule
 
-    return TeacherModule(model=net(0), vae=PatchVAE(2), ema_decay=None, **kwargs)
+    return TeacherModule(model=net(0), vae=PatchVAE(2), ema_settings=None, **kwargs)
 
 
 def ode_module(**kwargs):
     from lit_avatar.modules.ode_init import ODEInitModule
 
-    return ODEInitModule(net(0), net(1), vae=PatchVAE(2), ema_decay=None, **kwargs)
+    return ODEInitModule(net(0), net(1), vae=PatchVAE(2), ema_settings=None, **kwargs)
 
 
 def dmd_module(**kwargs):
     from lit_avatar.modules.self_forcing import SelfForcingModule
 
-    return SelfForcingModule(net(0), net(1), critic=net(2), vae=PatchVAE(2), ema_decay=None, **kwargs)
+    return SelfForcingModule(net(0), net(1), critic=net(2), vae=PatchVAE(2), ema_settings=None, **kwargs)
 
 
 def old_adamw(model: nn.Module, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:

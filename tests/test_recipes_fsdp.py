@@ -38,20 +38,12 @@ def _write_inputs(folder: Path) -> dict[str, str]:
     import wave
 
     import numpy as np
-    from diffusers import AutoencoderKLWan
     from PIL import Image
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     from data_tools.synth import write_synthtalk
+    from lit_avatar.micro_wan import write_weights
 
-    torch.manual_seed(0)
-    # 16 latent channels, 8x spatial, 4x temporal like Wan2.1's VAE
-    AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
-                     temperal_downsample=[False, True, True], latents_mean=[0.0] * 16,
-                     latents_std=[1.0] * 16).save_pretrained(str(folder / "wan" / "vae"))
-    Wav2Vec2Model(Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                                 conv_dim=(8,) * 7, num_conv_pos_embeddings=8,
-                                 num_conv_pos_embedding_groups=2)).save_pretrained(str(folder / "w2v"))
+    write_weights(folder, seed=0)  # 16 latent channels, 8x spatial, 4x temporal like Wan2.1's VAE
     write_synthtalk(folder / "data", clips=10, seconds=1.0, shards=8, size=32, seed=1234, val_identities=1,
                     identities=5)
     t = np.arange(24000) / 16000

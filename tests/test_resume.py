@@ -3,6 +3,7 @@ optimisers, EMA, critic, step count, generator-update count and data position.""
 import torch
 from batches import random_batch
 
+from lit_avatar.modules.ema import EMASettings
 from tests.test_self_forcing import adamw, make_module
 
 
@@ -44,8 +45,8 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     data = [random_batch(seed=i) for i in range(6)]
-    kwargs = dict(critic_steps=2, generator_optimizer=adamw(1e-3), critic_optimizer=adamw(1e-3), ema_decay=0.5,
-                  ema_start_step=0)
+    kwargs = dict(critic_steps=2, generator_optimizer=adamw(1e-3), critic_optimizer=adamw(1e-3),
+                  ema_settings=EMASettings(0.5, 0))
 
     full = make_module(**kwargs)
     full_data = PositionedBatches(data)

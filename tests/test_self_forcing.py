@@ -11,6 +11,7 @@ from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.presets import get_preset
 from lit_avatar.models.vae import PatchVAE
 from lit_avatar.modules.conditions import clip_inputs
+from lit_avatar.modules.ema import EMASettings
 
 OPTS = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[3, 2]), urcr=URCROptions(max_frames=6, keep_frames=2))
 
@@ -74,8 +75,8 @@ def test_training_steps_update_generator_every_critic_steps_and_save_a_student_r
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    module = make_module(critic_steps=2, generator_optimizer=adamw(1e-3), critic_optimizer=adamw(1e-3), ema_decay=0.5,
-                         ema_start_step=0, val_max_samples=2)
+    module = make_module(critic_steps=2, generator_optimizer=adamw(1e-3), critic_optimizer=adamw(1e-3),
+                         ema_settings=EMASettings(0.5, 0), val_max_samples=2)
     gen0 = [p.detach().clone() for p in module.generator.parameters()]
     critic0 = [p.detach().clone() for p in module.critic.parameters()]
     teacher0 = [p.detach().clone() for p in module.teacher.parameters()]
@@ -139,7 +140,7 @@ def _fit(module, steps, callbacks=()):
 
 
 def test_ema_start_counts_iterations_like_self_forcing():
-    """ema_start_step=2 with a generator update every iteration: copies after iterations 0 and 1, then averages
+    """EMA start step 2 with a generator update every iteration: copies after iterations 0 and 1, then averages
     once, at iteration 2 (counting generator updates instead would average after the 2nd update already)."""
     import lightning.pytorch as pl
 
@@ -149,7 +150,7 @@ def test_ema_start_counts_iterations_like_self_forcing():
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             after.append([p.detach().clone() for p in pl_module.generator.parameters()])
 
-    module = make_module(critic_steps=1, generator_optimizer=adamw(1e-2), ema_decay=0.5, ema_start_step=2)
+    module = make_module(critic_steps=1, generator_optimizer=adamw(1e-2), ema_settings=EMASettings(0.5, 2))
     _fit(module, 3, [Snapshot()])
     assert module.generator_updates == 3
     for ema, w1, w2 in zip(module.generator_ema.parameters(), after[1], after[2]):

@@ -17,12 +17,7 @@ from lit_avatar.models.presets import get_preset
 C, H, W, FPB = 12, 8, 8, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only spin
 
 
 def _model() -> AvatarDiT:

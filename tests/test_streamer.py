@@ -174,7 +174,7 @@ def test_bench_stream_figures_on_a_fake_clock_and_a_growing_process(tmp_path, mo
     def perf_counter():
         caller = sys._getframe(1).f_code.co_name
         k = clock.reads[caller] = clock.reads.get(caller, -1) + 1
-        clock.now += {"stream_section": 0.5}.get(caller) or (0.25, 0.25, 0.0, 1.0)[k % 4]
+        clock.now += {"_push_until": 0.5}.get(caller) or (0.25, 0.25, 0.0, 1.0)[k % 4]
         return clock.now
 
     rss = SimpleNamespace(now=100 * 2**20)

@@ -9,9 +9,11 @@ from torch import nn
 from lit_avatar.models.audio import MelAudioEncoder
 from lit_avatar.models.vae import PatchVAE
 from lit_avatar.modules.conditions import drop_conditions
-from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.ema import EMASettings, ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, param_groups
+from lit_avatar.modules.teacher_draws import ConditionDropout, MotionPrefix
+from lit_avatar.modules.teacher_sampler import TeacherSampler
 
 
 class StandIn(nn.Module):
@@ -125,8 +127,8 @@ def test_param_groups_decay_matrices_only_and_warmup_ramps():
 
 
 def test_flow_loss_motion_prefix_and_mouth_weight():
-    teacher = make_teacher(motion_frames=2, motion_prob=1.0, motion_sigma_min=0.05, motion_sigma_max=0.1,
-                           audio_dropout=0.0, ref_dropout=0.0, all_dropout=0.0)
+    teacher = make_teacher(motion_prefix=MotionPrefix(frames=2, prob=1.0, sigma_min=0.05, sigma_max=0.1),
+                           condition_dropout=ConditionDropout(audio=0.0, ref=0.0, unconditional=0.0))
     batch = make_batch(frames=5)
     loss = teacher.flow_loss(batch, generator=torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and math.isfinite(loss.item())
@@ -137,8 +139,8 @@ def test_flow_loss_motion_prefix_and_mouth_weight():
     assert torch.all(ts[:, 2:] == ts[:, 2:3])  # the rest at the sample's level
     assert call["audio"].shape == (2, 5, 5, 40) and call["ref"].shape == (2, 12, 1, 8, 8)
     # the prefix frames do not count: a model that is wrong only there has the loss of a perfect one
-    teacher2 = make_teacher(motion_frames=2, motion_prob=1.0, mouth_weight=1.0, audio_dropout=0.0, ref_dropout=0.0,
-                            all_dropout=0.0)
+    teacher2 = make_teacher(motion_prefix=MotionPrefix(frames=2, prob=1.0), mouth_weight=1.0,
+                            condition_dropout=ConditionDropout(audio=0.0, ref=0.0, unconditional=0.0))
     g = torch.Generator().manual_seed(0)
     x0 = teacher2.vae.encode(batch["video"])
 
@@ -154,7 +156,7 @@ def test_flow_loss_motion_prefix_and_mouth_weight():
 
 
 def test_dropout_reaches_the_model():
-    teacher = make_teacher(audio_dropout=0.0, ref_dropout=0.0, all_dropout=1.0)
+    teacher = make_teacher(condition_dropout=ConditionDropout(audio=0.0, ref=0.0, unconditional=1.0))
     teacher.flow_loss(make_batch())
     call = teacher.model.calls[-1]
     assert call["audio"].abs().sum() == 0 and call["ref"].abs().sum() == 0
@@ -168,7 +170,8 @@ def test_fit_updates_ema_logs_and_samples(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     torch.manual_seed(0)
-    teacher = make_teacher(ema_decay=0.5, sample_steps=2, val_max_samples=2, audio_guidance=2.0,
+    teacher = make_teacher(ema_settings=EMASettings(0.5), sampler=TeacherSampler(steps=2, audio_guidance=2.0),
+                           val_max_samples=2,
                            optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01))
     data = [make_batch(seed=i) for i in range(3)]
     loader = torch.utils.data.DataLoader(data, batch_size=None)
@@ -214,7 +217,7 @@ def test_teacher_checkpoint_carries_the_generator_record(tmp_path):
 
 
 def test_sample_shape_and_determinism():
-    teacher = make_teacher(sample_steps=3)
+    teacher = make_teacher(sampler=TeacherSampler(steps=3))
     batch = make_batch(frames=5)
     a = teacher.sample(batch, generator=torch.Generator().manual_seed(1))
     b = teacher.sample(batch, generator=torch.Generator().manual_seed(1))
@@ -263,7 +266,8 @@ def test_precomputed_latents_and_audio_feats():
     from lit_avatar.modules.teacher import TeacherModule
 
     model = StandIn()
-    teacher = TeacherModule(model=model, vae=PatchVAE(2), audio_encoder=None, sample_steps=2, mouth_weight=1.0)
+    teacher = TeacherModule(model=model, vae=PatchVAE(2), audio_encoder=None, sampler=TeacherSampler(steps=2),
+                            mouth_weight=1.0)
     g = torch.Generator().manual_seed(0)
     batch = {"latents": torch.randn(2, 12, 5, 8, 8, generator=g),
              "ref_latent": torch.randn(2, 12, 1, 8, 8, generator=g),

@@ -7,9 +7,30 @@ checkpoint without extra hooks.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from lit_avatar.errors import UserError
+
+
+@dataclass(frozen=True)
+class EMASettings:
+    """The weight EMA of a stage's trained network (its samples and checkpoint record use the average).
+
+    Args:
+        decay: decay per optimizer step, in [0, 1).
+        start_step: optimizer step (for Self-Forcing: iteration, critic updates included) from which the EMA
+            averages; before it the EMA copies the weights.
+    """
+
+    decay: float = 0.99
+    start_step: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise UserError(f"model.ema_settings.decay: expected in [0, 1), got {self.decay}")
 
 
 def make_ema_copy(model: nn.Module) -> nn.Module:

@@ -30,9 +30,10 @@ from lit_avatar.errors import UserError
 from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.conditions import clip_inputs
+from lit_avatar.modules.distillation import DistillationStage
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
-from lit_avatar.modules.stage import TrainingStage, batch_size_of
+from lit_avatar.modules.stage import batch_size_of
 from lit_avatar.seeding import step_generator
 
 
@@ -90,19 +91,16 @@ class TrajectoryCache:
             torch.save(trajectory.detach().cpu().clone(), tmp)
 
 
-class ODEInitModule(TrainingStage):
+class ODEInitModule(DistillationStage):
     """Regression of the causal student onto teacher ODE trajectories.
+
+    The rollout's block size, shift and PSB step lists fix the student's levels. Without `generator_weights`
+    the student starts from `teacher_weights`: the same function, so it only learns causality and few-step
+    jumps. The student's seed draws the trajectories' starting noise and the levels in validation.
 
     Args:
         generator: the causal student (AvatarDiT); trained in block-causal mode.
         teacher: the bidirectional teacher, frozen.
-        rollout: the student's rollout options: block size, shift and PSB step lists fix the levels.
-        vae: the frozen VideoVAE.
-        audio_encoder: the frozen AudioEncoder, or None when batches carry `audio_feats`.
-        teacher_weights: stage-1 checkpoint loaded into the teacher.
-        generator_weights: checkpoint loaded into the student; default: the teacher's weights, so the
-            student starts from the same function and only learns causality and few-step jumps.
-        weights_prefix: state-dict prefix in those checkpoints (default: the checkpoint's EMA/record).
         teacher_substeps: Euler steps of the teacher between two student levels (more = closer to the ODE).
         audio_guidance: teacher CFG scale of audio over reference(+text).
         ref_guidance: teacher CFG scale of reference(+text) over nothing.
@@ -111,48 +109,31 @@ class ODEInitModule(TrainingStage):
             norms at weight decay 0); default AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01.
         lr_scheduler: builds the schedule of that optimizer, stepped every optimizer step; default a linear
             warm-up over 20 steps (LinearWarmup); None keeps the learning rate constant.
-        mouth_weight: loss weight inside the mouth box (1 = off).
-        ema_decay: EMA decay of the student; None disables it.
-        ema_start_step: optimizer step from which the EMA averages.
-        seed: seed of the trajectories' starting noise and the level draws in validation.
+        **kwargs: the DistillationStage's (rollout, vae, audio_encoder, teacher_weights, generator_weights,
+            weights_prefix, mouth_weight, ema_settings, seed).
     """
 
-    frozen_parts = ("teacher", "vae", "audio_encoder", "generator_ema")
-    trained, ema, sharded = "generator", "generator_ema", ("generator", "generator_ema", "teacher")
+    sharded = ("generator", "generator_ema", "teacher")
+    not_hparams = ("optimizer", "lr_scheduler")
+    generator_starts_from_teacher = True
 
     def __init__(
         self,
         generator: nn.Module,
         teacher: nn.Module,
-        rollout: RolloutOptions | None = None,
-        vae: nn.Module | None = None,
-        audio_encoder: nn.Module | None = None,
-        teacher_weights: str | None = None,
-        generator_weights: str | None = None,
-        weights_prefix: str | None = None,
         teacher_substeps: int = 4,
         audio_guidance: float = 2.0,
         ref_guidance: float = 1.0,
         cache_dir: str | None = None,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01),
         lr_scheduler: LRSchedulerCallable | None = lambda optimizer: LinearWarmup(optimizer, warmup_steps=20),
-        mouth_weight: float = 5.0,
-        ema_decay: float | None = 0.99,
-        ema_start_step: int = 0,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         if teacher_substeps < 1:
             raise UserError(f"model.teacher_substeps={teacher_substeps}: expected >= 1")
-        # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
-        # the checkpoint names them
-        self.save_hyperparameters(ignore=["generator", "teacher", "vae", "audio_encoder", "rollout", "optimizer",
-                                          "lr_scheduler"])
+        super().__init__(generator, teacher, **kwargs)
         self.make_optimizer = optimizer
         self.make_lr_scheduler = lr_scheduler
-        # the student starts from the teacher's weights unless given its own
-        self.init_student(generator, teacher, rollout, vae, audio_encoder, teacher_weights,
-                          generator_weights or teacher_weights, weights_prefix, ema_decay)
         self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
         self.cache = TrajectoryCache(cache_dir) if cache_dir else None
 

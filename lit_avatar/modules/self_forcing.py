@@ -25,11 +25,12 @@ from lit_avatar.checkpoint import generator_record, load_stage_weights
 from lit_avatar.diffusion import SigmaSampler
 from lit_avatar.errors import UserError
 from lit_avatar.inference.clip_rollout import block_step_counts, rollout_clip
-from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.models.dit import ClipConditions
 from lit_avatar.modules.conditions import clip_inputs
 from lit_avatar.modules.critic import critic_flow_loss, critic_from_teacher
+from lit_avatar.modules.distillation import DistillationStage
 from lit_avatar.modules.dmd import DMDLoss
+from lit_avatar.modules.ema import EMASettings
 from lit_avatar.modules.losses import box_weight_map
 from lit_avatar.modules.optim import (
     LRSchedulerCallable,
@@ -38,7 +39,7 @@ from lit_avatar.modules.optim import (
     dmd_generator_adamw,
     optimizer_config,
 )
-from lit_avatar.modules.stage import TrainingStage, batch_size_of
+from lit_avatar.modules.stage import batch_size_of
 from lit_avatar.seeding import step_generator
 
 
@@ -59,22 +60,21 @@ def _no_closure() -> None:
     """The generator's backward already ran (manual optimisation); the optimizer's closure has nothing to do."""
 
 
+SELF_FORCING_EMA = EMASettings(decay=0.99, start_step=200)  # frozen: safe as a default
 FRESH_SAMPLE_STEP = 10**12  # draws of the critic's fresh rollout: those of a step number training never reaches
 
 
-class SelfForcingModule(TrainingStage):
+class SelfForcingModule(DistillationStage):
     """Self-Forcing with DMD.
+
+    The rollout is the block loop's, the same as at inference (ablations switch it); `teacher_weights` load
+    into the teacher and the critic, `generator_weights` (the ODE-init stage's) into the generator; the
+    mouth weight weighs the critic's flow loss.
 
     Args:
         generator: the causal student (AvatarDiT), trained.
         teacher: the bidirectional teacher (AvatarDiT), frozen: the real score.
         critic: the bidirectional fake score, trained; None: a copy of the teacher (after its weights load).
-        rollout: the block loop's options, the same as at inference (ablations switch them).
-        vae: the frozen VideoVAE (batches with `video`) ...
-        audio_encoder: ... and the frozen AudioEncoder (batches with raw `audio`); None with `audio_feats`.
-        teacher_weights: checkpoint of stage 1 loaded into the teacher and (when built here) the critic.
-        generator_weights: checkpoint of the ODE-init stage (or the teacher) loaded into the generator.
-        weights_prefix: state-dict prefix in those checkpoints; default: each checkpoint's record/EMA.
         generator_optimizer: builds the generator's optimizer from its parameter groups (weight matrices, then
             biases and norms at weight decay 0); default AdamW, lr 2e-6, betas (0, 0.999), weight decay 0.01
             (REFERENCE.md at scale).
@@ -97,30 +97,24 @@ class SelfForcingModule(TrainingStage):
         min_timestep: lower clamp of the scoring timestep (20).
         max_timestep: upper clamp of the scoring timestep (980).
         same_exit_step: one exit draw shared by all blocks of a rollout, or one per block.
-        mouth_weight: weight inside the mouth box in the critic's flow loss (1 = off).
-        ema_decay: generator EMA decay; None disables the EMA.
-        ema_start_step: iteration (critic update, `trainer.global_step`) from which the generator EMA
-            averages; before it the EMA copies the generator. Self-Forcing counts iterations: 200 of 3,000
-            with 5 critic updates per generator update averages 560 of the 600 generator updates.
+        ema_settings: the generator's weight EMA (None disables it); its start step counts iterations (critic
+            updates, `trainer.global_step`), as Self-Forcing does: 200 of 3,000 with 5 critic updates per
+            generator update averages 560 of the 600 generator updates. Default: decay 0.99 from iteration 200.
         val_max_samples: validation clips generated per batch for SynthSync and the logged samples.
         val_sample_batches: validation batches whose samples are logged as images/mp4.
-        seed: seed of every random draw (combined with the step).
+        **kwargs: the DistillationStage's (rollout, vae, audio_encoder, teacher_weights, generator_weights,
+            weights_prefix, mouth_weight, seed).
     """
 
-    frozen_parts = ("teacher", "vae", "audio_encoder", "generator_ema")
-    trained, ema, sharded = "generator", "generator_ema", ("generator", "generator_ema", "critic", "teacher")
+    sharded = ("generator", "generator_ema", "critic", "teacher")
+    not_hparams = ("critic", "generator_optimizer", "critic_optimizer", "generator_lr_scheduler",
+                   "critic_lr_scheduler")
 
     def __init__(
         self,
         generator: nn.Module,
         teacher: nn.Module,
         critic: nn.Module | None = None,
-        rollout: RolloutOptions | None = None,
-        vae: nn.Module | None = None,
-        audio_encoder: nn.Module | None = None,
-        teacher_weights: str | None = None,
-        generator_weights: str | None = None,
-        weights_prefix: str | None = None,
         generator_optimizer: OptimizerCallable = dmd_generator_adamw,
         critic_optimizer: OptimizerCallable = dmd_critic_adamw,
         generator_lr_scheduler: LRSchedulerCallable | None = None,
@@ -134,30 +128,21 @@ class SelfForcingModule(TrainingStage):
         min_timestep: float = 20.0,
         max_timestep: float = 980.0,
         same_exit_step: bool = True,
-        mouth_weight: float = 5.0,
-        ema_decay: float | None = 0.99,
-        ema_start_step: int = 200,
+        ema_settings: EMASettings | None = SELF_FORCING_EMA,
         val_max_samples: int = 4,
         val_sample_batches: int = 1,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
         if critic_steps < 1:
             raise UserError(f"model.critic_steps: expected >= 1, got {critic_steps}")
         if critic_sample not in ("fresh", "reuse"):
             raise UserError(f"model.critic_sample: expected 'fresh' or 'reuse', got {critic_sample!r}")
-        # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
-        # the checkpoint names them
-        self.save_hyperparameters(ignore=["generator", "teacher", "critic", "vae", "audio_encoder", "rollout",
-                                          "generator_optimizer", "critic_optimizer", "generator_lr_scheduler",
-                                          "critic_lr_scheduler"])
+        super().__init__(generator, teacher, ema_settings=ema_settings, **kwargs)
         self.optimizer_builders = {"generator": (generator_optimizer, generator_lr_scheduler),
                                 "critic": (critic_optimizer, critic_lr_scheduler)}
-        self.init_student(generator, teacher, rollout, vae, audio_encoder, teacher_weights, generator_weights,
-                          weights_prefix, ema_decay)
         self.critic = critic if critic is not None else critic_from_teacher(teacher)
-        if critic is not None and teacher_weights is not None:
-            load_stage_weights(self.critic, teacher_weights, weights_prefix)
+        if critic is not None and self.hparams.teacher_weights is not None:
+            load_stage_weights(self.critic, self.hparams.teacher_weights, self.hparams.weights_prefix)
         self.dmd = DMDLoss(guidance_scale, dmd_shift, min_timestep, max_timestep, uncond_drops_ref)
         self.critic_sigmas = SigmaSampler("uniform", shift=dmd_shift, min_sigma=min_timestep / 1000.0,
                                           max_sigma=max_timestep / 1000.0)

@@ -13,11 +13,9 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lit_avatar.checkpoint import load_stage_weights, video_size_of
-from lit_avatar.errors import UserError
-from lit_avatar.inference.options import RolloutOptions
-from lit_avatar.modules.ema import ema_decay_at, ema_update, make_ema_copy
-from lit_avatar.modules.frozen import KeepsFrozenInEval, freeze
+from lit_avatar.checkpoint import video_size_of
+from lit_avatar.modules.ema import EMASettings, ema_decay_at, ema_update, make_ema_copy
+from lit_avatar.modules.frozen import KeepsFrozenInEval
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
 
 
@@ -38,29 +36,12 @@ class TrainingStage(KeepsFrozenInEval, pl.LightningModule):
     ema: str = "ema_model"
     sharded: tuple[str, ...] = ()
 
-    def init_ema(self, decay: float | None) -> None:
-        """The frozen EMA copy of the trained network (None without decay)."""
-        if decay is not None and not 0.0 <= decay < 1.0:
-            raise UserError(f"model.ema_decay: expected in [0, 1) or None, got {decay}")
-        setattr(self, self.ema, make_ema_copy(getattr(self, self.trained)) if decay is not None else None)
+    def init_ema(self, settings: EMASettings | None) -> None:
+        """The frozen EMA copy of the trained network (None without settings)."""
+        self.ema_settings = settings
+        setattr(self, self.ema, make_ema_copy(getattr(self, self.trained)) if settings is not None else None)
         self._last_ema_step = -1
         self._video_size: tuple[int, int] | None = None
-
-    def init_student(self, generator: nn.Module, teacher: nn.Module, rollout: RolloutOptions | None,
-                     vae: nn.Module | None, audio_encoder: nn.Module | None, teacher_weights: str | None,
-                     generator_weights: str | None, weights_prefix: str | None, ema_decay: float | None) -> None:
-        """What the distillation stages share: the rollout options, the earlier stages' weights loaded into
-        the teacher and the generator, the frozen teacher, VAE and audio encoder, and the generator's EMA."""
-        if vae is None:
-            raise UserError("model.vae: a VideoVAE is required (PatchVAE for CPU runs)")
-        self.rollout_options = rollout if rollout is not None else RolloutOptions()
-        if teacher_weights is not None:
-            load_stage_weights(teacher, teacher_weights, weights_prefix)
-        if generator_weights is not None:
-            load_stage_weights(generator, generator_weights, weights_prefix)
-        self.generator, self.teacher, self.vae, self.audio_encoder = generator, teacher, vae, audio_encoder
-        freeze(teacher, vae, audio_encoder)
-        self.init_ema(ema_decay)
 
     @property
     def sampling_model(self) -> nn.Module:
@@ -79,8 +60,8 @@ class TrainingStage(KeepsFrozenInEval, pl.LightningModule):
         if ema is None or step == self._last_ema_step:
             return  # no EMA, or no optimizer step happened (gradient accumulation)
         self._last_ema_step = step
-        ema_update(ema, getattr(self, self.trained), ema_decay_at(step, self.hparams.ema_decay,
-                                                                  self.hparams.ema_start_step))
+        ema_update(ema, getattr(self, self.trained), ema_decay_at(step, self.ema_settings.decay,
+                                                                  self.ema_settings.start_step))
 
     def note_video_size(self, batch: dict) -> None:
         """Remember the training video size for the checkpoint's generator record."""

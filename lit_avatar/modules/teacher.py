@@ -13,17 +13,21 @@ from lit_avatar.diffusion import (
     add_noise,
     velocity_target,
 )
-from lit_avatar.diffusion.sigma_sampling import SigmaDistribution
 from lit_avatar.errors import UserError
 from lit_avatar.models.dit import AvatarDiT
 from lit_avatar.models.vae import VideoVAE
-from lit_avatar.modules.conditions import clip_conditions, clip_inputs, drop_conditions, latent_frames, latents_of
+from lit_avatar.modules.conditions import clip_conditions, clip_inputs, latent_frames, latents_of
+from lit_avatar.modules.ema import EMASettings
 from lit_avatar.modules.frozen import freeze
 from lit_avatar.modules.losses import box_weight_map, weighted_mse
 from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, OptimizerCallable, optimizer_config
 from lit_avatar.modules.stage import TrainingStage, batch_size_of
+from lit_avatar.modules.teacher_draws import ConditionDropout, MotionPrefix
 from lit_avatar.modules.teacher_sampler import TeacherSampler
 from lit_avatar.seeding import step_generator
+
+VALIDATION_SAMPLER = TeacherSampler(steps=20)  # frozen: safe as defaults
+TEACHER_EMA = EMASettings(decay=0.999)
 
 
 class TeacherModule(TrainingStage):
@@ -41,29 +45,19 @@ class TeacherModule(TrainingStage):
             norms at weight decay 0); default AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01.
         lr_scheduler: builds the schedule of that optimizer, stepped every optimizer step; default a linear
             warm-up over 100 steps (LinearWarmup); None keeps the learning rate constant.
-        timestep_sampling: training noise-level distribution, "uniform" or "logit_normal".
-        timestep_shift: shift k applied to the drawn levels; use the sampling schedule's shift.
-        logit_normal_loc: mean of the logit-normal's normal.
-        logit_normal_scale: standard deviation of the logit-normal's normal.
-        audio_dropout: per-sample probability of training with null (zero) audio, for audio CFG.
-        ref_dropout: per-sample probability of a null (zero) reference latent, for reference CFG.
-        text_dropout: per-batch probability of the learned null text (None), when batches carry `text`.
-        all_dropout: per-sample probability of dropping every condition at once (the unconditional
-            prediction that guidance subtracts most).
-        motion_frames: latent frames at the clip's head given as a motion prefix (0 = off). On samples with
-            a prefix these frames are corrupted to a small level s_m (Motion Condition Injection) rather
-            than the sample's s, and are left out of the loss; the teacher thus learns to continue motion.
-        motion_prob: fraction of training samples that get a motion prefix.
-        motion_sigma_min: lowest prefix noise level s_m.
-        motion_sigma_max: highest prefix noise level s_m.
+        sigma_sampler: draws the training noise levels (distribution, shift, clamp); None: logit-normal
+            (mean 0, scale 1) without shift. Give it the sampling schedule's shift.
+        condition_dropout: which conditions a sample trains without, for CFG; None: audio and reference 0.1
+            each, text 0.1 per batch, all at once 0.05.
+        motion_prefix: which clips get their first latent frames as a motion prefix at a small noise level
+            (Motion Condition Injection); None: no prefix.
         mouth_weight: loss weight inside the batch's `mouth_box` (1 elsewhere, mean-normalised); 1 = off.
             Without it lip sync barely emerges at small budgets (DESIGN.md).
-        ema_decay: decay of the weight EMA used for validation samples; None disables the EMA copy.
-        ema_start_step: optimizer step from which the EMA averages (before it, it copies the weights).
-        sample_steps: Euler steps for validation samples.
-        sample_shift: timestep shift of the sampling schedule.
-        audio_guidance: CFG scale of the audio condition over reference(+text).
-        ref_guidance: CFG scale of reference(+text) over no condition; 1 skips the unconditional pass.
+        ema_settings: the weight EMA used for validation samples and the checkpoint record; None disables the
+            EMA copy. Default: decay 0.999 from the first step.
+        sampler: how validation samples are drawn (Euler steps, schedule shift, audio and reference CFG); the
+            checkpoint stores its settings as `sample_steps`, `sample_shift`, `audio_guidance` and
+            `ref_guidance`, from which `lit-avatar generate` and the demo sample the teacher.
         val_sample_batches: validation batches from which clips are sampled and logged (0 = none).
         val_max_samples: clips sampled per such batch.
         seed: seed of the validation noise, so samples at different steps are comparable.
@@ -79,52 +73,35 @@ class TeacherModule(TrainingStage):
         audio_encoder: nn.Module | None = None,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01),
         lr_scheduler: LRSchedulerCallable | None = lambda optimizer: LinearWarmup(optimizer, warmup_steps=100),
-        timestep_sampling: SigmaDistribution = "logit_normal",
-        timestep_shift: float = 1.0,
-        logit_normal_loc: float = 0.0,
-        logit_normal_scale: float = 1.0,
-        audio_dropout: float = 0.1,
-        ref_dropout: float = 0.1,
-        text_dropout: float = 0.1,
-        all_dropout: float = 0.05,
-        motion_frames: int = 0,
-        motion_prob: float = 0.5,
-        motion_sigma_min: float = 0.0,
-        motion_sigma_max: float = 0.3,
+        sigma_sampler: SigmaSampler | None = None,
+        condition_dropout: ConditionDropout | None = None,
+        motion_prefix: MotionPrefix | None = None,
         mouth_weight: float = 5.0,
-        ema_decay: float | None = 0.999,
-        ema_start_step: int = 0,
-        sample_steps: int = 20,
-        sample_shift: float = 3.0,
-        audio_guidance: float = 2.0,
-        ref_guidance: float = 1.0,
+        ema_settings: EMASettings | None = TEACHER_EMA,
+        sampler: TeacherSampler = VALIDATION_SAMPLER,
         val_sample_batches: int = 1,
         val_max_samples: int = 4,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, p in [("audio_dropout", audio_dropout), ("ref_dropout", ref_dropout), ("text_dropout", text_dropout),
-                        ("all_dropout", all_dropout), ("motion_prob", motion_prob)]:
-            if not 0.0 <= p <= 1.0:
-                raise UserError(f"model.{name}: expected a probability in [0, 1], got {p}")
-        if not 0.0 <= motion_sigma_min <= motion_sigma_max <= 1.0:
-            raise UserError("model: expected 0 <= motion_sigma_min <= motion_sigma_max <= 1, "
-                            f"got {motion_sigma_min}, {motion_sigma_max}")
-        if motion_frames < 0 or mouth_weight <= 0 or sample_steps < 1:
-            raise UserError("model: motion_frames must be >= 0, mouth_weight > 0 and sample_steps >= 1")
+        if mouth_weight <= 0 or sampler.steps < 1:
+            raise UserError("model: mouth_weight must be > 0 and sampler.steps >= 1")
         # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
         # the checkpoint names them
-        self.save_hyperparameters(ignore=["model", "vae", "audio_encoder", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["model", "vae", "audio_encoder", "optimizer", "lr_scheduler",
+                                          "sigma_sampler", "condition_dropout", "motion_prefix", "sampler",
+                                          "ema_settings"])
+        self.hparams.update(sampler.hparams())
         self.make_optimizer = optimizer
         self.make_lr_scheduler = lr_scheduler
         self.model = model
         self.vae = vae
         self.audio_encoder = audio_encoder
         freeze(vae, audio_encoder)
-        self.init_ema(ema_decay)
-        self.sigma_sampler = SigmaSampler(
-            timestep_sampling, shift=timestep_shift, loc=logit_normal_loc, scale=logit_normal_scale
-        )
+        self.init_ema(ema_settings)
+        self.sigma_sampler = sigma_sampler if sigma_sampler is not None else SigmaSampler("logit_normal")
+        self.condition_dropout = condition_dropout if condition_dropout is not None else ConditionDropout()
+        self.motion_prefix = motion_prefix if motion_prefix is not None else MotionPrefix()
 
     # ----- loss -----
 
@@ -143,27 +120,19 @@ class TeacherModule(TrainingStage):
             net: the network to score; the critic of later stages reuses this loss with its own network.
             generator: CPU generator for reproducible noise levels, noise and dropout (validation).
             dropout: apply the CFG condition dropout.
-            motion_prefix: give a motion prefix to a `motion_prob` fraction of samples.
+            motion_prefix: apply the motion prefix (to its `prob` fraction of samples).
         """
         net = self.model if net is None else net
         x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
         b, _, t, h, w = x0.shape
         audio, ref, text = conds.audio, conds.ref, conds.text
         if dropout:
-            hp = self.hparams
-            audio, ref, text = drop_conditions(
-                audio, ref, text, hp.audio_dropout, hp.ref_dropout, hp.text_dropout, hp.all_dropout, generator
-            )
+            audio, ref, text = self.condition_dropout(audio, ref, text, generator)
         sigma = self.sigma_sampler(b, generator=generator).to(x0.device)
         sigma_frames = sigma[:, None].expand(b, t).clone()
         frame_mask = torch.ones(b, t, device=x0.device)
-        m = min(self.hparams.motion_frames, t - 1)
-        if motion_prefix and m > 0:
-            has_prefix = (torch.rand(b, generator=generator) < self.hparams.motion_prob).to(x0.device)
-            lo, hi = self.hparams.motion_sigma_min, self.hparams.motion_sigma_max
-            s_m = (lo + (hi - lo) * torch.rand(b, generator=generator)).to(x0.device)
-            sigma_frames[:, :m] = torch.where(has_prefix[:, None], s_m[:, None], sigma_frames[:, :m])
-            frame_mask[:, :m] = torch.where(has_prefix[:, None], 0.0, 1.0)
+        if motion_prefix:
+            self.motion_prefix.apply(sigma_frames, frame_mask, generator)
         noise = (torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None
                  else torch.randn_like(x0))
         xs = add_noise(x0, noise, sigma_frames)
@@ -233,7 +202,7 @@ class TeacherModule(TrainingStage):
 
         Args:
             batch: batch dict with `video` or `latents`, `audio` or `audio_feats`, `ref` or `ref_latent`.
-            num_steps: Euler steps (default `sample_steps`), on `shifted_schedule(num_steps, sample_shift)`.
+            num_steps: Euler steps (default the sampler's), on its shifted schedule.
             generator: CPU generator for the starting noise.
             use_ema: sample with the EMA weights when there are any.
             progress: optional iterator wrapper (e.g. tqdm) for the steps.

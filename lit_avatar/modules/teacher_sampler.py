@@ -6,6 +6,7 @@ its own shift or guidance.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +36,20 @@ class TeacherSampler:
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any], steps: int | None = None) -> TeacherSampler:
-        """The sampler a TeacherModule with these hyper-parameters uses (its checkpoint stores them)."""
+        """The sampler a TeacherModule with these hyper-parameters uses (its checkpoint stores them: as the
+        `sampler` dict of `hparams()`, or, in checkpoints written before the sampler was injected, flat)."""
+        saved = hparams.get("sampler")
+        if isinstance(saved, Mapping):
+            return cls(**{**saved, "steps": int(steps or saved["steps"])})
         return cls(steps=int(steps or hparams.get("sample_steps", cls.steps)),
                    shift=float(hparams.get("sample_shift", cls.shift)),
                    audio_guidance=float(hparams.get("audio_guidance", cls.audio_guidance)),
                    ref_guidance=float(hparams.get("ref_guidance", cls.ref_guidance)))
+
+    def hparams(self) -> dict[str, Any]:
+        """What a TeacherModule's checkpoint stores of this sampler: plain values (checkpoints load with
+        weights_only=True), read back by `from_hparams` and by LightningCLI when it resumes."""
+        return {"sampler": dataclasses.asdict(self)}
 
     @property
     def forwards_per_step(self) -> int:
