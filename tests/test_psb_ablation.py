@@ -94,7 +94,7 @@ def test_a_baseline_that_is_no_variant_is_a_user_error(tmp_path):
 @pytest.mark.slow
 def test_tiny_psb_ablation_runs_end_to_end(tmp_path):
     from lit_avatar.ablations import main
-    from lit_avatar.inference.loading import load_generator
+    from lit_avatar.checkpoint import load_generator
 
     demo_args = ("--clips 16 --seconds 1 --val-identities 2 --teacher-steps 2 --teacher-batch 2 --ode-steps 1 "
                  "--ode-batch 2 --dmd-batch 2")
