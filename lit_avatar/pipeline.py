@@ -120,7 +120,9 @@ def teacher_sampler(teacher_ckpt: Path, steps: int | None = None):
 
     from lit_avatar.modules.teacher_sampler import TeacherSampler
 
-    hparams = torch.load(str(teacher_ckpt), map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+    # mmap: only the hyper-parameters are read, not the weights load_generator already read
+    checkpoint = torch.load(str(teacher_ckpt), map_location="cpu", weights_only=True, mmap=True)
+    hparams = checkpoint.get("hyper_parameters") or {}
     return TeacherSampler.from_hparams(hparams, steps=steps)
 
 
