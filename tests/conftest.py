@@ -49,3 +49,15 @@ def synth_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthtalk")
     write_synthtalk(out, clips=10, seconds=1.0, shards=2, size=32, seed=1234, val_identities=1, identities=5)
     return out
+
+
+PROMPT_WORDS = ("a woman man talking smiling red green blue hair skin background mouth open closed wide in "
+                "studio").split()
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder(tmp_path_factory) -> Path:
+    """A tiny random umT5 (d_model 16, the tiny DiT's text_dim) with a word-level tokenizer over PROMPT_WORDS."""
+    from lit_avatar.prompts import write_tiny_text_encoder
+
+    return write_tiny_text_encoder(tmp_path_factory.mktemp("umt5") / "text_encoder", PROMPT_WORDS, d_model=16)

@@ -6,8 +6,9 @@ only this project's networks, each with the argument names `describe` writes and
 (numbers, strings, booleans, null, lists, dicts with string keys): no nested `class_path`, no callables,
 no tensors. The wrappers load the third-party networks they wrap themselves, from local folders only:
 WanVAE -> diffusers `AutoencoderKLWan.from_pretrained(..., local_files_only=True)`, Wav2Vec2AudioEncoder
--> transformers `Wav2Vec2Model.from_pretrained(..., local_files_only=True)`; a record cannot name those
-(or any other) third-party classes itself.
+-> transformers `Wav2Vec2Model.from_pretrained(..., local_files_only=True)`, PromptEncoder -> transformers
+`UMT5EncoderModel` + `AutoTokenizer` (`local_files_only`, no remote code), only on a prompt cache miss; a
+record cannot name those (or any other) third-party classes itself.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ ALLOWED_CLASSES: dict[str, frozenset[str]] = {
     "lit_avatar.models.audio.MelAudioEncoder": frozenset({"n_mels", "columns_per_frame", "n_fft", "win_length",
                                                           "f_min", "f_max", "normalize", "window"}),
     "lit_avatar.models.audio.Wav2Vec2AudioEncoder": frozenset({"path", "layers", "window"}),
+    "lit_avatar.prompts.encoder.PromptEncoder": frozenset({"path", "max_length", "dtype"}),
 }
 
 # record slot -> the classes it may name
@@ -33,7 +35,9 @@ SLOT_CLASSES: dict[str, tuple[str, ...]] = {
     "model": ("lit_avatar.models.dit.AvatarDiT",),
     "vae": ("lit_avatar.models.vae.PatchVAE", "lit_avatar.models.vae.WanVAE"),
     "audio_encoder": ("lit_avatar.models.audio.MelAudioEncoder", "lit_avatar.models.audio.Wav2Vec2AudioEncoder"),
+    "text_encoder": ("lit_avatar.prompts.encoder.PromptEncoder",),
 }
+OPTIONAL_SLOTS = ("audio_encoder", "text_encoder")  # null when training used precomputed features / no text
 
 PLAIN = "plain JSON values: numbers, strings, booleans, null, lists and dicts with string keys"
 

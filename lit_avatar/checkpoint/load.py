@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ class GeneratorBundle:
     audio_encoder: nn.Module | None
     rollout_options: RolloutOptions
     video_size: tuple[int, int] | None = None
+    text_encoder: Any = None  # a PromptEncoder when the generator was trained with prompts
 
 
 def require_causal(source: GeneratorSource, command: str) -> None:
@@ -58,12 +60,14 @@ def build_generator(source: GeneratorSource, device: str | torch.device = "cpu")
     vae = instantiate(record["vae"], source.name("vae"))
     encoder_spec = record.get("audio_encoder")
     encoder = instantiate(encoder_spec, source.name("audio_encoder")) if encoder_spec else None
+    text_spec = record.get("text_encoder")
+    text_encoder = instantiate(text_spec, source.name("text_encoder")) if text_spec else None
     options = rollout_options_from(record.get("rollout"), source.name("rollout"))
     size = record.get("video_size")
     for net in (model, vae, encoder):
         if isinstance(net, nn.Module):
             net.to(device).eval().requires_grad_(False)
-    return GeneratorBundle(source.kind, model, vae, encoder, options, tuple(size) if size else None)
+    return GeneratorBundle(source.kind, model, vae, encoder, options, tuple(size) if size else None, text_encoder)
 
 
 def load_generator(path: str, device: str | torch.device = "cpu") -> GeneratorBundle:

@@ -1,7 +1,7 @@
 """The generator record: what training writes beside the weights so inference can rebuild the generator.
 
-`record = {"kind", "model", "vae", "audio_encoder", "rollout", "weights_prefix", "video_size"}` where each
-network is a plain spec {"class_path", "init_args"} (docs/INTERFACES.md). `describe` and `generator_record`
+`record = {"kind", "model", "vae", "audio_encoder", "text_encoder", "rollout", "weights_prefix", "video_size"}`
+where each network is a plain spec {"class_path", "init_args"} (docs/INTERFACES.md). `describe` and `generator_record`
 write it; `check_record` holds what is read against the allow-list before `instantiate` imports anything.
 """
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import Any
 
 from torch import nn
 
-from lit_avatar.checkpoint.allow import SLOT_CLASSES, allowed_class, check_plain, check_spec
+from lit_avatar.checkpoint.allow import OPTIONAL_SLOTS, SLOT_CLASSES, allowed_class, check_plain, check_spec
 from lit_avatar.errors import UserError
 from lit_avatar.inference.options import MCIOptions, PSBOptions, RolloutOptions, URCROptions
 
 KINDS = ("teacher", "ode_init", "student")
 CAUSAL_KINDS = ("ode_init", "student")
 RECORD_KEY = "lit_avatar"
-RECORD_KEYS = ("kind", "model", "vae", "audio_encoder", "rollout", "weights_prefix", "video_size")
+RECORD_KEYS = ("kind", "model", "vae", "audio_encoder", "text_encoder", "rollout", "weights_prefix", "video_size")
 
 
 def _plain(value: Any) -> Any:
@@ -65,11 +65,12 @@ def describe(obj: Any) -> dict:
     for the DiT; frozen parts reload their own local weights).
 
     Args:
-        obj: an AvatarDiT, PatchVAE, WanVAE, MelAudioEncoder or Wav2Vec2AudioEncoder.
+        obj: an AvatarDiT, PatchVAE, WanVAE, MelAudioEncoder, Wav2Vec2AudioEncoder or PromptEncoder.
     """
     from lit_avatar.models.audio import MelAudioEncoder, Wav2Vec2AudioEncoder
     from lit_avatar.models.dit import AvatarDiT
     from lit_avatar.models.vae import PatchVAE, WanVAE
+    from lit_avatar.prompts.encoder import PromptEncoder
 
     if isinstance(obj, AvatarDiT):
         args = {"config": dataclasses.asdict(obj.config)}
@@ -82,6 +83,8 @@ def describe(obj: Any) -> dict:
         args = _describe_mel(obj)
     elif isinstance(obj, Wav2Vec2AudioEncoder):
         args = {"path": _pretrained_path(obj.model, "Wav2Vec2AudioEncoder"), "layers": obj.layers, "window": obj.window}
+    elif isinstance(obj, PromptEncoder):
+        args = {"path": obj.path, "max_length": obj.max_length, "dtype": obj.dtype}
     else:
         raise TypeError(f"describe: no spec for {_class_path(obj)}")
     return {"class_path": _class_path(obj), "init_args": _plain(args)}
@@ -139,7 +142,7 @@ def check_record(record: Any, where: str, key: str = "") -> dict:
     if record.get("kind") not in KINDS:
         raise UserError(f"{name('kind')} {record.get('kind')!r}: expected one of {', '.join(KINDS)}")
     for slot, allowed in SLOT_CLASSES.items():
-        if slot != "audio_encoder" or record.get(slot) is not None:
+        if slot not in OPTIONAL_SLOTS or record.get(slot) is not None:
             check_spec(record.get(slot), name(slot), allowed)
     if record.get("rollout") is not None and not isinstance(record["rollout"], dict):
         raise UserError(f"{name('rollout')}: expected a dict of rollout options or null")
@@ -155,7 +158,7 @@ def check_record(record: Any, where: str, key: str = "") -> dict:
 
 def generator_record(kind: str, model: nn.Module, vae: nn.Module, audio_encoder: nn.Module | None,
                      rollout_options: RolloutOptions | None, weights_prefix: str,
-                     video_size: tuple[int, int] | None = None) -> dict:
+                     video_size: tuple[int, int] | None = None, text_encoder: Any = None) -> dict:
     """The `checkpoint["lit_avatar"]` entry that lets `load_generator` rebuild the generator.
 
     Args:
@@ -166,6 +169,7 @@ def generator_record(kind: str, model: nn.Module, vae: nn.Module, audio_encoder:
         rollout_options: the block-loop options the causal model was trained with (None for a teacher).
         weights_prefix: prefix of the generator's entries in `checkpoint["state_dict"]`, e.g. "ema_model.".
         video_size: training frame size [H, W], so inference crops references to the size the model knows.
+        text_encoder: the PromptEncoder that embedded the training captions (None: trained without text).
     """
     if kind not in KINDS:
         raise ValueError(f"generator_record kind={kind!r}: expected one of {KINDS}")
@@ -174,6 +178,7 @@ def generator_record(kind: str, model: nn.Module, vae: nn.Module, audio_encoder:
         "model": describe(model),
         "vae": describe(vae),
         "audio_encoder": describe(audio_encoder) if audio_encoder is not None else None,
+        "text_encoder": describe(text_encoder) if text_encoder is not None else None,
         "rollout": _plain(dataclasses.asdict(rollout_options)) if rollout_options is not None else None,
         "weights_prefix": weights_prefix,
     }
