@@ -87,3 +87,16 @@ def test_a_wan_pipeline_folder_layout_is_read(tiny_text_encoder, tmp_path):
     assert text_encoder_folders(root) == (root / "text_encoder", root / "tokenizer")
     assert torch.equal(UMT5TextEncoder(str(root), 12).encode(PROMPTS),
                        UMT5TextEncoder(str(tiny_text_encoder), 12).encode(PROMPTS))
+
+
+def test_file_hashes_are_remembered_across_processes(tiny_text_encoder, tmp_path, monkeypatch):
+    from lit_avatar.prompts import encoder as module
+
+    memo = tmp_path / "file_hashes.json"
+    first = folder_identity(tiny_text_encoder, 12, memo)
+    monkeypatch.setattr(module, "_FILE_HASHES", {})  # a new process
+    hashed = []
+    real = module.hashlib.sha256
+    monkeypatch.setattr(module.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    assert folder_identity(tiny_text_encoder, 12, memo) == first
+    assert len(hashed) == 1  # the identity's own digest; no file read again

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from lit_avatar.data.atomic import write_json_atomic
 from lit_avatar.errors import UserError
 from lit_avatar.models.text import WAN_TEXT_TOKENS, UMT5TextEncoder, text_encoder_folders
 from lit_avatar.prompts.cache import PromptCache
@@ -31,9 +32,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lit_avatar" / "prompts")
 
 
-def _file_sha256(path: Path) -> str:
+def _file_key(path: Path) -> tuple[str, int, int]:
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def _file_sha256(path: Path) -> str:
+    key = _file_key(path)
     if key not in _FILE_HASHES:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
@@ -43,12 +48,33 @@ def _file_sha256(path: Path) -> str:
     return _FILE_HASHES[key]
 
 
-def folder_identity(path: str | Path, max_length: int) -> str:
-    """sha256 over the encoder's and tokenizer's files (names and contents), max_length and ENCODING."""
+def _remembered_hashes(memo: Path | None) -> None:
+    """Load hashes an earlier process stored (umT5-XXL is 11 GB: hashing it costs seconds each start)."""
+    if memo is None:
+        return
+    try:
+        entries = json.loads(memo.read_text())
+        for path, size, mtime, sha in entries:
+            _FILE_HASHES.setdefault((str(path), int(size), int(mtime)), str(sha))
+    except (OSError, ValueError, TypeError):
+        pass  # a missing or damaged memo only costs the hashing
+
+
+def folder_identity(path: str | Path, max_length: int, memo: Path | None = None) -> str:
+    """sha256 over the encoder's and tokenizer's files (names and contents), max_length and ENCODING.
+
+    Args:
+        path: the encoder folder.
+        max_length: tokens per prompt.
+        memo: a JSON file remembering file hashes by (path, size, mtime) across processes.
+    """
+    _remembered_hashes(memo)
     digest = hashlib.sha256(f"{ENCODING}:{max_length}".encode())
     for folder in dict.fromkeys(text_encoder_folders(path)):
         for file in sorted(p for p in folder.rglob("*") if p.is_file()):
             digest.update(f"{file.relative_to(folder)}={_file_sha256(file)};".encode())
+    if memo is not None:  # every hash known here, so encoders sharing a cache keep each other's
+        write_json_atomic(memo, [[*key, sha] for key, sha in _FILE_HASHES.items()], indent=None)
     return digest.hexdigest()
 
 
@@ -75,7 +101,7 @@ class PromptEncoder:
     @property
     def identity(self) -> str:
         if self._identity is None:
-            self._identity = folder_identity(self.path, self.max_length)
+            self._identity = folder_identity(self.path, self.max_length, self.cache.folder / "file_hashes.json")
         return self._identity
 
     @property
