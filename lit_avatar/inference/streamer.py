@@ -152,6 +152,11 @@ class AvatarStreamer:
                              f"{tuple(text.shape)}")
         self._prompt = (None if text is None else text.to(self.device),)
 
+    def grid_fields(self) -> dict:
+        """Where the blocks meet in the video (a sidecar's "grid": `lit-avatar eval` scores its seams there)."""
+        return {"frames_per_block": self.grid.frames_per_block, "temporal_factor": self.grid.temporal_factor,
+                "fps": self.grid.fps}
+
     def _dtype(self) -> torch.dtype:
         vae_dtype = getattr(self.vae, "dtype", None)
         return vae_dtype if isinstance(vae_dtype, torch.dtype) else torch.float32
