@@ -200,3 +200,29 @@ def test_text_guidance_is_the_guided_velocity_of_two_forwards():
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-5)
     torch.testing.assert_close(guided.cache.layers[0].text_kv[0], expected_text[0], rtol=0, atol=0)
     assert guided.records[-1].forwards == 2 * (len(sigmas) - 1) + 1
+
+
+def test_the_prompt_change_bench_writes_its_rows(tmp_path, capsys):
+    """bench/prompt_change.py on the micro model: the latency rows with and without a change, the change's cost
+    on a miss, a memory hit and a disk hit, each change at the block it was asked for (no wall-clock claims)."""
+    import json
+
+    from bench.cli import main
+
+    out = tmp_path / "prompt.json"
+    assert main(["prompt", "--preset", "micro", "--size", "16", "--blocks", "13", "--every", "3", "--distinct", "2",
+                 "--psb-steps", "2,1", "--text-length", "8", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["blocks"] == 13 and result["blocks_with_change"] == 4 and result["steady_blocks_with_change"] >= 1
+    assert [c["block"] for c in result["changes"]] == [3, 6, 9, 12]
+    # prompts cycle through 2 texts: text 1 (new), text 0 (the start prompt: in memory), text 1, text 0
+    assert [c["embed"] for c in result["changes"]] == ["miss", "memory hit", "memory hit", "memory hit"]
+    for clock in ("seconds", "cpu_seconds"):
+        row = result["latency"][clock]
+        assert row["block_no_change"] > 0 and row["block_with_change"] > 0 and row["ratio"] > 0
+    cost = result["change_cost"]
+    assert cost["refill_kv_s"] > 0
+    for kind in ("miss", "memory_hit", "disk_hit"):
+        assert cost[kind]["change_s"] == pytest.approx(cost[kind]["embed_s"] + cost["refill_kv_s"])
+        assert cost[kind]["change_over_block"] > 0
