@@ -4,6 +4,7 @@ model trained without text and malformed prompts get the protocol's error and cl
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 
 import numpy as np
@@ -130,3 +131,23 @@ def test_malformed_prompts_are_refused(files, start, prompt, shown):
     server = _server(files, "text", "--max-message-kib", "8")
     result = _serve(server, lambda url: _peer(url, start, noise_audio(0.3), prompt_after=2, prompt=prompt))
     assert len(result.errors()) == 1 and shown in result.errors()[0] and result.close_code == 1003
+
+
+def test_worker_processes_embed_prompts_through_the_shared_cache(files, tmp_path):
+    """A worker process builds its own engine from the checkpoint: it embeds the start prompt and the prompt
+    message with its bundle's PromptEncoder over --prompt-cache, and its frames equal the in-process streamer's
+    with the same change; the prompts land in the shared cache folder."""
+    cache = tmp_path / "shared"
+    server = _server(files, "text", "--workers", "1", "--prompt-cache", str(cache))
+    audio = noise_audio(0.8)
+    result = _serve(server, lambda url: _peer(url, {"type": "start", "prompt": "green background"}, audio,
+                                              prompt_after=10, prompt="mouth wide open"))
+    assert result.errors() == [] and result.close_code == 1000
+    at = result.of_type("prompt_applied")[0]["frame"]
+    # written by the worker (the server's own process has embedded nothing yet)
+    assert sorted(p.name for p in cache.glob("*/*.safetensors")) == sorted(
+        f"{hashlib.sha256(t.encode()).hexdigest()}.safetensors" for t in ("green background", "mouth wide open"))
+    assert server.engine.text_encoder.encoded == 0
+    frames = np.stack([decode_image(image) for _, _, image in result.frames])
+    assert np.array_equal(frames, _offline(server, audio, "green background", "mouth wide open", at))
+    assert server.engine.text_encoder.encoded == 0  # read back from the cache the worker filled
