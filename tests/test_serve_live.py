@@ -112,12 +112,15 @@ def test_browser_streams_in_real_time(tmp_path):
     assert summary["latency_ms_median"] > 0 and 0 < page["framesDrawn"] <= page["framesReceived"]
 
 
-async def _browser_prompt_session(server, wav: str, before: float, after: float, prompt: str) -> dict:
+async def _browser_prompt_session(server, wav: str, before: float, after: float, prompt: str,
+                                  screenshot: Path) -> dict:
     """The page streams `before` seconds, the prompt is typed into its box (keyboard input) and submitted
     (Enter), it streams `after` seconds more, then Stop."""
     runner, port = await server.start("127.0.0.1", 0)
     try:
         async with Browser(wav) as browser:
+            await browser.call("Emulation.setDeviceMetricsOverride", width=980, height=520, deviceScaleFactor=1,
+                               mobile=False)
             await browser.open(f"http://127.0.0.1:{port}/")
             for _ in range(100):  # the page asks /stats whether the model takes prompts
                 if await browser.evaluate("liveStats.takesPrompts") is not None:
@@ -131,6 +134,7 @@ async def _browser_prompt_session(server, wav: str, before: float, after: float,
                 await browser.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
                                    windowsVirtualKeyCode=13, **({"text": "\r"} if kind == "keyDown" else {}))
             await asyncio.sleep(after)
+            await browser.screenshot(str(screenshot))
             await browser.evaluate("document.getElementById('stop').click()")
             for _ in range(100):
                 if await browser.evaluate("liveStats.state") == "closed":
@@ -160,10 +164,11 @@ def test_browser_prompt_box_changes_the_prompt_mid_stream(tmp_path, tiny_text_en
     t = np.arange(int(4 * 16000)) / 16000
     wav = _wav(tmp_path / "mic.wav", 0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 3 * t) > 0))
     prompt = "a woman talking, smiling"
-    page = asyncio.run(_browser_prompt_session(server, wav, 4.0, 4.0, prompt))
+    out = _results_dir(tmp_path)
+    page = asyncio.run(_browser_prompt_session(server, wav, 4.0, 4.0, prompt, out / "serve_page_prompt.png"))
     summary = server.finished[-1]
     sent = sorted(f.index for f in recorder.sent[summary["session"]])
-    _save(_results_dir(tmp_path), "serve_browser_prompt", {"server": summary, "prompt_state": page["prompt_state"],
+    _save(out, "serve_browser_prompt", {"server": summary, "prompt_state": page["prompt_state"],
                                                            "prompts_applied": page["promptsApplied"]})
     assert page["errors"] == [] and page["takesPrompts"] is True and page["box"] == prompt
     assert page["promptsSent"] == [prompt] and [m["text"] for m in page["promptsApplied"]] == [prompt]
