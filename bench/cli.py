@@ -9,6 +9,8 @@ BENCHMARKS = {
               "one training step per stage (teacher, ODE init, Self-Forcing) with peak memory"),
     "gpu": ("bench.gpu:main", "everything bench/gpu.sh measures, in one process (--dry-run: tiny, on any device)"),
     "build": ("bench.build_throughput:main", "data build throughput"),
+    "prompt": ("bench.prompt_change:main", "a prompt change mid-stream: block latency with and without one, the "
+               "change's cost (cache miss and hit)"),
     "serve": ("bench.serve_load:main", "lit-avatar serve under 1..N concurrent real-time sessions: latency, fairness"),
 }
 

@@ -41,9 +41,12 @@ def build_parser() -> CommandParser:
     return parser
 
 
-def random_checkpoint(path, kind: str = "student", size=(16, 16), preset: str = "micro") -> str:
+def random_checkpoint(path, kind: str = "student", size=(16, 16), preset: str = "micro",
+                      text_encoder: str | None = None, text_length: int = 16) -> str:
     """A random-weight causal checkpoint: "micro" (16x16) exercises every code path in a moment; "tiny" at
-    32x32 with the demo's rollout (PSB 6,4) costs what the demo's trained student costs per frame."""
+    32x32 with the demo's rollout (PSB 6,4) costs what the demo's trained student costs per frame. With
+    `text_encoder` (a umT5 folder whose width is the preset's text_dim) its record names a PromptEncoder of
+    `text_length` tokens and the text path is live, so prompts change the frames."""
     import torch
 
     from lit_avatar.checkpoint import generator_record
@@ -57,6 +60,8 @@ def random_checkpoint(path, kind: str = "student", size=(16, 16), preset: str = 
     model = AvatarDiT(config=get_preset(preset, **({"audio_feature_dim": 16} if preset == "micro" else {})))
     for block in model.blocks:  # a non-zero audio path, so the audio reaches the frames
         torch.nn.init.normal_(block.audio_attn.o.weight, std=0.05)
+        if text_encoder is not None:
+            torch.nn.init.normal_(block.cross_attn.o.weight, std=0.2)
     encoder = MelAudioEncoder(n_mels=model.config.audio_feature_dim, normalize=False)
     if preset == "micro":
         options = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[2, 1]), urcr=URCROptions(max_frames=8))
@@ -64,7 +69,12 @@ def random_checkpoint(path, kind: str = "student", size=(16, 16), preset: str = 
         options = RolloutOptions(frames_per_block=2, psb=PSBOptions(steps=[6, 4]), mci=MCIOptions(frames=2),
                                  urcr=URCROptions(max_frames=8, keep_frames=2))
     vae = PatchVAE(spatial_factor=2, scale=2.0)
-    record = generator_record(kind, model, vae, encoder, options, "generator.", video_size=size)
+    prompts = None
+    if text_encoder is not None:
+        from lit_avatar.prompts import PromptEncoder
+
+        prompts = PromptEncoder(str(text_encoder), max_length=text_length)
+    record = generator_record(kind, model, vae, encoder, options, "generator.", video_size=size, text_encoder=prompts)
     torch.save({"state_dict": {f"generator.{k}": v for k, v in model.state_dict().items()}, "lit_avatar": record},
                path)
     return str(path)

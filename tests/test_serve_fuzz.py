@@ -1,5 +1,6 @@
 """The live protocol, fuzzed: random peers (JSON of any shape, unknown types, binary of any length, oversize
-messages, start/stop in any order, abrupt disconnects, several at once) against one running server.
+messages, start/stop in any order, prompts of any shape in start and prompt messages, abrupt disconnects,
+several at once) against one running server whose model takes prompts.
 
 Invariants after every example: the server still answers; a well-behaved peer running beside the others got
 all its frames, in order; every peer that broke the protocol got the error and close code the protocol
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from serve_helpers import PeerResult, _read, image_file, noise_audio, run_peer, tiny_checkpoint
 
+from lit_avatar.inference.prompt_option import MAX_PROMPT_CHARS
 from lit_avatar.serve.app import TRANSPORT_SLACK
 from lit_avatar.serve.cli import build_parser, build_server
 
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LIMIT = 2048  # --max-message-kib 2
 QUICK_EXAMPLES, SLOW_EXAMPLES = 100, 1000
 GOOD_AUDIO_S = 0.24
+GOOD_START = json.dumps({"type": "start", "prompt": "a woman talking, smiling"})
 
 
 class _Running:
@@ -51,11 +54,12 @@ class _Running:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory):
+def running(tmp_path_factory, tiny_text_encoder):
     folder = tmp_path_factory.mktemp("serve_fuzz")
     args = build_parser().parse_args([
-        "--ckpt", tiny_checkpoint(folder / "s.ckpt"), "--ref", image_file(folder / "ref.png"), "--port", "0",
-        "--workers", "0", "--max-sessions", "8", "--max-message-kib", str(LIMIT / 1024), "--max-backlog", "60"])
+        "--ckpt", tiny_checkpoint(folder / "s.ckpt", text_encoder=tiny_text_encoder), "--ref",
+        image_file(folder / "ref.png"), "--port", "0", "--workers", "0", "--max-sessions", "8",
+        "--max-message-kib", str(LIMIT / 1024), "--max-backlog", "60", "--prompt-cache", str(folder / "prompts")])
     running = _Running(build_server(args))
     yield running
     running.close()
@@ -75,10 +79,18 @@ texts = st.one_of(
     st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40),  # mostly not JSON
     st.integers(LIMIT + 1, TRANSPORT_SLACK * LIMIT + 200).map(lambda n: json.dumps({"type": "start", "pad": "x" * n})),
 )
+prompt_values = json_values | st.text(max_size=60) | st.integers(MAX_PROMPT_CHARS - 2, MAX_PROMPT_CHARS + 2).map(
+    lambda n: "y" * n)  # at and just past the length bound (the message still fits the size limit)
+prompts = st.one_of(
+    prompt_values.map(lambda v: json.dumps({"type": "prompt", "text": v})),
+    prompt_values.map(lambda v: json.dumps({"type": "start", "prompt": v})),
+    st.just(json.dumps({"type": "prompt"})),  # no text at all
+)
 START, STOP = ("text", json.dumps({"type": "start"})), ("text", json.dumps({"type": "stop"}))
 actions = st.one_of(
     st.just(START),
     st.just(STOP),
+    prompts.map(lambda t: ("text", t)),
     texts.map(lambda t: ("text", t)),
     st.integers(0, 800).map(lambda n: ("binary", bytes(2 * n))),  # audio of any (even) size
     st.integers(0, 2 * LIMIT).map(lambda n: ("binary", bytes(n))),  # any length, odd and over the limit too
@@ -101,13 +113,21 @@ class Outcome:
     vanish: bool = False
 
 
-def _control(text: str) -> str | None:
+def _control(text: str) -> tuple[str | None, dict | None]:
     try:
         message = json.loads(text)
     except ValueError:
-        return None
+        return None, None
     kind = message.get("type") if isinstance(message, dict) else None
-    return kind if kind in ("start", "stop") else "unknown"
+    return (kind, message) if kind in ("start", "prompt", "stop") else ("unknown", message)
+
+
+def _bad_prompt(message: dict, key: str) -> bool:
+    """A start's optional "prompt" or a prompt message's "text" that is not a string of at most the bound."""
+    if message["type"] == "start" and key not in message:
+        return False
+    text = message.get(key)
+    return not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS
 
 
 def expected(peer: list[tuple[str, object]]) -> Outcome:
@@ -129,17 +149,20 @@ def expected(peer: list[tuple[str, object]]) -> Outcome:
             continue
         if len(data) > LIMIT:
             return Outcome(n, f"message of {len(data)} bytes exceeds the limit", 1009)
-        control = _control(data)
+        control, message = _control(data)
         if control is None:
             return Outcome(n, "text message is not JSON", 1003)
         if control == "unknown":
             return Outcome(n, "unknown message type", 1003)
-        if not started and control == "stop":
+        if not started and control != "start":
             return Outcome(n, 'expected {"type": "start"} as the first message', 1003)
         if started and control == "start":
             return Outcome(n, "session already started", 1003)
         if control == "stop":
             return Outcome(n, None, 1000)  # the rest is generated, then "end" and a normal close
+        key = "prompt" if control == "start" else "text"
+        if _bad_prompt(message, key):
+            return Outcome(n, f'"{key}" must be a string of at most {MAX_PROMPT_CHARS} characters', 1003)
         started = True
     return Outcome(len(peer), None, None)  # the peer closes the socket itself
 
@@ -187,7 +210,7 @@ def _example(running: _Running, bad: list) -> None:
     good_audio = noise_audio(GOOD_AUDIO_S)
 
     async def everyone():
-        return await asyncio.gather(run_peer(running.url, good_audio, chunk=640),
+        return await asyncio.gather(run_peer(running.url, good_audio, chunk=640, first=[GOOD_START]),
                                     *[_bad_peer(running.url, p, o) for p, o in zip(bad, outcomes)])
 
     good, *results = asyncio.run(everyone())
@@ -209,6 +232,12 @@ RULES = [
     [[START, START], [("text", json.dumps({"type": "dance"}))], [STOP]],
     [[START, ("binary", bytes(TRANSPORT_SLACK * LIMIT + 10))], [("text", json.dumps([1, {"type": "start"}]))],
      [START, ("binary", bytes(640))]],
+    [[START, ("binary", bytes(1280)), ("text", json.dumps({"type": "prompt", "text": "red hair"})),
+      ("binary", bytes(1280)), STOP], [("text", json.dumps({"type": "prompt", "text": "a"}))],
+     [("text", json.dumps({"type": "start", "prompt": 3}))]],
+    [[START, ("text", json.dumps({"type": "prompt", "text": "y" * (MAX_PROMPT_CHARS + 1)}))],
+     [("text", json.dumps({"type": "start", "prompt": "mouth open"})), ("binary", bytes(640)), STOP],
+     [START, ("text", json.dumps({"type": "prompt"}))]],
 ]
 
 
@@ -220,6 +249,8 @@ def _fuzz(running, examples: int):
     @example(RULES[1])
     @example(RULES[2])
     @example(RULES[3])
+    @example(RULES[4])
+    @example(RULES[5])
     def run(bad):
         _example(running, bad)
         counted.append(1)

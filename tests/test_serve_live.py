@@ -112,6 +112,74 @@ def test_browser_streams_in_real_time(tmp_path):
     assert summary["latency_ms_median"] > 0 and 0 < page["framesDrawn"] <= page["framesReceived"]
 
 
+async def _browser_prompt_session(server, wav: str, before: float, after: float, prompt: str,
+                                  screenshot: Path) -> dict:
+    """The page streams `before` seconds, the prompt is typed into its box (keyboard input) and submitted
+    (Enter), it streams `after` seconds more, then Stop."""
+    runner, port = await server.start("127.0.0.1", 0)
+    try:
+        async with Browser(wav) as browser:
+            await browser.call("Emulation.setDeviceMetricsOverride", width=980, height=520, deviceScaleFactor=1,
+                               mobile=False)
+            await browser.open(f"http://127.0.0.1:{port}/")
+            for _ in range(100):  # the page asks /stats whether the model takes prompts
+                if await browser.evaluate("liveStats.takesPrompts") is not None:
+                    break
+                await asyncio.sleep(0.1)
+            await browser.evaluate("document.getElementById('start').click()")
+            await asyncio.sleep(before)
+            await browser.evaluate("document.getElementById('prompt').focus()")
+            await browser.call("Input.insertText", text=prompt)
+            for kind in ("keyDown", "keyUp"):  # Enter submits the prompt form
+                await browser.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
+                                   windowsVirtualKeyCode=13, **({"text": "\r"} if kind == "keyDown" else {}))
+            await asyncio.sleep(after)
+            await browser.screenshot(str(screenshot))
+            await browser.evaluate("document.getElementById('stop').click()")
+            for _ in range(100):
+                if await browser.evaluate("liveStats.state") == "closed":
+                    break
+                await asyncio.sleep(0.1)
+            page = json.loads(await browser.evaluate("JSON.stringify(liveStats)"))
+            page["box"] = await browser.evaluate("document.getElementById('prompt').value")
+            page["prompt_state"] = await browser.evaluate("document.getElementById('prompt_state').textContent")
+    finally:
+        await runner.cleanup()
+    return page
+
+
+@needs_chromium
+def test_browser_prompt_box_changes_the_prompt_mid_stream(tmp_path, tiny_text_encoder, monkeypatch):
+    """A model trained with text (random micro student whose record names the tiny umT5): the page enables its
+    prompt box, a prompt typed into it mid-stream reaches the server, which applies it at the next block and
+    says from which frame; frames keep coming after it, in order, one per 40 ms of the audio kept."""
+    from lit_avatar.serve.cli import build_server
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("LIT_AVATAR_PROMPT_CACHE", str(tmp_path / "prompts"))
+    ckpt = tiny_checkpoint(tmp_path / "text.ckpt", text_encoder=tiny_text_encoder)
+    ref = image_file(tmp_path / "ref.png")
+    recorder = Recorder()
+    server = build_server(_serve_args(ckpt, ref, "--workers", "0"), observer=recorder)
+    t = np.arange(int(4 * 16000)) / 16000
+    wav = _wav(tmp_path / "mic.wav", 0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 3 * t) > 0))
+    prompt = "a woman talking, smiling"
+    out = _results_dir(tmp_path)
+    page = asyncio.run(_browser_prompt_session(server, wav, 4.0, 4.0, prompt, out / "serve_page_prompt.png"))
+    summary = server.finished[-1]
+    sent = sorted(f.index for f in recorder.sent[summary["session"]])
+    _save(out, "serve_browser_prompt", {"server": summary, "prompt_state": page["prompt_state"],
+                                                           "prompts_applied": page["promptsApplied"]})
+    assert page["errors"] == [] and page["takesPrompts"] is True and page["box"] == prompt
+    assert page["promptsSent"] == [prompt] and [m["text"] for m in page["promptsApplied"]] == [prompt]
+    applied = page["promptsApplied"][0]["frame"]
+    assert page["prompt_state"] == f"prompt {json.dumps(prompt)} from frame {applied}"
+    assert (summary["prompt"], summary["prompt_changes"], summary["prompt_from_frame"]) == (prompt, 1, applied)
+    assert summary["end_reason"] == "stop" and sent == list(range(len(sent)))
+    assert 0 < applied and len(sent) >= applied + 25  # a second of frames after the change at least
+    _frames_cover_the_kept_audio(summary)
+
+
 def _demo_dir() -> Path:
     return Path(os.environ.get("LIT_AVATAR_DEMO_DIR", ROOT / "runs" / "demo"))
 

@@ -19,6 +19,7 @@ import torch
 from lit_avatar.command import CommandParser, device_option, int_list, size_option
 from lit_avatar.errors import UserError, existing_file, output_file
 from lit_avatar.inference.decoder_option import add_decoder_arguments, check_decoder_arguments, with_decoder
+from lit_avatar.inference.prompt_option import add_prompt_arguments, check_prompt_arguments, embed_prompts
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -55,6 +56,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_decoder_arguments(parser)
+    add_prompt_arguments(parser)
     return parser
 
 
@@ -144,6 +146,7 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--cuda-graphs needs a CUDA device (got --device {args.device})")
     source = read_generator(args.ckpt)  # the record is checked (allow-list, kind) before anything is built
     require_causal(source, "generate")
+    check_prompt_arguments(args, source.record, str(args.ckpt), args.cuda_graphs)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -160,8 +163,9 @@ def main(argv: list[str]) -> int:
     cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
     size = size_option(args.size, cell) if args.size else bundle.video_size
     ref = read_reference(args.ref, size, cell)
-    streamer = AvatarStreamer(model, vae, bundle.audio_encoder, options, ref, seed=args.seed,
-                              device=device)
+    text, negative = embed_prompts(args, bundle.text_encoder, bundle.model.config.text_dim, str(args.ckpt), device)
+    streamer = AvatarStreamer(model, vae, bundle.audio_encoder, options, ref, text=text, seed=args.seed,
+                              device=device, text_guidance=args.text_guidance, negative_text=negative)
     if len(audio) < streamer.samples_per_first_block:
         raise UserError(f"{args.audio}: {len(audio) / SAMPLE_RATE:.3f} s of audio is shorter than one block "
                         f"({streamer.samples_per_first_block / SAMPLE_RATE:.3f} s)")
@@ -177,11 +181,8 @@ def main(argv: list[str]) -> int:
         "frames": num_frames, "height": int(ref.shape[0]), "width": int(ref.shape[1]), "mouth_box": mouth_box,
         "checkpoint": str(args.ckpt), "kind": bundle.kind, "seed": args.seed, "device": str(device),
         "dtype": str(dtype).removeprefix("torch."), "compile": bool(args.compile),
-        "cuda_graphs": bool(args.cuda_graphs), "decoder": args.decoder, **fast,
-        "rollout": dataclasses.asdict(options), "latency": summary,
-        # where the blocks meet in this video: `lit-avatar eval` scores its seams there (metric "seams")
-        "grid": {"frames_per_block": streamer.grid.frames_per_block,
-                 "temporal_factor": streamer.grid.temporal_factor, "fps": streamer.grid.fps},
+        "cuda_graphs": bool(args.cuda_graphs), "decoder": args.decoder, **fast, **_prompt_fields(args),
+        "rollout": dataclasses.asdict(options), "latency": summary, "grid": streamer.grid_fields(),
     }
     try:
         write_json_atomic(out.with_suffix(".json"), sidecar)
@@ -193,6 +194,11 @@ def main(argv: list[str]) -> int:
           f"real-time factor {summary['real_time_factor']:.3f} (processing time / audio duration; < 1 is faster "
           "than real time)")
     return 0
+
+
+def _prompt_fields(args) -> dict:
+    """The sidecar's record of what the stream was told in words (None: not given)."""
+    return {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "text_guidance": args.text_guidance}
 
 
 def _rollout_options(options, psb_steps: list[int] | None, no_mci: bool, no_urcr: bool):

@@ -58,6 +58,10 @@ class Rollout:
         self._block = 0
         self._next_frame = 0
         self.max_position_seen = -1
+        self.text: torch.Tensor | None = None  # the prompt the cache's text state holds (None: the null text)
+        self.negative_text: torch.Tensor | None = None
+        self.text_guidance = 1.0  # 1: one forward per step, under `text` (what the student was distilled for)
+        self._batch = 1
 
     def begin(self, ref: torch.Tensor | None, text: torch.Tensor | None, batch: int, latent_hw: tuple[int, int],
               generator: torch.Generator | None = None, cache: KVCache | None = None) -> None:
@@ -79,12 +83,46 @@ class Rollout:
             cache.restart()
             fresh = cache
         self.cache = fresh
+        self.text, self._batch = text, batch
         self.model.prefill(self.cache, ref, text, batch, h // p[1], w // p[2])
         self.generator = generator
         self.records.clear()
         self._history.clear()
         self._block = self._next_frame = 0
         self.max_position_seen = -1
+
+    def set_text(self, text: torch.Tensor | None) -> None:
+        """A new prompt from the next block on: the cached text state is re-filled (AvatarDiT.set_text), the
+        context frames, positions and reference sink stay as they are (no reset, no break in motion).
+
+        Args:
+            text: prompt embeddings [B, L, text_dim]; None: the learned null text.
+        """
+        self.text = text
+        self.model.set_text(self.cache, text, self._batch)
+
+    def set_text_guidance(self, scale: float, negative: torch.Tensor | None = None) -> None:
+        """Guide each denoising step away from `negative`: v = v_neg + scale (v - v_neg), the negative forward
+        run on the same cache with its text state swapped in place (set_text) and swapped back, so the
+        context is written under the prompt alone. An approximation of text CFG: the negative branch reads
+        the context made under the prompt. scale 1 turns it off (one forward per step).
+
+        Args:
+            scale: text guidance scale (1: off).
+            negative: negative prompt embeddings [B, L, text_dim]; None: the learned null text.
+        """
+        self.text_guidance, self.negative_text = float(scale), negative
+
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, positions: list[int], block_audio) -> torch.Tensor:
+        v = self.model.forward_cached(x, t, positions, self.cache, block_audio)
+        if self.text_guidance == 1.0:
+            return v
+        self.model.set_text(self.cache, self.negative_text, self._batch)
+        try:
+            v_negative = self.model.forward_cached(x, t, positions, self.cache, block_audio)
+        finally:
+            self.model.set_text(self.cache, self.text, self._batch)
+        return v_negative + self.text_guidance * (v - v_negative)
 
     def sigmas_for(self, block: int) -> torch.Tensor:
         n = self.options.psb.steps_for(block)
@@ -172,7 +210,7 @@ class Rollout:
             s, s_next = sigmas[j], sigmas[j + 1]
             t = torch.full((x.shape[0],), 1000.0 * s, device=x.device)
             with torch.set_grad_enabled(torch.is_grad_enabled() and j == last and exit_step is not None):
-                v = self.model.forward_cached(x, t, positions, self.cache, block_audio)
+                v = self._velocity(x, t, positions, block_audio)
             x0 = x - s * v
             if j == last:
                 break
@@ -196,8 +234,9 @@ class Rollout:
             self._history.popleft()
         with torch.no_grad():
             self._write_context(new_frames, positions, sigma_m, block_audio)
+        per_step = 1 if self.text_guidance == 1.0 else 2
         self.records.append(BlockRecord(self._block, positions, [float(s) for s in sigmas[: last + 2]],
-                                        sigma_m, reset, forwards=last + 2))
+                                        sigma_m, reset, forwards=per_step * (last + 1) + 1))
         self._block += 1
         self._next_frame += fpb
         return x0

@@ -6,6 +6,10 @@ decoded with the VAE's causal stream decoder, and its frames are returned. Every
 is bounded: the audio buffer keeps a trailing window, the rollout's KV cache and history are fixed-size
 (URCR), and only the newest rollout record is kept.
 
+A prompt can change mid-stream (`set_prompt`): it takes effect at the next block, whose cached text state is
+re-filled in place (Rollout.set_text -> AvatarDiT.set_text); the context frames, positions and URCR schedule
+go on unchanged, so the motion does not break and the blocks before the change are those of a stream without it.
+
 Frame accounting follows the VAE's causal grid (lit_avatar.causal_grid; tf = vae.temporal_factor, fpb = frames
 per block): the first block covers 1 + tf*(fpb-1) video frames (latent 0 is frame 0 alone), every later block tf*fpb.
 """
@@ -67,7 +71,7 @@ class AvatarStreamer:
         audio_encoder: AudioEncoder; None runs without the audio path (timing only).
         options: rollout options (PSB, MCI, URCR, block size).
         ref_image: [3, H, W] float in [-1, 1] or uint8 [H, W, 3]; its size is the output size.
-        text: optional text embeddings [1, L, text_dim].
+        text: optional text embeddings [1, L, text_dim] (the prompt at start; None: the learned null text).
         seed: seed of the stream's noise; the same seed and audio give the same frames.
         device: where the networks run.
         context_seconds: audio before a block that the encoder sees.
@@ -79,13 +83,16 @@ class AvatarStreamer:
             PrecomputedAudioFeatures of the whole file); the pushed audio then only keeps time.
         cache: a finished stream's KV cache to start in (Rollout.begin): e.g. a benchmark's measured stream
             after its warm-up stream, so that CUDA graphs are captured once, before the timer.
+        text_guidance: text guidance scale (Rollout.set_text_guidance; 1: off, one forward per step).
+        negative_text: negative prompt embeddings [1, L, text_dim] for text_guidance != 1 (None: the null text).
     """
 
     def __init__(self, model: nn.Module, vae: nn.Module, audio_encoder: nn.Module | None, options: RolloutOptions,
                  ref_image: torch.Tensor | np.ndarray, text: torch.Tensor | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", context_seconds: float = 2.0,
                  max_latency_records: int | None = None, lookahead_frames: int | None = None,
-                 audio_features: BlockAudioFeatures | None = None, cache: KVCache | None = None) -> None:
+                 audio_features: BlockAudioFeatures | None = None, cache: KVCache | None = None,
+                 text_guidance: float = 1.0, negative_text: torch.Tensor | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.vae = vae.to(self.device).eval() if isinstance(vae, nn.Module) else vae
@@ -121,6 +128,8 @@ class AvatarStreamer:
             generator = torch.Generator(device=self.device).manual_seed(seed)
             self.rollout.begin(ref_latent, None if text is None else text.to(self.device), 1,
                                tuple(ref_latent.shape[-2:]), generator=generator, cache=cache)
+            self.rollout.set_text_guidance(text_guidance, None if negative_text is None else
+                                           negative_text.to(self.device))
         self.decoder = vae.stream_decoder()
         self.timer = StageTimer(self.device)
         self.latency: deque[dict] = deque(maxlen=max_latency_records)
@@ -129,6 +138,24 @@ class AvatarStreamer:
         self.first_push_time: float | None = None
         self.first_frame_seconds: float | None = None
         self.flushed = False
+        self._prompt: tuple[torch.Tensor | None] | None = None  # a prompt change waiting for the next block
+
+    def set_prompt(self, text: torch.Tensor | None) -> None:
+        """Change the prompt from the next block on (a later call before that block replaces this one).
+
+        Args:
+            text: prompt embeddings [1, L, text_dim]; None: back to the learned null text.
+        """
+        if text is not None and (text.dim() != 3 or text.shape[0] != 1
+                                 or text.shape[-1] != self.model.config.text_dim):
+            raise ValueError(f"prompt embeddings must be [1, L, {self.model.config.text_dim}], got "
+                             f"{tuple(text.shape)}")
+        self._prompt = (None if text is None else text.to(self.device),)
+
+    def grid_fields(self) -> dict:
+        """Where the blocks meet in the video (a sidecar's "grid": `lit-avatar eval` scores its seams there)."""
+        return {"frames_per_block": self.grid.frames_per_block, "temporal_factor": self.grid.temporal_factor,
+                "fps": self.grid.fps}
 
     def _dtype(self) -> torch.dtype:
         vae_dtype = getattr(self.vae, "dtype", None)
@@ -147,6 +174,11 @@ class AvatarStreamer:
         start, count = self._next_span()
         begin, cpu_begin = time.perf_counter(), time.process_time()
         self.timer.start()
+        changed = self._prompt is not None
+        if changed:
+            self.rollout.set_text(self._prompt[0])
+            self._prompt = None
+        self.timer.mark("text_s")
         feats = self.audio.features(start, start + count)
         tokens = None
         if feats is not None:
@@ -161,10 +193,11 @@ class AvatarStreamer:
         cpu_seconds = time.process_time() - cpu_begin  # this process's CPU time: blind to other processes' load
         if frames.shape[0] != count:
             raise RuntimeError(f"block {self.blocks_done} decoded to {frames.shape[0]} frames, expected {count}")
-        reset = bool(self.rollout.records[-1].reset)
+        record = self.rollout.records[-1]
         self.audio.drop_before(start + count)
         self.latency.append({"block": self.blocks_done, "seconds": seconds, "cpu_seconds": cpu_seconds,
-                             "reset": reset, "frames": count, **self.timer.seconds()})
+                             "reset": bool(record.reset), "positions": record.positions, "prompt_changed": changed,
+                             "frames": count, **self.timer.seconds()})
         self.blocks_done += 1
         return frames
 

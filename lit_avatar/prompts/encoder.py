@@ -98,6 +98,10 @@ class PromptEncoder:
         self._network: UMT5TextEncoder | None = None
         self.encoded = 0  # prompts that went through umT5 (not found in either cache)
 
+    def use_cache(self, folder: str | None) -> None:
+        """Read and write embeddings under `folder` (None: $LIT_AVATAR_PROMPT_CACHE or the default)."""
+        self.cache = PromptCache(folder if folder is not None else default_cache_dir())
+
     @property
     def identity(self) -> str:
         if self._identity is None:

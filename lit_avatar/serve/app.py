@@ -2,13 +2,19 @@
 
 Protocol on /ws (all sizes bounded by ServeOptions):
   peer -> server  text   {"type": "start"}            once, first; the server answers {"type": "ready", ...}
+                         (optional "prompt": TEXT, the prompt from the first frame on; "ready" says whether the
+                         model takes prompts: "prompts": true/false, and "max_prompt_chars")
                   binary 16-bit little-endian mono PCM at 16 kHz (any count of samples per message)
+                  text   {"type": "prompt", "text": TEXT}  any time after start: a new prompt from the next block
+                         on (no reset, the motion goes on); the latest one wins if several arrive during a block;
+                         answered by {"type": "prompt_applied", "text": TEXT, "frame": N}, N = its first frame
                   text   {"type": "stop"}             end of audio: the rest is generated, then {"type": "end"}
   server -> peer  binary 8-byte header (uint32 frame index, int32 peer sample its audio ended at, -1 past
                          the audio; little-endian) + a JPEG/PNG image
                   text   {"type": "stats", ...} every second; {"type": "error", "message": ...} before a close
-A bad message (not JSON, unknown type, audio before start, odd byte count, over the size limit) is answered
-with an error message naming it and the session is closed; other sessions are not touched.
+A bad message (not JSON, unknown type, audio before start, odd byte count, over the size limit, a prompt that
+is not a string of at most max_prompt_chars characters, or any prompt to a model trained without text) is
+answered with an error message naming it and the session is closed (1003); other sessions are not touched.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from lit_avatar.inference.prompt_option import MAX_PROMPT_CHARS
 from lit_avatar.serve.engine import AvatarEngine
 from lit_avatar.serve.options import FPS, SAMPLE_RATE, ServeOptions
 from lit_avatar.serve.session import LiveSession, SentFrame
@@ -138,7 +145,8 @@ class AvatarServer:
         return web.json_response({
             "max_sessions": self.options.max_sessions, "sessions": [s.stats() for s in self.sessions.values()],
             "finished": list(self.finished), "refused": dict(self.refused),
-            "fps": FPS, "height": self.engine.height, "width": self.engine.width})
+            "fps": FPS, "height": self.engine.height, "width": self.engine.width,
+            "prompts": self.engine.text_encoder is not None})
 
     async def _on_shutdown(self, app: web.Application) -> None:
         for ws in list(self._sockets):  # end open sessions, so their handlers return
@@ -219,18 +227,33 @@ class AvatarServer:
             raise _Refused(WSCloseCode.MESSAGE_TOO_BIG, f"message of {size} bytes exceeds the limit of "
                            f"{self.options.max_message_bytes} bytes", "oversize")
 
-    def _control(self, text: str) -> str:
+    def _control(self, text: str) -> dict:
+        """A control message, its type checked (start, prompt or stop)."""
         self._check_size(text)
         try:
             message = json.loads(text)
         except ValueError:
             raise _Refused(WSCloseCode.UNSUPPORTED_DATA, "text message is not JSON: expected "
-                           '{"type": "start"} or {"type": "stop"}') from None
+                           '{"type": "start"}, {"type": "prompt", "text": ...} or {"type": "stop"}') from None
         kind = message.get("type") if isinstance(message, dict) else None
-        if kind not in ("start", "stop"):
+        if kind not in ("start", "prompt", "stop"):
             raise _Refused(WSCloseCode.UNSUPPORTED_DATA, f"unknown message type {str(kind)[:40]!r}: expected "
-                           "'start' or 'stop'")
-        return kind
+                           "'start', 'prompt' or 'stop'")
+        return message
+
+    def _prompt(self, message: dict, key: str) -> str | None:
+        """The prompt a start (key "prompt", optional) or prompt message (key "text") carries, checked."""
+        if key not in message and message["type"] == "start":
+            return None
+        text = message.get(key)
+        if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
+            shown = f"{len(text)} characters" if isinstance(text, str) else type(text).__name__
+            raise _Refused(WSCloseCode.UNSUPPORTED_DATA, f'{message["type"]} message: "{key}" must be a string of '
+                           f"at most {MAX_PROMPT_CHARS} characters (got {shown})")
+        if self.engine.text_encoder is None:
+            raise _Refused(WSCloseCode.UNSUPPORTED_DATA, "prompts are not taken: this model was trained without "
+                           'text (its checkpoint names no text encoder; "ready" says "prompts": false)')
+        return text
 
     def _audio(self, data: bytes) -> np.ndarray:
         self._check_size(data)
@@ -243,8 +266,10 @@ class AvatarServer:
         msg = await self._receive(ws, "start message")
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return
-        if msg.type != WSMsgType.TEXT or self._control(msg.data) != "start":
+        start = self._control(msg.data) if msg.type == WSMsgType.TEXT else {}
+        if start.get("type") != "start":
             raise _Refused(WSCloseCode.UNSUPPORTED_DATA, 'expected {"type": "start"} as the first message')
+        prompt = self._prompt(start, "prompt")
         session_id = uuid.uuid4().hex[:8]
         session = LiveSession(self.options, session_id)
         self.sessions[session_id] = session
@@ -254,9 +279,11 @@ class AvatarServer:
         # open inside the try: a cancellation at any await from here on still closes the worker's streamer
         try:
             try:
-                await self.workers.call("open", session_id)
+                await self.workers.call("open", session_id, prompt)
             except RuntimeError as err:
                 raise _Refused(WSCloseCode.INTERNAL_ERROR, f"no generation worker: {err}", "error") from None
+            if prompt is not None:
+                session.prompt_applied(prompt, 0)
             log.info("session %s started (%d active)", session_id, len(self.sessions))
             tasks = [asyncio.create_task(self._pump(session, outbox, wake, stopping)),
                      asyncio.create_task(self._send(ws, session, outbox)),
@@ -266,7 +293,9 @@ class AvatarServer:
                                 "image_format": self.options.image_format,
                                 "max_message_bytes": self.options.max_message_bytes,
                                 "max_backlog_s": self.options.max_backlog_s,
-                                "idle_timeout_s": self.options.idle_timeout_s})
+                                "idle_timeout_s": self.options.idle_timeout_s,
+                                "prompts": self.engine.text_encoder is not None, "prompt": prompt,
+                                "max_prompt_chars": MAX_PROMPT_CHARS})
             await self._read_audio(ws, session, wake, tasks[0],
                                    busy=lambda: session.generating or wake.is_set() or not outbox.empty())
             # stop: generate what is left, send it, then the summary
@@ -308,7 +337,8 @@ class AvatarServer:
             pass  # its worker is gone already
 
     async def _read_audio(self, ws, session: LiveSession, wake: asyncio.Event, pump: asyncio.Task, busy) -> None:
-        """Audio messages until stop; returns on stop, raises on anything that ends the session otherwise."""
+        """Audio and prompt messages until stop; returns on stop, raises on anything that ends the session
+        otherwise. A prompt waits in the session for the pump, which hands it over before the next audio."""
         while True:
             msg = await self._receive(ws, "audio", busy)
             _raise_if_failed(pump)
@@ -316,9 +346,13 @@ class AvatarServer:
                 session.receive_audio(self._audio(msg.data))
                 wake.set()
             elif msg.type == WSMsgType.TEXT:
-                if self._control(msg.data) == "stop":
+                message = self._control(msg.data)
+                if message["type"] == "stop":
                     return
-                raise _Refused(WSCloseCode.UNSUPPORTED_DATA, "session already started")
+                if message["type"] == "start":
+                    raise _Refused(WSCloseCode.UNSUPPORTED_DATA, "session already started")
+                session.pending_prompt = self._prompt(message, "text")
+                wake.set()
             else:  # CLOSE / CLOSING / CLOSED: the peer left
                 raise ConnectionResetError("peer closed the connection")
 
@@ -329,6 +363,10 @@ class AvatarServer:
             await wake.wait()
             session.generating = True
             wake.clear()
+            if session.pending_prompt is not None:  # before the audio: it applies from the next block
+                text, session.pending_prompt = session.pending_prompt, None
+                first = await self.workers.call("prompt", session.session_id, text)
+                outbox.put_message(session.prompt_applied(text, first))
             samples = session.take_audio(self.engine.block_samples)  # one block a call: sessions take turns
             if samples.size:
                 if self.observer is not None:

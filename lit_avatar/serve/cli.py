@@ -46,6 +46,9 @@ def build_parser() -> CommandParser:
     p.add_argument("--workers", type=int, default=None, help="worker processes that run the sessions' streamers, "
                    "each loading the weights once (default: the CPU count, or the GPU count with --device cuda, at "
                    "most --max-sessions; 0 runs them in a thread of the server's process)")
+    p.add_argument("--prompt-cache", default=None, help="folder of cached prompt embeddings, shared by the workers "
+                   "(default: $LIT_AVATAR_PROMPT_CACHE or ~/.cache/lit_avatar/prompts); used when the checkpoint "
+                   "was trained with captions (the page's prompt box)")
     return p
 
 
@@ -82,17 +85,19 @@ def build_server(args: Namespace, observer=None, gpu_count: Callable[[], int] | 
     require_causal(source, "serve")
     torch.set_num_threads(args.threads)
     bundle = build_generator(source, device=device)
+    if bundle.text_encoder is not None:
+        bundle.text_encoder.use_cache(args.prompt_cache)
     cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
     ref = read_reference(args.ref, size_option(args.size, cell) if args.size else bundle.video_size, cell)
     engine = AvatarEngine(bundle.model, bundle.vae, bundle.audio_encoder, bundle.rollout_options, ref,
-                          device=device, seed=args.seed)
+                          device=device, seed=args.seed, text_encoder=bundle.text_encoder)
     engine.new_streamer()  # fail now, not at the first peer, if the reference does not fit the model
     gpus = gpu_count() if gpu_count is not None else torch.cuda.device_count()
     devices = worker_devices(args.device, args.workers, options.max_sessions, os.cpu_count() or 1, gpus)
     workers = None
     if devices:
         workers = ProcessWorkers([EngineSpec(str(args.ckpt), ref, where, args.seed, args.threads, options.image_format,
-                                             options.jpeg_quality) for where in devices])
+                                             options.jpeg_quality, args.prompt_cache) for where in devices])
     return AvatarServer(engine, options, workers=workers, observer=observer)
 
 

@@ -68,6 +68,16 @@ class LiveSession:
         self.latencies: deque[float] = deque(maxlen=20_000)  # seconds, audio arrival -> frame sent
         self.end_reason: str | None = None
         self.generating = False  # the server is turning this session's audio into frames
+        self.prompt: str | None = None  # the prompt the frames are made under (None: the null text)
+        self.pending_prompt: str | None = None  # received, not yet handed to the streamer (the latest wins)
+        self.prompt_changes = 0
+        self.prompt_from_frame: int | None = None  # the first frame made under the current prompt
+
+    def prompt_applied(self, text: str, first_frame: int) -> dict:
+        """The streamer took `text` for its frames from `first_frame` on; returns the message for the peer."""
+        self.prompt, self.prompt_from_frame = text, first_frame
+        self.prompt_changes += 1
+        return {"type": "prompt_applied", "text": text, "frame": first_frame}
 
     def receive_audio(self, samples: np.ndarray) -> int:
         """Queue audio from the peer; return the samples dropped by the backlog bound."""
@@ -134,5 +144,8 @@ class LiveSession:
             # frames/s this session's streamer made per second of its own compute (a worker to itself)
             "capacity_fps": self.frames_made / self.compute_seconds if self.compute_seconds > 0 else None,
             "realtime_fps": FPS,
+            "prompt": self.prompt,
+            "prompt_changes": self.prompt_changes,
+            "prompt_from_frame": self.prompt_from_frame,
             "end_reason": self.end_reason,
         }

@@ -42,6 +42,7 @@ class EngineSpec:
         threads: torch intra-op threads in the worker.
         image_format: "jpeg" or "png".
         jpeg_quality: 1..95.
+        prompt_cache: the prompt embedding cache folder every worker shares (None: the default).
     """
 
     ckpt: str
@@ -51,6 +52,7 @@ class EngineSpec:
     threads: int = 1
     image_format: str = "jpeg"
     jpeg_quality: int = 90
+    prompt_cache: str | None = None
 
     def build(self):
         """The AvatarEngine (checkpoint loaded)."""
@@ -61,8 +63,10 @@ class EngineSpec:
 
         torch.set_num_threads(self.threads)
         bundle = load_generator(self.ckpt, device=self.device)
+        if bundle.text_encoder is not None:
+            bundle.text_encoder.use_cache(self.prompt_cache)
         return AvatarEngine(bundle.model, bundle.vae, bundle.audio_encoder, bundle.rollout_options, self.ref_image,
-                            device=self.device, seed=self.seed)
+                            device=self.device, seed=self.seed, text_encoder=bundle.text_encoder)
 
 
 @dataclass
@@ -83,11 +87,16 @@ class _Streams:
         self.streamers: dict[str, object] = {}
         self.frames_made: dict[str, int] = {}
 
-    def handle(self, op: str, session: str, payload) -> Generated | None:
+    def handle(self, op: str, session: str, payload) -> Generated | int | None:
+        """open (payload: the start prompt or None), close, push (audio), finish, or prompt (payload: the text;
+        returns the index of the first frame made under it: its streamer applies it at the next block)."""
         if op == "open":
-            self.streamers[session] = self.engine.new_streamer()
+            self.streamers[session] = self.engine.new_streamer(payload)
             self.frames_made[session] = 0
             return None
+        if op == "prompt":
+            self.streamers[session].set_prompt(self.engine.embed(payload))
+            return self.frames_made[session]
         if op == "close":
             self.streamers.pop(session, None)
             self.frames_made.pop(session, None)
