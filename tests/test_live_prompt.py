@@ -76,14 +76,22 @@ def test_a_prompt_change_takes_effect_at_the_next_block_only(before, after):
     assert not np.array_equal(changed[split:split + 2], fresh[split:split + 2])
 
 
+def _sink(cache, layer: int = 1) -> torch.Tensor:
+    entry = cache.layers[layer]
+    return entry.k[:, entry.sink_start:entry.sink_start + cache.sink_tokens].clone()
+
+
 def test_the_change_keeps_the_context_and_refills_the_text_in_place():
     """set_prompt touches neither the context frames nor the history (no reset); the block after it sees the new
-    prompt's text state, written into the same buffers (no new cache generation)."""
+    prompt's text state and a reference sink equal to a stream started on that prompt (the sink is never evicted,
+    so it must not keep the old prompt), both written into the same buffers (no new cache generation)."""
     model = _model()
     _, streamer = _stream(model, _prompt(11))
     cache = streamer.rollout.cache
     slots, history = _cache_frames(streamer), [f.index for f in streamer.rollout._history]
     generation, buffers = cache.generation, [t.data_ptr() for t in cache.layers[0].text_kv]
+    old_sink, sink_buffer = _sink(cache), cache.layers[1].k.data_ptr()
+    _, fresh = _stream(model, _prompt(12))
     streamer.flushed = False
     streamer.set_prompt(_prompt(12))
     assert _cache_frames(streamer) == slots  # pending: nothing changes before the next block
@@ -93,6 +101,8 @@ def test_the_change_keeps_the_context_and_refills_the_text_in_place():
     assert _cache_frames(streamer) == slots and [f.index for f in streamer.rollout._history] == history
     assert cache.generation == generation and [t.data_ptr() for t in cache.layers[0].text_kv] == buffers
     torch.testing.assert_close(cache.layers[0].text_kv[0], expected[0], rtol=0, atol=0)
+    assert cache.layers[1].k.data_ptr() == sink_buffer and not torch.equal(_sink(cache), old_sink)
+    torch.testing.assert_close(_sink(cache), _sink(fresh.rollout.cache), rtol=0, atol=0)
 
 
 def test_prompt_embeddings_of_the_wrong_width_are_refused():

@@ -84,6 +84,7 @@ class Rollout:
             fresh = cache
         self.cache = fresh
         self.text, self._batch = text, batch
+        self._sink = (ref, h // p[1], w // p[2])  # what set_text re-encodes under a new prompt
         self.model.prefill(self.cache, ref, text, batch, h // p[1], w // p[2])
         self.generator = generator
         self.records.clear()
@@ -92,14 +93,17 @@ class Rollout:
         self.max_position_seen = -1
 
     def set_text(self, text: torch.Tensor | None) -> None:
-        """A new prompt from the next block on: the cached text state is re-filled (AvatarDiT.set_text), the
-        context frames, positions and reference sink stay as they are (no reset, no break in motion).
+        """A new prompt from the next block on: the cached text state and the reference sink are re-filled in
+        place (AvatarDiT.prefill, as a stream started on this prompt has them; the sink is never evicted, so
+        it would otherwise keep the old prompt forever); the context frames, positions and URCR schedule stay
+        as they are (no reset, no break in motion; the context made under the old prompt leaves the window).
 
         Args:
             text: prompt embeddings [B, L, text_dim]; None: the learned null text.
         """
         self.text = text
-        self.model.set_text(self.cache, text, self._batch)
+        ref, hh, ww = self._sink
+        self.model.prefill(self.cache, ref, text, self._batch, hh, ww)
 
     def set_text_guidance(self, scale: float, negative: torch.Tensor | None = None) -> None:
         """Guide each denoising step away from `negative`: v = v_neg + scale (v - v_neg), the negative forward
