@@ -165,6 +165,7 @@ def test_wan_recipe_on_meta_device(wan_width_text_encoder, tmp_path):
     dit = cli.model.model
     text = cli.model.text_encoder  # captions are read: umT5 of the DiT's text width, Wan's 512 tokens, bf16
     assert (text.text_dim, text.max_length, text.dtype) == (dit.config.text_dim, 512, "bfloat16")
+    assert (cli.model.condition_dropout.text, cli.model.condition_dropout.audio) == (0.1, 0.1)  # set in the YAML
     sampler = cli.model.hparams.sampler
     assert (sampler["audio_guidance"], sampler["text_guidance"]) == (4.0, 5.0) and sampler["negative_prompt"]
     assert all(p.is_meta for p in dit.parameters())
