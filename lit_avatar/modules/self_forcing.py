@@ -93,6 +93,10 @@ class SelfForcingModule(DistillationStage):
             (Self-Forcing's fresh rollout is also on the next batch; here it reuses this batch's conditions.)
         guidance_scale: CFG g of the real score, pred = cond + g (cond - uncond).
         uncond_drops_ref: the unconditional teacher pass also zeroes the reference.
+        text_guidance_scale: text CFG g_t of the real score for clips with text (captions): pred = cond
+            + g_t (cond - no_text) + g (no_text - uncond), the text dropped to the negative prompt in no_text
+            and uncond (InfiniteTalk's split; its scales are 1 + g); 0 (default) adds no teacher pass.
+        negative_prompt: the prompt that replaces the text in those passes; needs text_encoder. None: null text.
         dmd_shift: shift of the uniform draw of the scoring level (5).
         min_timestep: lower clamp of the scoring timestep (20).
         max_timestep: upper clamp of the scoring timestep (980).
@@ -102,8 +106,8 @@ class SelfForcingModule(DistillationStage):
             generator update averages 560 of the 600 generator updates. Default: decay 0.99 from iteration 200.
         val_max_samples: validation clips generated per batch for SynthSync and the logged samples.
         val_sample_batches: validation batches whose samples are logged as images/mp4.
-        **kwargs: the DistillationStage's (rollout, vae, audio_encoder, teacher_weights, generator_weights,
-            weights_prefix, mouth_weight, seed).
+        **kwargs: the DistillationStage's (rollout, vae, audio_encoder, text_encoder, teacher_weights,
+            generator_weights, weights_prefix, mouth_weight, seed).
     """
 
     sharded = ("generator", "generator_ema", "critic", "teacher")
@@ -124,6 +128,8 @@ class SelfForcingModule(DistillationStage):
         critic_sample: Literal["fresh", "reuse"] = "fresh",
         guidance_scale: float = 3.0,
         uncond_drops_ref: bool = False,
+        text_guidance_scale: float = 0.0,
+        negative_prompt: str | None = None,
         dmd_shift: float = 5.0,
         min_timestep: float = 20.0,
         max_timestep: float = 980.0,
@@ -143,7 +149,9 @@ class SelfForcingModule(DistillationStage):
         self.critic = critic if critic is not None else critic_from_teacher(teacher)
         if critic is not None and self.hparams.teacher_weights is not None:
             load_stage_weights(self.critic, self.hparams.teacher_weights, self.hparams.weights_prefix)
-        self.dmd = DMDLoss(guidance_scale, dmd_shift, min_timestep, max_timestep, uncond_drops_ref)
+        self.init_text(self.text_encoder, generator, negative_prompt)
+        self.dmd = DMDLoss(guidance_scale, dmd_shift, min_timestep, max_timestep, uncond_drops_ref,
+                           text_guidance_scale)
         self.critic_sigmas = SigmaSampler("uniform", shift=dmd_shift, min_sigma=min_timestep / 1000.0,
                                           max_sigma=max_timestep / 1000.0)
         self.automatic_optimization = False
@@ -191,13 +199,14 @@ class SelfForcingModule(DistillationStage):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         gen_opt, critic_opt = self.optimizers()
         step = self.global_step
-        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
+        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder, self.text_encoder)
         self.note_video_size(batch)
         b = x0.shape[0]
         rank = self.rank()
         if step % self.hparams.critic_steps == 0:
             x = self.generate(x0.shape, conds, step, train=True)
-            out = self.dmd(x, self.teacher, self.critic, conds, step_generator(self.hparams.seed, step, 100, rank))
+            out = self.dmd(x, self.teacher, self.critic, conds, step_generator(self.hparams.seed, step, 100, rank),
+                           self.prompt_embedding(self.hparams.negative_prompt))
             gen_opt.zero_grad(set_to_none=True)
             self.manual_backward(out.loss)
             # Through the strategy and its precision plugin (gradient scaler; on_before_optimizer_step, which
@@ -249,7 +258,7 @@ class SelfForcingModule(DistillationStage):
     @torch.no_grad()
     def sample(self, batch: dict, step: int = 0, use_ema: bool = True) -> torch.Tensor:
         """Inference-mode rollout (mci.sigma, all steps) for a batch's conditions: video [B,3,T,H,W]."""
-        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
+        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder, self.text_encoder)
         model = self.sampling_model if use_ema else self.generator
         latents = self.generate(x0.shape, conds, step, train=False, model=model)
         return self.vae.decode(latents).float().clamp(-1, 1)
@@ -260,7 +269,7 @@ class SelfForcingModule(DistillationStage):
         from lit_avatar.modules.sample_logging import frame_grid, tensorboard_of, write_clips
 
         n = min(self.hparams.val_max_samples, batch_size_of(batch))
-        sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "meta"}
+        sub = {k: (v[:n] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items() if k != "meta"}
         video = self.sample(sub, step=10_000_000 + batch_idx)  # fixed noise: samples comparable across steps
         frames = to_uint8_frames(video)
         flicker = seam_flicker(frames, self.grid)  # the scoring the ablations use, seams on the causal grid
@@ -287,7 +296,8 @@ class SelfForcingModule(DistillationStage):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_avatar"] = generator_record("student", self.generator, self.vae, self.audio_encoder,
-                                                    self.rollout_options, self.record_prefix, self._video_size)
+                                                    self.rollout_options, self.record_prefix, self._video_size,
+                                                    text_encoder=self.text_encoder)
         checkpoint["generator_updates"] = self.generator_updates
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
