@@ -198,3 +198,25 @@ def test_ode_init_loss_by_hand(offset, by_hand):
         loss = module.regression_loss(b, torch.Generator().manual_seed(seed))
         assert (student.levels[-1] > 0).all()  # every block starts from a trajectory state, never the clean end
         assert loss.item() == pytest.approx(by_hand, abs=1e-4)
+
+
+def test_a_changed_sampling_setting_never_reads_the_old_trajectories(tmp_path):
+    """The trajectory cache key holds the guidance scales (and substeps, negative prompt, step lists): a run with
+    another audio guidance samples again instead of training on trajectories made under the old scale."""
+    def module(**settings):
+        teacher = Recorder()
+        args = {"teacher_substeps": 2, "audio_guidance": 1.0, **settings}
+        return ODEInitModule(Recorder(), teacher, rollout=OPTS, vae=PatchVAE(2), audio_encoder=MelAudioEncoder(),
+                             cache_dir=str(tmp_path), **args), teacher
+
+    b = random_batch()
+    first, _ = module()
+    first.regression_loss(b)
+    same, teacher = module()
+    same.regression_loss(b)
+    assert teacher.calls == [] and len(list(tmp_path.glob("*.pt"))) == 2
+    for other in ({"audio_guidance": 3.0}, {"teacher_substeps": 3}, {"ref_guidance": 2.0}):
+        changed, teacher = module(**other)
+        changed.regression_loss(b)
+        assert teacher.calls, other
+    assert len(list(tmp_path.glob("*.pt"))) == 8

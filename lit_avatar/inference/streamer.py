@@ -8,7 +8,8 @@ is bounded: the audio buffer keeps a trailing window, the rollout's KV cache and
 
 A prompt can change mid-stream (`set_prompt`): it takes effect at the next block, whose cached text state and
 reference sink are re-filled in place (Rollout.set_text -> AvatarDiT.prefill); the context frames, positions and
-URCR schedule go on unchanged, so the motion does not break and the blocks before the change are those of a stream without it.
+URCR schedule go on unchanged, so the motion does not break and the blocks before the change are those of a
+stream without it.
 
 Frame accounting follows the VAE's causal grid (lit_avatar.causal_grid; tf = vae.temporal_factor, fpb = frames
 per block): the first block covers 1 + tf*(fpb-1) video frames (latent 0 is frame 0 alone), every later block tf*fpb.

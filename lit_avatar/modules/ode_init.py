@@ -8,7 +8,9 @@ rollout does at inference: the reference sink plus the last `window` context fra
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -60,19 +62,22 @@ def teacher_trajectory(teacher: nn.Module, guidance: AvatarGuidance, conds: Clip
 class TrajectoryCache:
     """Trajectories on disk, one .pt file per sample, keyed by the sample key and its conditions.
 
-    The key includes a hash of the audio features and reference, so a clip cut at another start (training
-    draws random starts) never reuses another clip's trajectory.
+    The key includes a hash of the audio features, reference and text, so a clip cut at another start
+    (training draws random starts) never reuses another clip's trajectory, and of the sampling settings
+    (guidance scales, negative prompt, substeps, step lists, teacher weights), so a changed setting never
+    reads trajectories sampled under the old one.
 
     Args:
         folder: where the files live (created by the first save, so building a module writes nothing).
+        settings: what else shaped the trajectories (any JSON-able value; hashed into every key).
     """
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, settings: Any = None) -> None:
         self.folder = folder
+        self.settings = json.dumps(settings, sort_keys=True, default=str)
 
-    @staticmethod
-    def key(sample_key: str, conds: ClipConditions, index: int, shape: tuple[int, ...]) -> str:
-        h = hashlib.sha1(str(tuple(shape)).encode())
+    def key(self, sample_key: str, conds: ClipConditions, index: int, shape: tuple[int, ...]) -> str:
+        h = hashlib.sha1(f"{tuple(shape)}|{self.settings}".encode())
         for t in (conds.audio, conds.ref, conds.text):
             if t is not None:
                 h.update(t[index].detach().float().cpu().numpy().tobytes())
@@ -142,7 +147,10 @@ class ODEInitModule(DistillationStage):
         self.make_lr_scheduler = lr_scheduler
         self.init_text(self.text_encoder, generator, negative_prompt)
         self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance, text_scale=text_guidance)
-        self.cache = TrajectoryCache(cache_dir) if cache_dir else None
+        settings = {"substeps": teacher_substeps, "audio": audio_guidance, "ref": ref_guidance, "text": text_guidance,
+                    "negative_prompt": negative_prompt, "rollout": dataclasses.asdict(self.rollout_options),
+                    "teacher_weights": kwargs.get("teacher_weights")}
+        self.cache = TrajectoryCache(cache_dir, settings) if cache_dir else None
 
     # ----- trajectories -----
 
@@ -152,7 +160,7 @@ class ODEInitModule(DistillationStage):
         keys = None
         if self.cache is not None:
             names = (batch.get("meta") or {}).get("key") or [str(i) for i in range(b)]
-            keys = [TrajectoryCache.key(names[i], conds, i, x_shape[1:]) for i in range(b)]
+            keys = [self.cache.key(names[i], conds, i, x_shape[1:]) for i in range(b)]
             found = [self.cache.load(k) for k in keys]
             if all(f is not None for f in found):
                 return torch.stack(found, dim=1).to(self.device)
