@@ -15,6 +15,7 @@ A sample is a group of tar members sharing one key (`<key>.<ext>`); keys must no
 | `ref_latent.npy`   | no       | float16 [C, 1, h, w]: VAE latent of the reference frame                  |
 | `audio_feats.npy`  | no       | float16 [T, W, D]: audio features per video frame (AudioEncoder output) |
 | `text.npy`         | no       | float16 [L, text_dim]: text embeddings                                  |
+| `txt`              | no       | the clip's caption (UTF-8 text), encoded to `text` by a PromptEncoder    |
 
 `json` fields:
 - `schema_version` (int, `SCHEMA_VERSION`), `identity` (str: who; references and the train/val split
@@ -46,6 +47,7 @@ SAMPLES_PER_FRAME = 640  # SAMPLE_RATE / FPS: audio samples per video frame
 VIDEO_EXT = "mp4"
 AUDIO_EXTS = ("flac", "wav")
 META_EXT = "json"
+TEXT_EXT = "txt"
 REF_EXTS = ("ref.png", "ref.jpg")
 ARRAY_EXTS = {"latents": "latents.npy", "ref_latent": "ref_latent.npy",
               "audio_feats": "audio_feats.npy", "text": "text.npy"}
@@ -123,7 +125,7 @@ def validate_meta(meta: Mapping[str, Any], key: str) -> None:
 
 def encode_sample(key: str, mp4: bytes, meta: Mapping[str, Any], audio: np.ndarray | None = None,
                   ref: np.ndarray | None = None, ref_ext: str = "ref.png",
-                  arrays: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+                  arrays: Mapping[str, np.ndarray] | None = None, txt: str | None = None) -> dict[str, Any]:
     """One sample as a shard writer takes it (`data_tools.shards.ShardFile`, `webdataset.TarWriter`).
 
     Args:
@@ -134,6 +136,7 @@ def encode_sample(key: str, mp4: bytes, meta: Mapping[str, Any], audio: np.ndarr
         ref: optional RGB uint8 [H, W, 3] frame of the same identity at another time.
         ref_ext: "ref.png" (lossless) or "ref.jpg".
         arrays: optional precomputed arrays by name: latents, ref_latent, audio_feats, text.
+        txt: optional caption of the clip.
     """
     from lit_avatar.data.media import encode_audio
 
@@ -152,6 +155,8 @@ def encode_sample(key: str, mp4: bytes, meta: Mapping[str, Any], audio: np.ndarr
         if name not in ARRAY_EXTS:
             raise SampleError(f"sample {key}: unknown array {name!r}; expected one of {sorted(ARRAY_EXTS)}")
         sample[ARRAY_EXTS[name]] = encode_array(array)
+    if txt is not None:
+        sample[TEXT_EXT] = txt.encode("utf-8")
     return sample
 
 
