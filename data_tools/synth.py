@@ -97,7 +97,8 @@ def clip_sample(clip: SynthClip, captions: bool = True) -> dict:
             "sample_rate": SAMPLE_RATE, "width": int(width), "height": int(height), "mouth_box": clip.box,
             "mouth": [round(float(o), 5) for o in clip.opening], "ref_time": round(clip.ref_time, 3)}
     mp4 = encode_video(clip.frames, FPS, clip.audio, SAMPLE_RATE)
-    return encode_sample(clip.key, mp4, meta, audio=clip.audio, ref=clip.ref, txt=clip.caption if captions else None)
+    return encode_sample(clip.key, mp4, meta, audio=clip.audio, ref=clip.ref,
+                         caption=clip.caption if captions else None)
 
 
 def write_synthtalk(out: str | os.PathLike, clips: int, seconds: float = 1.0, shards: int = 1, size: int = 32,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lit_avatar.data.frames import to_unit_range
-from lit_avatar.data.schema import SAMPLES_PER_FRAME, SampleError
+from lit_avatar.data.schema import CAPTION_EXT, SAMPLES_PER_FRAME, SampleError
 from lit_avatar.errors import UserError
 
 META_FIELDS = ("key", "identity", "source", "fps")
@@ -105,6 +105,8 @@ def make_clip(decoded: dict[str, Any], clip_frames: int, size: int | None, start
     out["mouth_box"] = torch.tensor(box, dtype=torch.float32)
     if "text" in decoded:
         out["text"] = torch.from_numpy(decoded["text"].astype(np.float32))
+    if CAPTION_EXT in decoded:
+        out[CAPTION_EXT] = decoded[CAPTION_EXT]
     return out
 
 
@@ -143,13 +145,17 @@ def _add_precomputed(out: dict[str, Any], decoded: dict[str, Any], clip_frames: 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack clips into the batch contract of docs/INTERFACES.md.
 
-    Optional entries (`mouth`, `text`) appear only when every sample has them, so a batch never mixes
-    present and missing ground truth.
+    Optional entries (`mouth`, `text`, the captions `txt` as a list of str) appear only when every sample
+    has them, so a batch never mixes present and missing ground truth: a batch with some captions only
+    trains on the null text (`mixed_captions` counts such batches).
     """
     batch: dict[str, Any] = {"meta": {field: [s["meta"][field] for s in samples] for field in META_FIELDS}}
     names = set(samples[0]) - {"meta"}
     for name in sorted(names):
-        if all(name in s for s in samples):
+        if name == CAPTION_EXT:
+            if all(name in s for s in samples):
+                batch[name] = [s[name] for s in samples]
+        elif all(name in s for s in samples):
             try:
                 batch[name] = torch.stack([s[name] for s in samples])
             except RuntimeError as err:  # e.g. text of different lengths
@@ -158,3 +164,9 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 raise UserError(f"batch: cannot stack {name!r} across samples ({err}); set the data "
                                 "module's `size` so every clip has the same shape") from None
     return batch
+
+
+def mixed_captions(samples: Sequence[dict[str, Any]]) -> bool:
+    """Some clips of the batch have a caption and others not (the batch then goes without captions)."""
+    captioned = sum(CAPTION_EXT in s for s in samples)
+    return 0 < captioned < len(samples)

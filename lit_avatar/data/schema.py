@@ -15,7 +15,7 @@ A sample is a group of tar members sharing one key (`<key>.<ext>`); keys must no
 | `ref_latent.npy`   | no       | float16 [C, 1, h, w]: VAE latent of the reference frame                  |
 | `audio_feats.npy`  | no       | float16 [T, W, D]: audio features per video frame (AudioEncoder output) |
 | `text.npy`         | no       | float16 [L, text_dim]: text embeddings                                  |
-| `txt`              | no       | the clip's caption (UTF-8 text), encoded to `text` by a PromptEncoder    |
+| `txt`              | no       | the clip's caption (UTF-8), embedded by the training stage's text encoder |
 
 `json` fields:
 - `schema_version` (int, `SCHEMA_VERSION`), `identity` (str: who; references and the train/val split
@@ -26,6 +26,9 @@ A sample is a group of tar members sharing one key (`<key>.<ext>`); keys must no
 - optional `mouth`: list of `num_frames` floats in [0, 1], the ground-truth opening (SynthTalk).
 - optional `latent_temporal_factor` (int) when `latents.npy` is present, `ref_time` (seconds of the
   reference frame in its recording), free extra fields (kept in `meta`).
+
+A clip with `text.npy` trains on those embeddings; else a clip with `txt` trains on its caption's embeddings
+(the stage's `text_encoder`); else on the model's learned null text.
 
 Without `ref.*` the loader takes the reference from the same clip, as far in time from the sampled
 window as possible; writers should store `ref.*` whenever they can.
@@ -47,10 +50,10 @@ SAMPLES_PER_FRAME = 640  # SAMPLE_RATE / FPS: audio samples per video frame
 VIDEO_EXT = "mp4"
 AUDIO_EXTS = ("flac", "wav")
 META_EXT = "json"
-TEXT_EXT = "txt"
 REF_EXTS = ("ref.png", "ref.jpg")
 ARRAY_EXTS = {"latents": "latents.npy", "ref_latent": "ref_latent.npy",
               "audio_feats": "audio_feats.npy", "text": "text.npy"}
+CAPTION_EXT = "txt"
 REQUIRED_META = {"identity": str, "source": str, "fps": (int, float), "num_frames": int,
                  "mouth_box": list}
 
@@ -123,9 +126,24 @@ def validate_meta(meta: Mapping[str, Any], key: str) -> None:
                           f"expected num_frames={meta['num_frames']}")
 
 
+def encode_caption(caption: str, key: str) -> bytes:
+    """The `txt` member of a caption: UTF-8 bytes of a str."""
+    if not isinstance(caption, str):
+        raise SampleError(f"sample {key}: caption has type {type(caption).__name__}, expected str")
+    return caption.encode("utf-8")
+
+
+def decode_caption(data: bytes, key: str) -> str:
+    """The caption of a `txt` member; SampleError naming the key when it is not UTF-8."""
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SampleError(f"sample {key}: .{CAPTION_EXT} is not UTF-8 text ({err})") from None
+
+
 def encode_sample(key: str, mp4: bytes, meta: Mapping[str, Any], audio: np.ndarray | None = None,
                   ref: np.ndarray | None = None, ref_ext: str = "ref.png",
-                  arrays: Mapping[str, np.ndarray] | None = None, txt: str | None = None) -> dict[str, Any]:
+                  arrays: Mapping[str, np.ndarray] | None = None, caption: str | None = None) -> dict[str, Any]:
     """One sample as a shard writer takes it (`data_tools.shards.ShardFile`, `webdataset.TarWriter`).
 
     Args:
@@ -136,7 +154,7 @@ def encode_sample(key: str, mp4: bytes, meta: Mapping[str, Any], audio: np.ndarr
         ref: optional RGB uint8 [H, W, 3] frame of the same identity at another time.
         ref_ext: "ref.png" (lossless) or "ref.jpg".
         arrays: optional precomputed arrays by name: latents, ref_latent, audio_feats, text.
-        txt: optional caption of the clip.
+        caption: optional text describing the clip, stored as the `txt` member; None stores none.
     """
     from lit_avatar.data.media import encode_audio
 
@@ -155,8 +173,8 @@ def encode_sample(key: str, mp4: bytes, meta: Mapping[str, Any], audio: np.ndarr
         if name not in ARRAY_EXTS:
             raise SampleError(f"sample {key}: unknown array {name!r}; expected one of {sorted(ARRAY_EXTS)}")
         sample[ARRAY_EXTS[name]] = encode_array(array)
-    if txt is not None:
-        sample[TEXT_EXT] = txt.encode("utf-8")
+    if caption is not None:
+        sample[CAPTION_EXT] = encode_caption(caption, key)
     return sample
 
 
@@ -196,7 +214,8 @@ def decode_sample(raw: Mapping[str, Any], decode_video: bool = True, sample_rate
 
     Returns:
         dict with key, meta (dict), video (uint8 [T,H,W,3] or None), video_start (int), audio (float32 [S]
-        or None), ref (uint8 [H,W,3] or None), and any of latents, ref_latent, audio_feats, text (np arrays).
+        or None), ref (uint8 [H,W,3] or None), any of latents, ref_latent, audio_feats, text (np arrays), and
+        `txt` (the caption, str) when the sample has one.
 
     Raises:
         SampleError: a member is missing, corrupt or breaks the schema (names the key and member).
@@ -207,6 +226,8 @@ def decode_sample(raw: Mapping[str, Any], decode_video: bool = True, sample_rate
     key = str(raw.get("__key__", "<no key>"))
     out: dict[str, Any] = {"key": key, "video": None, "video_start": 0, "audio": None, "ref": None,
                            "meta": read_meta(raw)}
+    if CAPTION_EXT in raw:
+        out[CAPTION_EXT] = decode_caption(raw[CAPTION_EXT], key)
     member = META_EXT
     try:
         if decode_video:

@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_avatar.data.clips import choose_start, collate, make_clip
+from lit_avatar.data.clips import choose_start, collate, make_clip, mixed_captions
 from lit_avatar.data.schema import SampleError, decode_sample, has_ref, read_meta
 from lit_avatar.errors import UserError
 
 log = logging.getLogger(__name__)
 
-COUNTER_FIELDS = ("read", "yielded", "skipped_samples", "shard_errors")
+# mixed_captions: batches where only some clips had a caption (trained without captions, on the null text)
+COUNTER_FIELDS = ("read", "yielded", "skipped_samples", "shard_errors", "mixed_captions")
 SHARDS_DONE = "__shards_done__"  # batch entry: shards finished with this batch (removed by EpochLoader)
 STATE_VERSION = 1
 
@@ -215,6 +216,11 @@ class ClipStream(IterableDataset):
             yield {SHARDS_DONE: tracker.take()}  # no clips: only tells the main process these are done
 
     def _batch(self, clips: list[dict[str, Any]], tracker: _ShardTracker) -> dict[str, Any]:
+        if mixed_captions(clips):
+            count = self.counters.add("mixed_captions")
+            if count <= 10 or count % 100 == 0:
+                log.warning("a batch mixes clips with and without captions (%d so far in this worker): it trains "
+                            "on the null text; caption every clip or none", count)
         batch = collate(clips)
         if self.report_shards:
             batch[SHARDS_DONE] = tracker.take()

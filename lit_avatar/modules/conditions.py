@@ -1,10 +1,16 @@
 """Turning a batch into the DiT's inputs, and dropping conditions for classifier-free guidance."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from lit_avatar.data.schema import CAPTION_EXT
 from lit_avatar.models.dit import ClipConditions
+
+if TYPE_CHECKING:
+    from lit_avatar.prompts import PromptEncoder
 
 
 def latents_of(batch: dict, vae: nn.Module) -> torch.Tensor:
@@ -37,6 +43,20 @@ def audio_feats_of(batch: dict, audio_encoder: nn.Module | None, num_frames: int
         return audio_encoder(batch["audio"].float(), num_frames=num_frames).float()
 
 
+def text_of(batch: dict, text_encoder: PromptEncoder | None, device: torch.device | str) -> torch.Tensor | None:
+    """Text embeddings [B, L, text_dim]: precomputed `text`, else the captions `txt` through the PromptEncoder
+    (each unique caption encoded once, then cached), else None (the model's learned null text)."""
+    if "text" in batch:
+        return batch["text"]
+    if text_encoder is None or CAPTION_EXT not in batch:
+        return None
+    return text_encoder(list(batch[CAPTION_EXT]), device=device)
+
+
+def _device_of(batch: dict) -> torch.device:
+    return next((v.device for v in batch.values() if torch.is_tensor(v)), torch.device("cpu"))
+
+
 def video_frames(num_latent_frames: int, vae: nn.Module) -> int:
     """Video frames of `num_latent_frames` latent frames on the VAE's causal grid: 1 + tf * (t - 1)."""
     return 1 + int(getattr(vae, "temporal_factor", 1)) * (num_latent_frames - 1)
@@ -48,18 +68,20 @@ def latent_frames(num_video_frames: int, vae: nn.Module) -> int:
 
 
 def clip_conditions(batch: dict, vae: nn.Module, audio_encoder: nn.Module | None,
-                    num_latent_frames: int) -> ClipConditions:
-    """The conditions of a clip of `num_latent_frames` latent frames, through the frozen VAE and audio encoder;
-    the audio is windowed for the batch's `video` frames, or for those of the latents without video."""
+                    num_latent_frames: int, text_encoder: PromptEncoder | None = None) -> ClipConditions:
+    """The conditions of a clip of `num_latent_frames` latent frames, through the frozen VAE, audio encoder
+    and text encoder (a PromptEncoder, for captions); the audio is windowed for the batch's `video` frames,
+    or for those of the latents without video."""
     num_frames = batch["video"].shape[2] if "video" in batch else video_frames(num_latent_frames, vae)
     return ClipConditions(audio_feats_of(batch, audio_encoder, num_frames), ref_latent_of(batch, vae),
-                          batch.get("text"))
+                          text_of(batch, text_encoder, _device_of(batch)))
 
 
-def clip_inputs(batch: dict, vae: nn.Module, audio_encoder: nn.Module | None) -> tuple[torch.Tensor, ClipConditions]:
-    """Clean latents [B,C,t,h,w] and their conditions, through the frozen VAE and audio encoder."""
+def clip_inputs(batch: dict, vae: nn.Module, audio_encoder: nn.Module | None,
+                text_encoder: PromptEncoder | None = None) -> tuple[torch.Tensor, ClipConditions]:
+    """Clean latents [B,C,t,h,w] and their conditions, through the frozen VAE, audio and text encoders."""
     x0 = latents_of(batch, vae)
-    return x0, clip_conditions(batch, vae, audio_encoder, x0.shape[2])
+    return x0, clip_conditions(batch, vae, audio_encoder, x0.shape[2], text_encoder)
 
 
 def drop_conditions(

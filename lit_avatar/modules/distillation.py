@@ -15,9 +15,10 @@ from lit_avatar.inference.options import RolloutOptions
 from lit_avatar.modules.ema import EMASettings
 from lit_avatar.modules.frozen import freeze
 from lit_avatar.modules.stage import TrainingStage
+from lit_avatar.prompts import PromptEncoder
 
 # built objects: checkpoints store hparams loaded with weights_only=True, the config in the checkpoint names them
-_BUILT = ("generator", "teacher", "rollout", "vae", "audio_encoder", "ema_settings")
+_BUILT = ("generator", "teacher", "rollout", "vae", "audio_encoder", "text_encoder", "ema_settings")
 STUDENT_EMA = EMASettings(decay=0.99)  # frozen: safe as a default
 
 
@@ -30,6 +31,9 @@ class DistillationStage(TrainingStage):
         rollout: the student's rollout options (block size, shift, PSB step lists), the same as at inference.
         vae: the frozen VideoVAE (batches with `video`).
         audio_encoder: the frozen AudioEncoder (batches with raw `audio`); None when batches carry `audio_feats`.
+        text_encoder: the PromptEncoder (umT5) that turns the batches' captions (`txt`) into `text` embeddings,
+            each unique caption encoded once and cached; the checkpoint record names it. None: captions are
+            ignored (precomputed `text` is still used; other batches go with the null text).
         teacher_weights: stage-1 checkpoint loaded into the teacher.
         generator_weights: checkpoint loaded into the student (the ODE-init stage's, or the teacher's).
         weights_prefix: state-dict prefix in those checkpoints; default: each checkpoint's record/EMA.
@@ -50,6 +54,7 @@ class DistillationStage(TrainingStage):
         rollout: RolloutOptions | None = None,
         vae: nn.Module | None = None,
         audio_encoder: nn.Module | None = None,
+        text_encoder: PromptEncoder | None = None,
         teacher_weights: str | None = None,
         generator_weights: str | None = None,
         weights_prefix: str | None = None,
@@ -71,4 +76,5 @@ class DistillationStage(TrainingStage):
             load_stage_weights(generator, generator_weights, weights_prefix)
         self.generator, self.teacher, self.vae, self.audio_encoder = generator, teacher, vae, audio_encoder
         freeze(teacher, vae, audio_encoder)
+        self.init_text(text_encoder, generator)
         self.init_ema(ema_settings)

@@ -109,8 +109,8 @@ class ODEInitModule(DistillationStage):
             norms at weight decay 0); default AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01.
         lr_scheduler: builds the schedule of that optimizer, stepped every optimizer step; default a linear
             warm-up over 20 steps (LinearWarmup); None keeps the learning rate constant.
-        **kwargs: the DistillationStage's (rollout, vae, audio_encoder, teacher_weights, generator_weights,
-            weights_prefix, mouth_weight, ema_settings, seed).
+        **kwargs: the DistillationStage's (rollout, vae, audio_encoder, text_encoder, teacher_weights,
+            generator_weights, weights_prefix, mouth_weight, ema_settings, seed).
     """
 
     sharded = ("generator", "generator_ema", "teacher")
@@ -195,7 +195,7 @@ class ODEInitModule(DistillationStage):
         from the context copy at the level the cache holds them (teacher forcing with the inference window)."""
         net = self.generator if net is None else net
         opts = self.rollout_options
-        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
+        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder, self.text_encoder)
         traj = self.trajectories(batch, tuple(x0.shape), conds)
         b, _, t, h, w = x0.shape
         levels = psb_levels(opts.psb.steps, opts.shift).to(self.device)
@@ -233,4 +233,5 @@ class ODEInitModule(DistillationStage):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_avatar"] = generator_record("ode_init", self.generator, self.vae, self.audio_encoder,
-                                                    self.rollout_options, self.record_prefix, self._video_size)
+                                                    self.rollout_options, self.record_prefix, self._video_size,
+                                                    text_encoder=self.text_encoder)

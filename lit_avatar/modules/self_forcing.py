@@ -102,8 +102,8 @@ class SelfForcingModule(DistillationStage):
             generator update averages 560 of the 600 generator updates. Default: decay 0.99 from iteration 200.
         val_max_samples: validation clips generated per batch for SynthSync and the logged samples.
         val_sample_batches: validation batches whose samples are logged as images/mp4.
-        **kwargs: the DistillationStage's (rollout, vae, audio_encoder, teacher_weights, generator_weights,
-            weights_prefix, mouth_weight, seed).
+        **kwargs: the DistillationStage's (rollout, vae, audio_encoder, text_encoder, teacher_weights,
+            generator_weights, weights_prefix, mouth_weight, seed).
     """
 
     sharded = ("generator", "generator_ema", "critic", "teacher")
@@ -191,7 +191,7 @@ class SelfForcingModule(DistillationStage):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         gen_opt, critic_opt = self.optimizers()
         step = self.global_step
-        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
+        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder, self.text_encoder)
         self.note_video_size(batch)
         b = x0.shape[0]
         rank = self.rank()
@@ -249,7 +249,7 @@ class SelfForcingModule(DistillationStage):
     @torch.no_grad()
     def sample(self, batch: dict, step: int = 0, use_ema: bool = True) -> torch.Tensor:
         """Inference-mode rollout (mci.sigma, all steps) for a batch's conditions: video [B,3,T,H,W]."""
-        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
+        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder, self.text_encoder)
         model = self.sampling_model if use_ema else self.generator
         latents = self.generate(x0.shape, conds, step, train=False, model=model)
         return self.vae.decode(latents).float().clamp(-1, 1)
@@ -260,7 +260,7 @@ class SelfForcingModule(DistillationStage):
         from lit_avatar.modules.sample_logging import frame_grid, tensorboard_of, write_clips
 
         n = min(self.hparams.val_max_samples, batch_size_of(batch))
-        sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "meta"}
+        sub = {k: (v[:n] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items() if k != "meta"}
         video = self.sample(sub, step=10_000_000 + batch_idx)  # fixed noise: samples comparable across steps
         frames = to_uint8_frames(video)
         flicker = seam_flicker(frames, self.grid)  # the scoring the ablations use, seams on the causal grid
@@ -287,7 +287,8 @@ class SelfForcingModule(DistillationStage):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_avatar"] = generator_record("student", self.generator, self.vae, self.audio_encoder,
-                                                    self.rollout_options, self.record_prefix, self._video_size)
+                                                    self.rollout_options, self.record_prefix, self._video_size,
+                                                    text_encoder=self.text_encoder)
         checkpoint["generator_updates"] = self.generator_updates
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

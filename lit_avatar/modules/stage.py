@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lit_avatar.checkpoint import video_size_of
+from lit_avatar.errors import UserError
 from lit_avatar.modules.ema import EMASettings, ema_decay_at, ema_update, make_ema_copy
 from lit_avatar.modules.frozen import KeepsFrozenInEval
 from lit_avatar.modules.sharding import global_grad_norm, shard_networks
@@ -35,6 +36,23 @@ class TrainingStage(KeepsFrozenInEval, pl.LightningModule):
     trained: str = "model"
     ema: str = "ema_model"
     sharded: tuple[str, ...] = ()
+
+    def init_text(self, text_encoder: Any, model: nn.Module, negative_prompt: str | None = None) -> None:
+        """Hold the PromptEncoder that turns batch captions into `text` (None: captions are not used); its
+        width must be the model's `text_dim`, and a negative prompt needs it."""
+        dim = getattr(getattr(model, "config", None), "text_dim", None)
+        if text_encoder is not None and dim is not None and text_encoder.text_dim != dim:
+            raise UserError(f"model.text_encoder: {text_encoder.path} gives {text_encoder.text_dim}-d embeddings, "
+                            f"expected the model's text_dim {dim}")
+        if negative_prompt is not None and text_encoder is None:
+            raise UserError("model.negative_prompt: needs model.text_encoder to embed it")
+        self.text_encoder = text_encoder
+
+    def prompt_embedding(self, prompt: str | None) -> torch.Tensor | None:
+        """[1, L, text_dim] embedding of one prompt (the negative prompt) on this module's device; None for None."""
+        if prompt is None or self.text_encoder is None:
+            return None
+        return self.text_encoder([prompt], device=self.device)
 
     def init_ema(self, settings: EMASettings | None) -> None:
         """The frozen EMA copy of the trained network (None without settings)."""

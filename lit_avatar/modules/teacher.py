@@ -24,6 +24,7 @@ from lit_avatar.modules.optim import LinearWarmup, LRSchedulerCallable, Optimize
 from lit_avatar.modules.stage import TrainingStage, batch_size_of
 from lit_avatar.modules.teacher_draws import ConditionDropout, MotionPrefix
 from lit_avatar.modules.teacher_sampler import TeacherSampler
+from lit_avatar.prompts import PromptEncoder
 from lit_avatar.seeding import step_generator
 
 VALIDATION_SAMPLER = TeacherSampler(steps=20)  # frozen: safe as defaults
@@ -41,6 +42,9 @@ class TeacherModule(TrainingStage):
         vae: the frozen VideoVAE that maps `video`/`ref` to latents and samples back to pixels.
         audio_encoder: the frozen AudioEncoder (MelAudioEncoder, Wav2Vec2AudioEncoder) for raw `audio`;
             None when batches carry `audio_feats`.
+        text_encoder: the PromptEncoder (umT5) that turns the batches' captions (`txt`) into `text`
+            embeddings, each unique caption encoded once and cached; the checkpoint record names it. None:
+            captions are ignored (batches with precomputed `text` still use it; others train on the null text).
         optimizer: builds the model's optimizer from its parameter groups (weight matrices, then biases and
             norms at weight decay 0); default AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01.
         lr_scheduler: builds the schedule of that optimizer, stepped every optimizer step; default a linear
@@ -71,6 +75,7 @@ class TeacherModule(TrainingStage):
         model: AvatarDiT,
         vae: VideoVAE,
         audio_encoder: nn.Module | None = None,
+        text_encoder: PromptEncoder | None = None,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01),
         lr_scheduler: LRSchedulerCallable | None = lambda optimizer: LinearWarmup(optimizer, warmup_steps=100),
         sigma_sampler: SigmaSampler | None = None,
@@ -88,7 +93,7 @@ class TeacherModule(TrainingStage):
             raise UserError("model: mouth_weight must be > 0 and sampler.steps >= 1")
         # callables stay out of hparams, which checkpoints store (loaded with weights_only=True); the config in
         # the checkpoint names them
-        self.save_hyperparameters(ignore=["model", "vae", "audio_encoder", "optimizer", "lr_scheduler",
+        self.save_hyperparameters(ignore=["model", "vae", "audio_encoder", "text_encoder", "optimizer", "lr_scheduler",
                                           "sigma_sampler", "condition_dropout", "motion_prefix", "sampler",
                                           "ema_settings"])
         self.hparams.update(sampler.hparams())
@@ -98,6 +103,7 @@ class TeacherModule(TrainingStage):
         self.vae = vae
         self.audio_encoder = audio_encoder
         freeze(vae, audio_encoder)
+        self.init_text(text_encoder, model)
         self.init_ema(ema_settings)
         self.sigma_sampler = sigma_sampler if sigma_sampler is not None else SigmaSampler("logit_normal")
         self.condition_dropout = condition_dropout if condition_dropout is not None else ConditionDropout()
@@ -123,7 +129,7 @@ class TeacherModule(TrainingStage):
             motion_prefix: apply the motion prefix (to its `prob` fraction of samples).
         """
         net = self.model if net is None else net
-        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder)
+        x0, conds = clip_inputs(batch, self.vae, self.audio_encoder, self.text_encoder)
         b, _, t, h, w = x0.shape
         audio, ref, text = conds.audio, conds.ref, conds.text
         if dropout:
@@ -175,7 +181,7 @@ class TeacherModule(TrainingStage):
         try:
             checkpoint["lit_avatar"] = generator_record(
                 "teacher", self.sampling_model, self.vae, self.audio_encoder, None, self.record_prefix,
-                self._video_size
+                self._video_size, text_encoder=self.text_encoder
             )
         except TypeError as err:  # fail here, not later in `generate` with a checkpoint that has no record
             raise TypeError(f"teacher checkpoint: cannot write the generator record that `lit-avatar generate` "
@@ -213,7 +219,7 @@ class TeacherModule(TrainingStage):
         else:
             shape = tuple(latents_of({"video": batch["video"][:, :, :1]}, self.vae).shape)
             shape = shape[:2] + (latent_frames(batch["video"].shape[2], self.vae),) + shape[3:]
-        conds = clip_conditions(batch, self.vae, self.audio_encoder, shape[2])
+        conds = clip_conditions(batch, self.vae, self.audio_encoder, shape[2], self.text_encoder)
         noise = torch.randn(shape, generator=generator).to(self.device)
         sampler = TeacherSampler.from_hparams(self.hparams, steps=num_steps)
         latents = sampler.latents(net, conds, noise, progress=progress)
@@ -225,7 +231,7 @@ class TeacherModule(TrainingStage):
         from lit_avatar.modules.sample_logging import frame_grid, sync_figure, tensorboard_of, write_clips
 
         n = min(self.hparams.val_max_samples, batch_size_of(batch))
-        sub = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in batch.items() if k != "meta"}
+        sub = {k: (v[:n] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items() if k != "meta"}
         gen = torch.Generator().manual_seed(self.hparams.seed + 1000 + batch_idx)
         frames = to_uint8_frames(self.sample(sub, generator=gen))
         audio = sub["audio"].float().cpu().numpy() if "audio" in sub else None
