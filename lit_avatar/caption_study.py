@@ -329,9 +329,11 @@ def evaluate(args: Namespace, out: Path, ckpts: dict[str, Path]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from lit_avatar.data.atomic import write_json_atomic
+    from lit_avatar.errors import output_folder
     from lit_avatar.quiet import route_library_logs
 
     args = _parser().parse(argv)
+    output_folder(args.out, "--out")
     _validate(args)
     if args.threads:
         import torch
