@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from batches import random_batch
+from captioned import caption_shard
 
 from lit_avatar.data.clips import collate
 from lit_avatar.data.schema import SampleError, decode_sample, encode_sample
 from lit_avatar.data.stream import ClipStream, SampleCounters
 from lit_avatar.prompts import PromptEncoder
-from tests.batches import random_batch
-from tests.captioned import caption_shard
 
 CAPTIONS = ("a woman talking, smiling", "a man talking in a studio")
 

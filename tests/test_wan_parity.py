@@ -97,3 +97,59 @@ def test_checkpoint_that_does_not_fit_names_the_key(wan_checkpoints, tmp_path):
         load_wan_weights(AvatarDiT(config=_avatar_config(False)), bogus)
     with pytest.raises(UserError, match="not found"):
         load_wan_weights(AvatarDiT(config=_avatar_config(False)), tmp_path / "missing")
+
+
+PROMPTS = ["a woman talking, smiling", "", "red hair, blue background, mouth wide open"]
+
+
+@pytest.fixture(scope="module")
+def wan_prompt_embeds(tmp_path_factory):
+    """Prompt embeddings as Wan feeds them: a (tiny, random) umT5 of the DiT's text width, 16 tokens, every
+    position after a prompt's own tokens zero (WanPipeline._get_t5_prompt_embeds; tests/test_prompts.py)."""
+    from lit_avatar.models.text import UMT5TextEncoder
+    from lit_avatar.prompts import write_tiny_text_encoder
+
+    words = "a woman talking smiling red hair blue background mouth wide open".split()
+    folder = write_tiny_text_encoder(tmp_path_factory.mktemp("umt5") / "text_encoder", words, d_model=20)
+    embeds = UMT5TextEncoder(str(folder), max_length=16).encode(PROMPTS) * 20.0  # umT5-XXL's outputs are large
+    lengths = (embeds.abs().sum(-1) > 0).sum(1).tolist()
+    assert lengths == [6, 1, 10] and embeds.shape == (3, 16, 20)  # words, commas, </s>; then zeros
+    return embeds
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "original"])
+@pytest.mark.parametrize("audio", [False, True])
+def test_avatar_dit_matches_diffusers_on_wan_padded_prompt_embeddings(wan_checkpoints, wan_prompt_embeds, layout,
+                                                                      audio):
+    """The same `encoder_hidden_states`: padded umT5 prompts (the empty one is </s> and zeros) give diffusers'
+    output, and the prompt matters (another prompt, or the null text, moves it)."""
+    reference, root = wan_checkpoints
+    model = AvatarDiT(config=_avatar_config(audio), weights=str(root / layout)).eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, 3, 8, 12, generator=g)
+    t = torch.tensor([37.0, 500.0, 911.0])
+    kwargs = {"audio": torch.randn(3, 1 + 4 * 2, 5, 8, generator=g)} if audio else {}
+    with torch.no_grad():
+        expected = reference(x, t, wan_prompt_embeds, return_dict=False)[0]
+        got = model(x, t, text=wan_prompt_embeds, **kwargs)
+        other = model(x, t, text=wan_prompt_embeds.roll(1, dims=0), **kwargs)
+        null = model(x, t, text=None, **kwargs)
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert (other - got).abs().max().item() > 1e-2 and (null - got).abs().max().item() > 1e-2
+
+
+def test_the_cached_text_state_gives_diffusers_output_too(wan_checkpoints, wan_prompt_embeds):
+    """Streaming path: one block-causal block over the whole clip, its prompt's K/V cached by set_text (what a
+    stream and a mid-stream prompt change use), equals diffusers' bidirectional forward with that prompt."""
+    reference, root = wan_checkpoints
+    model = AvatarDiT(config=_avatar_config(False), weights=str(root / "original")).eval()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, 3, 8, 12, generator=g)
+    t = torch.tensor([37.0, 500.0, 911.0])
+    with torch.no_grad():
+        expected = reference(x, t, wan_prompt_embeds, return_dict=False)[0]
+        cache = model.new_cache(capacity=3, latent_height=8, latent_width=12)
+        model.prefill(cache, None, None, 3, 4, 6)  # starts on the null text ...
+        model.set_text(cache, wan_prompt_embeds, 3)  # ... and changes prompt before the block
+        got = model.forward_cached(x, t, [0, 1, 2], cache)
+    assert (got - expected).abs().max().item() <= 1e-4

@@ -39,16 +39,17 @@ from lit_avatar.seeding import step_generator
 
 @torch.no_grad()
 def teacher_trajectory(teacher: nn.Module, guidance: AvatarGuidance, conds: ClipConditions, noise: torch.Tensor,
-                       options: RolloutOptions, substeps: int) -> torch.Tensor:
+                       options: RolloutOptions, substeps: int,
+                       negative_text: torch.Tensor | None = None) -> torch.Tensor:
     """States of the teacher's Euler ODE at the student's levels: [K+1, B,C,t,h,w], last = clean end.
 
     The fine schedule has K * substeps steps, K = max(psb.steps); because both come from the same
     shifted linear grid, its every `substeps`-th level is exactly the student's level, so each segment
-    is one call of the shared Euler sampler.
+    is one call of the shared Euler sampler. `negative_text` is the negative prompt's embedding for text guidance.
     """
     k = max(options.psb.steps)
     fine = shifted_schedule(k * substeps, options.shift)
-    denoiser = guidance.denoiser(teacher, conds.audio, conds.ref, conds.text)
+    denoiser = guidance.denoiser(teacher, conds.audio, conds.ref, conds.text, negative_text)
     states, x = [noise], noise
     for j in range(k):
         x = sample_euler(denoiser, x, fine[j * substeps:(j + 1) * substeps + 1])
@@ -104,6 +105,9 @@ class ODEInitModule(DistillationStage):
         teacher_substeps: Euler steps of the teacher between two student levels (more = closer to the ODE).
         audio_guidance: teacher CFG scale of audio over reference(+text).
         ref_guidance: teacher CFG scale of reference(+text) over nothing.
+        text_guidance: teacher CFG scale of the clip's text over the negative prompt (InfiniteTalk's text guide
+            scale, outermost); 1 adds no pass and keeps text with the reference. Only clips with text.
+        negative_prompt: replaces the text where text guidance drops it; needs text_encoder. None: null text.
         cache_dir: folder of cached trajectories (one .pt per sample); None samples them on the fly.
         optimizer: builds the student's optimizer from its parameter groups (weight matrices, then biases and
             norms at weight decay 0); default AdamW, lr 1e-4, betas (0.9, 0.999), weight decay 0.01.
@@ -124,6 +128,8 @@ class ODEInitModule(DistillationStage):
         teacher_substeps: int = 4,
         audio_guidance: float = 2.0,
         ref_guidance: float = 1.0,
+        text_guidance: float = 1.0,
+        negative_prompt: str | None = None,
         cache_dir: str | None = None,
         optimizer: OptimizerCallable = lambda params: torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01),
         lr_scheduler: LRSchedulerCallable | None = lambda optimizer: LinearWarmup(optimizer, warmup_steps=20),
@@ -134,7 +140,8 @@ class ODEInitModule(DistillationStage):
         super().__init__(generator, teacher, **kwargs)
         self.make_optimizer = optimizer
         self.make_lr_scheduler = lr_scheduler
-        self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance)
+        self.init_text(self.text_encoder, generator, negative_prompt)
+        self.guidance = AvatarGuidance(audio_scale=audio_guidance, ref_scale=ref_guidance, text_scale=text_guidance)
         self.cache = TrajectoryCache(cache_dir) if cache_dir else None
 
     # ----- trajectories -----
@@ -152,7 +159,7 @@ class ODEInitModule(DistillationStage):
         gen = step_generator(self.hparams.seed, int(self.global_step), stream=1, rank=self.rank())
         noise = torch.randn(tuple(x_shape), generator=gen).to(self.device)
         traj = teacher_trajectory(self.teacher, self.guidance, conds, noise, self.rollout_options,
-                                  self.hparams.teacher_substeps)
+                                  self.hparams.teacher_substeps, self.prompt_embedding(self.hparams.negative_prompt))
         if keys is not None:
             for i, key in enumerate(keys):
                 self.cache.save(key, traj[:, i])

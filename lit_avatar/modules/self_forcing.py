@@ -93,6 +93,10 @@ class SelfForcingModule(DistillationStage):
             (Self-Forcing's fresh rollout is also on the next batch; here it reuses this batch's conditions.)
         guidance_scale: CFG g of the real score, pred = cond + g (cond - uncond).
         uncond_drops_ref: the unconditional teacher pass also zeroes the reference.
+        text_guidance_scale: text CFG g_t of the real score for clips with text (captions): pred = cond
+            + g_t (cond - no_text) + g (no_text - uncond), the text dropped to the negative prompt in no_text
+            and uncond (InfiniteTalk's split; its scales are 1 + g); 0 (default) adds no teacher pass.
+        negative_prompt: the prompt that replaces the text in those passes; needs text_encoder. None: null text.
         dmd_shift: shift of the uniform draw of the scoring level (5).
         min_timestep: lower clamp of the scoring timestep (20).
         max_timestep: upper clamp of the scoring timestep (980).
@@ -124,6 +128,8 @@ class SelfForcingModule(DistillationStage):
         critic_sample: Literal["fresh", "reuse"] = "fresh",
         guidance_scale: float = 3.0,
         uncond_drops_ref: bool = False,
+        text_guidance_scale: float = 0.0,
+        negative_prompt: str | None = None,
         dmd_shift: float = 5.0,
         min_timestep: float = 20.0,
         max_timestep: float = 980.0,
@@ -143,7 +149,9 @@ class SelfForcingModule(DistillationStage):
         self.critic = critic if critic is not None else critic_from_teacher(teacher)
         if critic is not None and self.hparams.teacher_weights is not None:
             load_stage_weights(self.critic, self.hparams.teacher_weights, self.hparams.weights_prefix)
-        self.dmd = DMDLoss(guidance_scale, dmd_shift, min_timestep, max_timestep, uncond_drops_ref)
+        self.init_text(self.text_encoder, generator, negative_prompt)
+        self.dmd = DMDLoss(guidance_scale, dmd_shift, min_timestep, max_timestep, uncond_drops_ref,
+                           text_guidance_scale)
         self.critic_sigmas = SigmaSampler("uniform", shift=dmd_shift, min_sigma=min_timestep / 1000.0,
                                           max_sigma=max_timestep / 1000.0)
         self.automatic_optimization = False
@@ -197,7 +205,8 @@ class SelfForcingModule(DistillationStage):
         rank = self.rank()
         if step % self.hparams.critic_steps == 0:
             x = self.generate(x0.shape, conds, step, train=True)
-            out = self.dmd(x, self.teacher, self.critic, conds, step_generator(self.hparams.seed, step, 100, rank))
+            out = self.dmd(x, self.teacher, self.critic, conds, step_generator(self.hparams.seed, step, 100, rank),
+                           self.prompt_embedding(self.hparams.negative_prompt))
             gen_opt.zero_grad(set_to_none=True)
             self.manual_backward(out.loss)
             # Through the strategy and its precision plugin (gradient scaler; on_before_optimizer_step, which

@@ -59,9 +59,9 @@ class TeacherModule(TrainingStage):
             Without it lip sync barely emerges at small budgets (DESIGN.md).
         ema_settings: the weight EMA used for validation samples and the checkpoint record; None disables the
             EMA copy. Default: decay 0.999 from the first step.
-        sampler: how validation samples are drawn (Euler steps, schedule shift, audio and reference CFG); the
-            checkpoint stores its settings as `sample_steps`, `sample_shift`, `audio_guidance` and
-            `ref_guidance`, from which `lit-avatar generate` and the demo sample the teacher.
+        sampler: how validation samples are drawn (Euler steps, schedule shift, audio, reference and text CFG,
+            negative prompt); the checkpoint stores its settings (`sampler`), from which `lit-avatar generate`
+            and the demo sample the teacher. A negative prompt needs `text_encoder`.
         val_sample_batches: validation batches from which clips are sampled and logged (0 = none).
         val_max_samples: clips sampled per such batch.
         seed: seed of the validation noise, so samples at different steps are comparable.
@@ -103,7 +103,7 @@ class TeacherModule(TrainingStage):
         self.vae = vae
         self.audio_encoder = audio_encoder
         freeze(vae, audio_encoder)
-        self.init_text(text_encoder, model)
+        self.init_text(text_encoder, model, sampler.negative_prompt)
         self.init_ema(ema_settings)
         self.sigma_sampler = sigma_sampler if sigma_sampler is not None else SigmaSampler("logit_normal")
         self.condition_dropout = condition_dropout if condition_dropout is not None else ConditionDropout()
@@ -222,7 +222,8 @@ class TeacherModule(TrainingStage):
         conds = clip_conditions(batch, self.vae, self.audio_encoder, shape[2], self.text_encoder)
         noise = torch.randn(shape, generator=generator).to(self.device)
         sampler = TeacherSampler.from_hparams(self.hparams, steps=num_steps)
-        latents = sampler.latents(net, conds, noise, progress=progress)
+        negative = self.prompt_embedding(sampler.negative_prompt)
+        latents = sampler.latents(net, conds, noise, progress=progress, negative_text=negative)
         return self.vae.decode(latents).float().clamp(-1, 1)
 
     def _log_samples(self, batch: dict, batch_idx: int) -> None:
