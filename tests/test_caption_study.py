@@ -79,3 +79,25 @@ def test_runner_end_to_end_at_toy_size(tmp_path):
     record = read_generator(str(out / "logs" / "captions" / "version_0" / "checkpoints" / "last.ckpt")).record
     assert record["text_encoder"]["init_args"]["path"] == str(out / "data" / "text_encoder")
     assert "captions - control (paired)" in (out / "caption_study.md").read_text()
+
+
+def test_captions_yaml_trains_on_synth_captions_and_names_its_text_encoder(tmp_path):
+    from data_tools.synth import write_synthtalk
+    from data_tools.synth_captions import write_synthtalk_text_encoder
+    from lit_avatar.checkpoint import read_generator
+    from lit_avatar.lightning_cli import main
+
+    write_synthtalk(tmp_path / "data", clips=4, seconds=0.4, shards=1, size=32, seed=2, val_identities=1,
+                    identities=2)
+    encoder = write_synthtalk_text_encoder(tmp_path / "data" / "text_encoder")
+    assert main(["fit", "--config", str(study.CONFIG), f"--data.init_args.train_shards={tmp_path}/data/train-*.tar",
+                 f"--data.init_args.val_shards={tmp_path}/data/val-*.tar", "--data.init_args.batch_size=2",
+                 "--data.init_args.num_workers=0", "--data.init_args.clip_frames=4", "--trainer.max_steps=1",
+                 "--trainer.limit_val_batches=0", "--model.init_args.sampler.steps=1",
+                 f"--model.init_args.text_encoder.init_args.path={encoder}",
+                 f"--model.init_args.text_encoder.init_args.cache_dir={tmp_path}/cache",
+                 f"--trainer.logger.init_args.save_dir={tmp_path}/runs", "--trainer.enable_progress_bar=false",
+                 "--trainer.enable_model_summary=false"]) == 0
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    assert read_generator(str(ckpt)).record["text_encoder"]["init_args"]["path"] == str(encoder)
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) >= 1  # captions went through the encoder
