@@ -46,7 +46,7 @@ def _parser() -> CommandParser:
     p.add_argument("--eval-clips", type=int, default=12, help="held-out clips sampled per teacher and seed")
     p.add_argument("--seeds", default="0,1", help="comma-separated sampling-noise seeds")
     p.add_argument("--sample-steps", type=int, default=10, help="Euler steps per sample")
-    p.add_argument("--text-guidance", type=float, default=3.0, help="text CFG scale when sampling")
+    p.add_argument("--text-guidance", default="3,6", help="comma-separated text CFG scales (each sampled)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data set and of both teachers' training")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
@@ -62,8 +62,20 @@ def _validate(args: Namespace) -> None:
         raise UserError(f"--eval-clips {args.eval_clips}: expected at most --val-identities ({args.val_identities}):"
                         " one clip per held-out identity")
     int_list(args.seeds, "--seeds", minimum=0)
-    if args.text_guidance < 1.0:
-        raise UserError(f"--text-guidance {args.text_guidance}: expected a scale >= 1")
+    guidance_scales(args.text_guidance)
+
+
+def guidance_scales(text: str) -> list[float]:
+    """`--text-guidance 3,6` as floats >= 1, or a one-line UserError."""
+    from lit_avatar.errors import UserError
+
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1.0:
+        raise UserError(f"--text-guidance {text!r}: expected scales >= 1 separated by commas, e.g. 3,6")
+    return values
 
 
 def make_data(folder: Path, args: Namespace) -> dict:
@@ -216,28 +228,30 @@ def score_samples(frames: np.ndarray, clips: list[dict], **labels) -> list[dict]
 
 
 def summarize(records: list[dict]) -> list[dict]:
-    """Per reference setting and region: each teacher's mean scores and response with 95% intervals over
-    clips x seeds, and the paired difference of responses captions - shuffled."""
+    """Per text guidance scale, reference setting and region: each teacher's mean scores and response with 95%
+    intervals over clips x seeds, and the paired difference of responses captions - shuffled."""
     from eval.stats import mean_ci
 
     rows = []
-    for with_ref in (False, True):
-        for region in SCORED:
-            chosen = [r for r in records if r["reference"] == with_ref and r["region"] == region]
-            by_teacher = {t: {(r["seed"], r["clip"]): r for r in chosen if r["teacher"] == t} for t in TEACHERS}
-            row = {"reference": with_ref, "region": region}
-            for teacher, items in by_teacher.items():
-                values = list(items.values())
-                for key in ("score_true_caption", "score_other_caption", "response"):
-                    interval = mean_ci([v[key] for v in values])
-                    row[f"{teacher}_{key}"] = interval.mean
-                    row[f"{teacher}_{key}_ci95"] = [interval.low, interval.high]
-                row[f"{teacher}_n"] = len(values)
-            pairs = sorted(set(by_teacher["captions"]) & set(by_teacher["shuffled"]))
-            diff = mean_ci([by_teacher["captions"][k]["response"] - by_teacher["shuffled"][k]["response"]
-                            for k in pairs])
-            row.update(difference=diff.mean, difference_ci95=[diff.low, diff.high], pairs=len(pairs))
-            rows.append(row)
+    cells = [(g, ref, region) for g in sorted({r["text_guidance"] for r in records}) for ref in (False, True)
+             for region in SCORED]
+    for guidance, with_ref, region in cells:
+        chosen = [r for r in records if r["reference"] == with_ref and r["region"] == region
+                  and r["text_guidance"] == guidance]
+        by_teacher = {t: {(r["seed"], r["clip"]): r for r in chosen if r["teacher"] == t} for t in TEACHERS}
+        row = {"text_guidance": guidance, "reference": with_ref, "region": region}
+        for teacher, items in by_teacher.items():
+            values = list(items.values())
+            for key in ("score_true_caption", "score_other_caption", "response"):
+                interval = mean_ci([v[key] for v in values])
+                row[f"{teacher}_{key}"] = interval.mean
+                row[f"{teacher}_{key}_ci95"] = [interval.low, interval.high]
+            row[f"{teacher}_n"] = len(values)
+        pairs = sorted(set(by_teacher["captions"]) & set(by_teacher["shuffled"]))
+        diff = mean_ci([by_teacher["captions"][k]["response"] - by_teacher["shuffled"][k]["response"]
+                        for k in pairs])
+        row.update(difference=diff.mean, difference_ci95=[diff.low, diff.high], pairs=len(pairs))
+        rows.append(row)
     return rows
 
 
@@ -247,11 +261,11 @@ def table(rows: list[dict], command: str) -> str:
         low, high = row[f"{key}_ci95"]
         return f"{row[key]:+.3f} [{low:+.3f}, {high:+.3f}]"
 
-    lines = ["| reference | region | response, captions teacher | response, shuffled-caption control | "
+    lines = ["| text guidance | reference | region | response, captions teacher | response, shuffled-caption control | "
              "captions - control (paired) | score true / other caption (captions teacher) |",
-             "|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {'with' if row['reference'] else 'without'} | {row['region']} | "
+        lines.append(f"| {row['text_guidance']:g} | {'with' if row['reference'] else 'without'} | {row['region']} | "
                      f"{cell(row, 'captions_response')} | {cell(row, 'shuffled_response')} | "
                      f"{cell(row, 'difference')} | {row['captions_score_true_caption']:+.3f} / "
                      f"{row['captions_score_other_caption']:+.3f} |")
@@ -292,15 +306,15 @@ def train_teachers(args: Namespace, out: Path) -> dict[str, Path]:
     return ckpts
 
 
-def study_sampler(ckpt: Path, args: Namespace):
+def study_sampler(ckpt: Path, args: Namespace, text_guidance: float):
     """The teacher's own sampler (its shift) at --sample-steps, with audio and reference guidance off (colours
-    are not theirs to steer) and text guidance at --text-guidance."""
+    are not theirs to steer) and text guidance at `text_guidance`."""
     import dataclasses
 
     from lit_avatar.pipeline import teacher_sampler
 
     base = teacher_sampler(ckpt, args.sample_steps)
-    return dataclasses.replace(base, audio_guidance=1.0, ref_guidance=1.0, text_guidance=args.text_guidance)
+    return dataclasses.replace(base, audio_guidance=1.0, ref_guidance=1.0, text_guidance=text_guidance)
 
 
 def evaluate(args: Namespace, out: Path, ckpts: dict[str, Path]) -> list[dict]:
@@ -318,11 +332,13 @@ def evaluate(args: Namespace, out: Path, ckpts: dict[str, Path]) -> list[dict]:
     records = []
     for teacher, ckpt in ckpts.items():
         bundle = load_generator(ckpt)
-        sampler = study_sampler(ckpt, args)
-        for seed in int_list(args.seeds, "--seeds", minimum=0):
-            for with_ref in (False, True):
-                frames = sample_captions(bundle, sampler, bundle.text_encoder or encoder, clips, seed, with_ref)
-                records += score_samples(frames, clips, teacher=teacher, seed=seed, reference=with_ref)
+        settings = [(scale, seed, with_ref) for scale in guidance_scales(args.text_guidance)
+                    for seed in int_list(args.seeds, "--seeds", minimum=0) for with_ref in (False, True)]
+        for scale, seed, with_ref in settings:
+            sampler = study_sampler(ckpt, args, scale)
+            frames = sample_captions(bundle, sampler, bundle.text_encoder or encoder, clips, seed, with_ref)
+            records += score_samples(frames, clips, teacher=teacher, seed=seed, reference=with_ref,
+                                     text_guidance=scale)
         print(f"   sampled and scored the {teacher} teacher", flush=True)
     return records
 

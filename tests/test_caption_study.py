@@ -52,6 +52,7 @@ def test_summary_pairs_clips_and_seeds_across_teachers():
                     for ref in (False, True):
                         value = response + 0.01 * clip + (0.2 if ref else 0.0)
                         records.append({"teacher": teacher, "seed": seed, "clip": clip, "region": region,
+                                        "text_guidance": 3.0,
                                         "reference": ref, "score_true_caption": 0.1, "score_other_caption": 0.1 + value,
                                         "response": value})
     rows = study.summarize(records)
@@ -60,7 +61,7 @@ def test_summary_pairs_clips_and_seeds_across_teachers():
     assert rows[0]["captions_response"] == pytest.approx(0.51) and rows[2]["captions_response"] == pytest.approx(0.71)
     assert rows[0]["difference"] == pytest.approx(0.4) and rows[0]["difference_ci95"] == pytest.approx([0.4, 0.4])
     assert rows[0]["pairs"] == 6 and rows[0]["captions_n"] == 6
-    assert "| without | skin | +0.510 [" in study.table(rows, "cmd")
+    assert "| 3 | without | skin | +0.510 [" in study.table(rows, "cmd")
 
 
 @pytest.mark.slow
@@ -69,7 +70,8 @@ def test_runner_end_to_end_at_toy_size(tmp_path):
 
     out = tmp_path / "study"
     assert study.main(["--out", str(out), "--steps", "2", "--batch", "2", "--clips", "10", "--val-identities", "2",
-                       "--eval-clips", "2", "--seeds", "0,1", "--sample-steps", "2", "--threads", "1"]) == 0
+                       "--eval-clips", "2", "--seeds", "0,1", "--sample-steps", "2", "--threads", "1",
+                       "--text-guidance", "3"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert len(results["rows"]) == 4 and len(results["records"]) == 2 * 2 * 2 * 2 * len(study.SCORED)
     for record in results["records"]:
