@@ -95,6 +95,11 @@ def build_parser() -> CommandParser:
                         help="also store VAE latents: a local WanVAE folder, or patch:SF[:TF[:SCALE]] for PatchVAE")
     parser.add_argument("--precompute-audio", default=None, metavar="ENCODER",
                         help="also store audio features: a local wav2vec2 folder, or `mel` for MelAudioEncoder")
+    parser.add_argument("--captions", default=None, metavar="FILE",
+                        help="a caption per video, stored as each of its clips' `txt`: JSONL lines {\"source\": "
+                             "PATH or \"id\": FILE_STEM, \"text\": CAPTION}, or CSV with header source|id,text "
+                             "(paths relative to --src); videos without one get none; entries naming no video "
+                             "are reported")
     parser.add_argument("--dataset-name", default=None, help="`source` field of the samples (default: --src name)")
     parser.add_argument("--crf", type=int, default=18, help="x264 quality of the stored clips")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -250,12 +255,16 @@ def _run_job_in_worker(args: tuple[ShardJob, str]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- the main side
 
-def _fingerprint(options: BuildOptions, jobs: list[ShardJob]) -> dict[str, Any]:
-    """What must not change between a build and its resumption (and what `data merge` reads back)."""
+def _fingerprint(options: BuildOptions, jobs: list[ShardJob], captions: dict[str, Any] | None) -> dict[str, Any]:
+    """What must not change between a build and its resumption (and what `data merge` reads back); with
+    --captions, their summary (`captions_summary`: a digest of every caption) too."""
     plan = [(job.prefix, [s.name for s in job.sources]) for job in jobs]
     digest = hashlib.sha256(json.dumps(plan).encode("utf-8")).hexdigest()
-    return {"version": PLAN_VERSION, "options": data_settings(options), "plan_sha256": digest,
-            "jobs": [job.prefix for job in jobs]}
+    fingerprint = {"version": PLAN_VERSION, "options": data_settings(options), "plan_sha256": digest,
+                   "jobs": [job.prefix for job in jobs]}
+    if captions is not None:
+        fingerprint["captions"] = captions
+    return fingerprint
 
 
 def data_settings(options: BuildOptions) -> dict[str, Any]:
@@ -285,7 +294,8 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="video", desc="data build", disable=not enabled, dynamic_ncols=True)
 
 
-def assemble_manifest(out: Path, prefixes: list[str], settings: dict[str, Any], seconds: float) -> dict[str, Any]:
+def assemble_manifest(out: Path, prefixes: list[str], settings: dict[str, Any], seconds: float,
+                      captions: dict[str, Any] | None = None) -> dict[str, Any]:
     """Counts, hours, identities, shards and every rejection, from the done markers.
 
     Args:
@@ -293,6 +303,7 @@ def assemble_manifest(out: Path, prefixes: list[str], settings: dict[str, Any], 
         prefixes: the plan's jobs, in plan order.
         settings: `data_settings` of the build options.
         seconds: wall-clock time of this run.
+        captions: the plan's captions summary (with --captions), kept in the manifest.
     """
     files, shards = [], []
     for prefix in prefixes:
@@ -322,7 +333,7 @@ def assemble_manifest(out: Path, prefixes: list[str], settings: dict[str, Any], 
     clip_reasons = {r: 0 for r in REASONS}
     for item in rejected_clips:
         clip_reasons[item["reason"]] += 1
-    return {
+    manifest = {
         "counts": {"files": len(files), "files_used": len(files) - len(rejected_files),
                    "files_rejected": len(rejected_files),
                    "clips": sum(f["clips"] for f in files), "clips_rejected": len(rejected_clips),
@@ -338,6 +349,9 @@ def assemble_manifest(out: Path, prefixes: list[str], settings: dict[str, Any], 
         "options": settings,
         "last_run_seconds": round(seconds, 3),
     }
+    if captions is not None:
+        manifest["captions"] = captions
+    return manifest
 
 
 def _run_local(todo: list[ShardJob], out: Path, options: BuildOptions, workers: int, on_done) -> None:
@@ -366,6 +380,23 @@ def _run(todo: list[ShardJob], out: Path, options: BuildOptions, args: Namespace
         _run_local(todo, out, options, args.workers, on_done)
 
 
+def _captioned(sources: list[Source], args: Namespace) -> tuple[list[Source], dict[str, Any] | None]:
+    """The sources with their --captions, and the captions summary; entries naming no video are reported."""
+    if args.captions is None:
+        return sources, None
+    from data_tools.captions import attach_captions, captions_summary, read_captions
+
+    sources, unknown = attach_captions(sources, read_captions(args.captions), args.src, args.captions)
+    summary = captions_summary(args.captions, sources, unknown)
+    if unknown:
+        first = unknown[0]
+        print(f"data build: --captions {args.captions}: {len(unknown)} entries name no video under --src (first: "
+              f"line {first.line}, {first.kind} {first.key!r}); listed in manifest.json under captions.unknown",
+              file=sys.stderr)
+    print(f"data build: captions for {summary['sources_captioned']} of {len(sources)} videos", file=sys.stderr)
+    return sources, summary
+
+
 def build(argv: list[str]) -> dict[str, Any]:
     """Run a build (or resume one, or one part of one) and return the manifest (for a part: its summary).
 
@@ -381,10 +412,11 @@ def build(argv: list[str]) -> dict[str, Any]:
     sources = scan_sources(args.src)
     out = output_folder(args.out, "--out")
     options = options_from_args(args)
+    sources, captions = _captioned(sources, args)
     jobs = plan_jobs(sources, args.val_fraction, args.seed, args.sources_per_job)
     mine = part_of(jobs, part)
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(options, jobs)
+    fingerprint = _fingerprint(options, jobs, captions)
     _check_plan(out, fingerprint)
     todo = [job for job in mine if read_done(out, job.prefix) is None]
     # other parts may be writing into the same folder: a part removes only its own leftovers
@@ -396,7 +428,8 @@ def build(argv: list[str]) -> dict[str, Any]:
     bar.close()
     if part is not None:
         return part_summary(out, jobs, mine, part)
-    manifest = assemble_manifest(out, fingerprint["jobs"], fingerprint["options"], time.perf_counter() - started)
+    manifest = assemble_manifest(out, fingerprint["jobs"], fingerprint["options"], time.perf_counter() - started,
+                                 captions)
     write_json_atomic(out / MANIFEST_FILE, manifest, durable=True)
     return manifest
 

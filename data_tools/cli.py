@@ -11,6 +11,8 @@ COMMANDS = {
     "synth": ("data_tools.synth:main", "write SynthTalk shards (procedural talking heads with lip-sync ground truth)"),
     "build": ("data_tools.build:main", "build shards from raw talking-head videos"),
     "merge": ("data_tools.parts:main", "join the parts of a build (`data build --part I/N`) into its manifest"),
+    "precompute": ("data_tools.prompt_cache:main", "encode every unique caption of shards into the prompt cache "
+                   "(training then never loads umT5)"),
     "export": ("data_tools.export:main", "write shard samples as evaluation inputs (real/KEY.mp4 + KEY.json, "
                "refs/KEY.png, audio/KEY.wav)"),
 }

@@ -173,7 +173,8 @@ def _sample(source: Source, clip: _Clip, options: ClipOptions) -> dict[str, Any]
     if clip.ref_time is not None:
         meta["ref_time"] = round(clip.ref_time, 4)
     mp4 = encode_video(clip.video, fps=options.fps, audio=clip.audio, crf=options.crf)
-    return schema.encode_sample(f"{source.name}__c{clip.index:04d}", mp4, meta, audio=clip.audio, ref=clip.ref)
+    return schema.encode_sample(f"{source.name}__c{clip.index:04d}", mp4, meta, audio=clip.audio, ref=clip.ref,
+                                caption=source.caption)
 
 
 def _middle(clip: _Clip, options: ClipOptions) -> tuple[np.ndarray, float]:

@@ -94,7 +94,8 @@ def merge(argv: list[str]) -> dict[str, Any]:
         raise UserError(f"--out {out}: {len(missing)} of {count} jobs are not done (e.g. {missing[0]}, job "
                         f"{plan['jobs'].index(missing[0])} of the plan); expected every part finished: rerun the "
                         "part that holds it (job J belongs to part J mod N)")
-    manifest = assemble_manifest(out, plan["jobs"], plan["options"], time.perf_counter() - started)
+    manifest = assemble_manifest(out, plan["jobs"], plan["options"], time.perf_counter() - started,
+                                 plan.get("captions"))
     write_json_atomic(out / MANIFEST_FILE, manifest, durable=True)
     return manifest
 

@@ -26,11 +26,13 @@ class Source:
         path: the video file.
         identity: who speaks (parent folder name, or the file list's first column).
         name: a stable, unique, tar-safe name for keys (identity, stem and a short path hash).
+        caption: the text every clip of this video gets as its `txt` member (`data build --captions`).
     """
 
     path: str
     identity: str
     name: str
+    caption: str | None = None
 
 
 @dataclass

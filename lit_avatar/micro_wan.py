@@ -23,6 +23,9 @@ RECIPES = {"teacher": ROOT / "experiments/teacher/wan1.3b.yaml",
            "ode_init": ROOT / "experiments/distill/wan1.3b_ode.yaml",
            "student": ROOT / "experiments/distill/wan1.3b.yaml"}
 NETWORKS = {"teacher": ("model",), "ode_init": ("generator", "teacher"), "student": ("generator", "critic", "teacher")}
+# the tiny umT5's vocabulary (SynthTalk-like captions); other words become <unk>
+CAPTION_WORDS = ("a woman man talking smiling mouth open closed wide red green blue hair skin background face "
+                 "in studio").split()
 CLIP_FRAMES = 33  # 9 latent frames on the causal grid: blocks of 9, 12, 12 video frames
 STREAM_SECONDS = 10.0
 
@@ -38,10 +41,14 @@ def build_parser() -> CommandParser:
 
 
 def write_weights(folder: Path, seed: int = 0) -> dict[str, str]:
-    """Tiny random networks of the recipes' own VAE and audio classes, saved as local folders."""
+    """Tiny random networks of the recipes' own VAE, audio and text encoder classes, saved as local folders (the
+    umT5's width is the micro-wan preset's text_dim)."""
     import torch
     from diffusers import AutoencoderKLWan
     from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from lit_avatar.models.presets import get_preset
+    from lit_avatar.prompts import write_tiny_text_encoder
 
     torch.manual_seed(seed)
     AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
@@ -50,7 +57,8 @@ def write_weights(folder: Path, seed: int = 0) -> dict[str, str]:
     Wav2Vec2Model(Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                                  conv_dim=(8,) * 7, num_conv_pos_embeddings=8,
                                  num_conv_pos_embedding_groups=2)).save_pretrained(str(folder / "w2v"))
-    return {"vae": str(folder / "wan"), "w2v": str(folder / "w2v")}
+    write_tiny_text_encoder(folder / "umt5", CAPTION_WORDS, d_model=get_preset("micro-wan").text_dim, seed=seed)
+    return {"vae": str(folder / "wan"), "w2v": str(folder / "w2v"), "umt5": str(folder / "umt5")}
 
 
 def stage_overrides(stage: str, weights: dict[str, str], folder: Path, previous: dict[str, str]) -> dict:
@@ -61,6 +69,8 @@ def stage_overrides(stage: str, weights: dict[str, str], folder: Path, previous:
         model["model"]["init_args"]["weights"] = None
     model["vae"] = {"init_args": {"path": weights["vae"]}}
     model["audio_encoder"] = {"init_args": {"path": weights["w2v"]}}
+    model["text_encoder"] = {"init_args": {"path": weights["umt5"], "dtype": "float32",
+                                           "cache_dir": str(folder.parent / "prompts")}}
     if stage == "ode_init":
         model.update(teacher_weights=previous["teacher"], cache_dir=str(folder / "trajectories"))
     if stage == "student":

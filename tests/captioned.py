@@ -9,13 +9,16 @@ from pathlib import Path
 
 
 def caption_shard(source: Path, target: Path, caption_of: Callable[[str, dict], str | None]) -> Path:
-    """Copy the tar `source` to `target`, adding `<key>.txt` = caption_of(key, sample json) where it is not None
-    (right after the sample's own members, so webdataset groups it with them)."""
+    """Copy the tar `source` to `target` (may be the same file), with `<key>.txt` = caption_of(key, sample json)
+    where that is not None (right after the sample's other members, so webdataset groups it with them) and no
+    caption where it is None (a caption the source had is replaced or dropped)."""
     with tarfile.open(source) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     groups: dict[str, list] = {}
     for member, data in members:
-        groups.setdefault(member.name.split(".", 1)[0], []).append((member.name, data))
+        key, _, ext = member.name.partition(".")
+        if ext != "txt":
+            groups.setdefault(key, []).append((member.name, data))
     with tarfile.open(target, "w") as out:
         for key, files in groups.items():
             meta = json.loads(next(data for name, data in files if name.endswith(".json")))

@@ -63,3 +63,13 @@ def tiny_text_encoder(tmp_path_factory) -> Path:
     from lit_avatar.prompts import write_tiny_text_encoder
 
     return write_tiny_text_encoder(tmp_path_factory.mktemp("umt5") / "text_encoder", PROMPT_WORDS, d_model=16)
+
+
+@pytest.fixture(scope="session")
+def wan_width_text_encoder(tmp_path_factory) -> Path:
+    """A tiny random umT5 of umT5-XXL's output width (d_model 4096, the 1.3B DiT's text_dim; 1.5 MB: one layer,
+    narrow heads), for building the 1.3B recipes with their text encoder."""
+    from lit_avatar.prompts import write_tiny_text_encoder
+
+    return write_tiny_text_encoder(tmp_path_factory.mktemp("umt5_4096") / "text_encoder", PROMPT_WORDS,
+                                   d_model=4096, num_layers=1, num_heads=2, d_kv=4, d_ff=8)

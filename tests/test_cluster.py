@@ -84,6 +84,19 @@ def test_ray_build_equals_local_build(raw, local, cluster):
     assert reasons == {"cut.mp4": "broken", "silent.mp4": "silent"}
 
 
+def test_ray_build_with_captions_equals_local_build_with_captions(raw, local, cluster):
+    """Captions travel with the sources into the jobs: the Ray build's shards equal the local ones byte for byte,
+    and differ from the uncaptioned build only in the shards of captioned videos."""
+    captions = raw["root"] / "captions.csv"
+    captions.write_text('id,text\ntalk25,a woman talking\nportrait24,"a man, smiling"\n')
+    here, there = raw["root"] / "local_captions", raw["root"] / "ray_captions"
+    build(_args(raw, here, "--captions", str(captions)))
+    build(_args(raw, there, "--captions", str(captions), "--engine", "ray", "--workers", "2"))
+    assert _tar_hashes(there) == _tar_hashes(here) and _manifest(there) == _manifest(here)
+    changed = {name for name, digest in _tar_hashes(here).items() if _tar_hashes(local)[name] != digest}
+    assert len(changed) == 2 and _manifest(here)["captions"]["sources_captioned"] == 2
+
+
 def test_worker_killed_mid_source_is_retried(raw, local, cluster):
     cluster["kill"].write_text("armed")
     out = raw["root"] / "ray_killed_worker"

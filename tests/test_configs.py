@@ -49,6 +49,9 @@ def test_teacher_configs_chain_into_their_distillation_configs(teacher, distill)
     for name in distill:
         stage = ROOT / "experiments" / "distill" / f"{name}.yaml"
         assert _networks(stage, "teacher", "generator", "vae", "audio_encoder") == [dit, dit, vae, audio], name
+    if teacher == "wan1.3b":  # captions embed alike in every stage: the student learns the teacher's text
+        text = _networks(path, "text_encoder")
+        assert all(_networks(ROOT / "experiments" / "distill" / f"{n}.yaml", "text_encoder") == text for n in distill)
 
 
 @pytest.mark.parametrize("path", TEACHER, ids=lambda p: p.name)
@@ -140,11 +143,12 @@ def test_yaml_swaps_optimizer_and_schedule_and_training_uses_them(synth_shards, 
     assert all("momentum_buffer" in optimizer.state[p] for p in trained)  # SGD's own state: it took the steps
 
 
-def test_wan_recipe_on_meta_device():
+def test_wan_recipe_on_meta_device(wan_width_text_encoder, tmp_path):
     """The GPU recipe builds at full size without memory or weights: the DiT on meta skips loading.
 
     The VAE and wav2vec2 load real local weights in their constructors, so weightless stand-ins replace
-    them here; the strategy is parsed and built on its own (it shards in configure_model, on devices).
+    them here, and a tiny umT5 of umT5-XXL's width stands in for it; the strategy is parsed and built on its own
+    (it shards in configure_model, on devices).
     """
     from jsonargparse import ArgumentParser
     from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
@@ -154,9 +158,16 @@ def test_wan_recipe_on_meta_device():
     with torch.device("meta"):
         cli = AvatarCLI(args=["--config", str(WAN), "--model.init_args.vae=lit_avatar.models.vae.PatchVAE",
                               "--model.init_args.vae.spatial_factor=8", "--model.init_args.audio_encoder=null",
+                              f"--model.init_args.text_encoder.init_args.path={wan_width_text_encoder}",
+                              f"--model.init_args.text_encoder.init_args.cache_dir={tmp_path}",
                               "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32",
                               "--trainer.strategy=auto", "--trainer.logger=false"], run=False)
     dit = cli.model.model
+    text = cli.model.text_encoder  # captions are read: umT5 of the DiT's text width, Wan's 512 tokens, bf16
+    assert (text.text_dim, text.max_length, text.dtype) == (dit.config.text_dim, 512, "bfloat16")
+    assert (cli.model.condition_dropout.text, cli.model.condition_dropout.audio) == (0.1, 0.1)  # set in the YAML
+    sampler = cli.model.hparams.sampler
+    assert (sampler["audio_guidance"], sampler["text_guidance"]) == (4.0, 5.0) and sampler["negative_prompt"]
     assert all(p.is_meta for p in dit.parameters())
     backbone = sum(p.numel() for n, p in dit.named_parameters() if "audio" not in n)
     assert backbone == 1_418_996_800 + 4096  # diffusers' WanTransformer3DModel + the learned null text

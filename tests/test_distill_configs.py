@@ -120,7 +120,7 @@ def test_ablation_overrides_change_only_their_own_behaviour():
 
 
 @pytest.mark.parametrize("name", ["wan1.3b_ode.yaml", "wan1.3b.yaml"])
-def test_wan_recipe_instantiates_on_meta_with_fsdp2_strategy(name):
+def test_wan_recipe_instantiates_on_meta_with_fsdp2_strategy(name, wan_width_text_encoder, tmp_path):
     from jsonargparse import ArgumentParser
     from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
@@ -131,9 +131,17 @@ def test_wan_recipe_instantiates_on_meta_with_fsdp2_strategy(name):
         # a CPU trainer without the strategy (it shards on devices); the VAE/audio folders are not here
         cli = AvatarCLI(args=["--config", str(path), "--model.init_args.vae=lit_avatar.models.vae.PatchVAE",
                               "--model.init_args.audio_encoder=null",
+                              f"--model.init_args.text_encoder.init_args.path={wan_width_text_encoder}",
+                              f"--model.init_args.text_encoder.init_args.cache_dir={tmp_path}",
                               "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
                               "--trainer.precision=32", "--trainer.logger=false"], run=False)
     module = cli.model
+    assert module.text_encoder.text_dim == 4096 and module.text_encoder.max_length == 512
+    assert module.hparams.negative_prompt.startswith("static, motionless")  # the teacher recipe's
+    if name == "wan1.3b.yaml":
+        assert module.dmd.text_guidance_scale == 4.0  # InfiniteTalk's text scale 5 as g = s - 1
+    else:
+        assert module.guidance.text_scale == 5.0 and module.guidance.audio_scale == 4.0
     assert module.generator.config.dim == 1536 and module.generator.config.num_layers == 30
     assert module.generator.config.gradient_checkpointing  # activation checkpointing per AvatarBlock
     backbone = sum(p.numel() for n, p in module.generator.named_parameters() if "audio" not in n)

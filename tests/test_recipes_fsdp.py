@@ -38,20 +38,25 @@ def _write_inputs(folder: Path) -> dict[str, str]:
     import wave
 
     import numpy as np
+    from captioned import caption_shard
     from PIL import Image
 
     from data_tools.synth import write_synthtalk
     from lit_avatar.micro_wan import write_weights
 
-    write_weights(folder, seed=0)  # 16 latent channels, 8x spatial, 4x temporal like Wan2.1's VAE
+    weights = write_weights(folder, seed=0)  # 16 latent channels, 8x spatial, 4x temporal like Wan2.1's VAE
     write_synthtalk(folder / "data", clips=10, seconds=1.0, shards=8, size=32, seed=1234, val_identities=1,
                     identities=5)
+    for shard in (folder / "data").glob("*.tar"):  # captions, so the recipes' text encoder and guidance act
+        caption_shard(shard, shard, lambda key, meta: f"a {'woman' if sum(map(ord, meta['identity'])) % 2 else 'man'} "
+                                                      "talking in a studio")
     t = np.arange(24000) / 16000
     with wave.open(str(folder / "speech.wav"), "wb") as f:
         f.setnchannels(1), f.setsampwidth(2), f.setframerate(16000)
         f.writeframes((0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) * 16000).astype(np.int16))
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "ref.png")
-    return {"vae": str(folder / "wan"), "w2v": str(folder / "w2v"), "data": str(folder / "data")}
+    return {"vae": str(folder / "wan"), "w2v": str(folder / "w2v"), "data": str(folder / "data"),
+            "umt5": weights["umt5"], "prompts": str(folder / "prompts")}
 
 
 def _overrides(stage: str, inputs: dict[str, str], logs: Path, probe: Path, save_at_step: int = 0,
@@ -62,6 +67,8 @@ def _overrides(stage: str, inputs: dict[str, str], logs: Path, probe: Path, save
         model["model"]["init_args"]["weights"] = None
     model["vae"] = {"init_args": {"path": inputs["vae"]}}
     model["audio_encoder"] = {"init_args": {"path": inputs["w2v"]}}
+    # the recipe's text encoder at micro width (micro-wan's text_dim 16), its own prompt cache
+    model["text_encoder"] = {"init_args": {"path": inputs["umt5"], "dtype": "float32", "cache_dir": inputs["prompts"]}}
     model.update(weights or {})
     trainer_clip = {}
     if stage == "dmd":
@@ -157,6 +164,10 @@ def test_teacher_and_ode_recipes_train_under_fsdp2(chain):
     # whole tensors in one file: the micro-wan FFN weight is [64, 32], not a shard of it
     assert teacher["state_dict"]["ema_model.blocks.0.ffn.0.weight"].shape == (64, 32)
     assert teacher["lit_avatar"]["model"]["class_path"] == "lit_avatar.models.dit.AvatarDiT"
+    # captions went through the recipe's text encoder, which the record names: two captions and the negative
+    # prompt, each encoded once into the shared prompt cache (whatever the ranks and stages)
+    assert teacher["lit_avatar"]["text_encoder"]["init_args"]["path"] == str(chain["inputs"] / "umt5")
+    assert len(list((chain["inputs"] / "prompts").rglob("*.safetensors"))) == 3
 
 
 def test_dmd_recipe_trains_and_generates(chain):

@@ -60,6 +60,11 @@ class ClipConditions:
         return ClipConditions(audio, ref, None if drop_text else self.text)
 
 
+def _several_ranks() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
+
 @dataclass
 class BlockAudio:
     """A block's audio tokens [B,F,A,audio_dim] and every layer's audio K/V of them, stacked
@@ -237,6 +242,10 @@ class AvatarDiT(nn.Module):
     def text_context(self, text: torch.Tensor | None, batch: int) -> torch.Tensor:
         if text is None:
             text = self.null_text.expand(batch, -1, -1)
+        elif self.null_text.requires_grad and torch.is_grad_enabled() and _several_ranks():
+            # FSDP2 (and DDP) reduce the gradients of the parameters each rank used: a rank whose batch has text
+            # gives the null text a zero gradient, as the ranks that dropped text (or had no captions) give it one
+            text = text + self.null_text.sum() * 0
         return self.text_embedding(text.to(self.null_text.dtype))
 
     def audio_tokens(self, audio: torch.Tensor | None, starts_at_zero: bool = True) -> torch.Tensor | None:

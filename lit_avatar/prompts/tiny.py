@@ -15,7 +15,7 @@ SPECIAL = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2, as in T5
 
 
 def write_tiny_text_encoder(folder: str | Path, words: Iterable[str], d_model: int = 16, num_layers: int = 2,
-                            num_heads: int = 2, d_ff: int = 32, seed: int = 0) -> Path:
+                            num_heads: int = 2, d_ff: int = 32, seed: int = 0, d_kv: int | None = None) -> Path:
     """Write config.json, model.safetensors and tokenizer files into `folder`; returns it.
 
     Args:
@@ -24,6 +24,8 @@ def write_tiny_text_encoder(folder: str | Path, words: Iterable[str], d_model: i
         d_model: embedding width (the DiT's `text_dim`).
         num_layers, num_heads, d_ff: encoder size.
         seed: weights' seed (same seed, same torch: same bytes).
+        d_kv: width of each attention head (default d_model // num_heads); small, it keeps an encoder of
+            umT5-XXL's output width (4096) a few MB.
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
@@ -35,7 +37,7 @@ def write_tiny_text_encoder(folder: str | Path, words: Iterable[str], d_model: i
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
                                    unk_token="<unk>")
-    config = UMT5Config(vocab_size=len(vocab), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
+    config = UMT5Config(vocab_size=len(vocab), d_model=d_model, d_kv=d_kv or d_model // num_heads, d_ff=d_ff,
                         num_layers=num_layers, num_heads=num_heads, relative_attention_num_buckets=8,
                         relative_attention_max_distance=16, feed_forward_proj="gated-gelu", pad_token_id=0,
                         eos_token_id=1, decoder_start_token_id=0)
