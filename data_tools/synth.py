@@ -2,10 +2,13 @@
 
 `lit-avatar data synth --out DIR --clips N --seconds S --shards K --size PX --seed X [--val-identities M]`
 writes `train-000000.tar ...` (and `val-000000.tar ...` for held-out identities) in the sample schema of
-`lit_avatar.data.schema`, then `manifest.json`. Each clip is one "recording" of an identity: speech-like
-audio, a face whose mouth opening follows the audio's syllable envelope, small head motion and blinks.
+`lit_avatar.data.schema`, then `manifest.json` and, with captions, the captions' text encoder in
+`text_encoder/`. Each clip is one "recording" of an identity: speech-like audio, a face whose mouth
+opening follows the audio's syllable envelope, small head motion and blinks.
 The json stores the per-frame opening (`mouth`) and the `mouth_box`; `ref.png` is the same identity at a
-time outside the clip. Everything is a pure function of (seed, clip index), so sets are reproducible.
+time outside the clip; `txt` is the clip's caption (data_tools.synth_captions: colour words of skin, hair and
+background, a mouth-state word), left out with `--no-captions`. Everything is a pure function of (seed, clip
+index), so sets are reproducible; captions draw no random numbers, so video and audio do not depend on them.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from data_tools.shards import ShardFile
+from data_tools.synth_captions import clip_caption, write_synthtalk_text_encoder
 from data_tools.synth_face import (
     Identity,
     blink_factors,
@@ -34,6 +38,7 @@ from lit_avatar.data.schema import FPS, SAMPLE_RATE, SCHEMA_VERSION, encode_samp
 from lit_avatar.errors import UserError, output_folder
 
 SOURCE = "synthtalk"
+TEXT_ENCODER = "text_encoder"  # the folder under --out that holds the captions' text encoder
 
 
 @dataclass
@@ -48,6 +53,7 @@ class SynthClip:
     box: list[float]
     ref: np.ndarray  # uint8 [H, W, 3]
     ref_time: float
+    caption: str = ""
 
 
 def identity_traits(seed: int, identity_index: int, size: int) -> Identity:
@@ -79,11 +85,11 @@ def make_clip(seed: int, clip_index: int, identity_index: int, seconds: float, s
                  np.array([rng.uniform(0.0, 0.5)]), np.ones(1))[0]
     return SynthClip(key=f"id{identity_index:05d}_c{clip_index:06d}", identity=f"synth{identity_index:05d}",
                      frames=frames, audio=speech.audio, opening=opening, box=mouth_box(identity, size),
-                     ref=ref, ref_time=ref_time)
+                     ref=ref, ref_time=ref_time, caption=clip_caption(identity, opening))
 
 
-def clip_sample(clip: SynthClip) -> dict:
-    """The clip in the shard schema (mp4 with AAC, lossless flac, json, ref.png)."""
+def clip_sample(clip: SynthClip, captions: bool = True) -> dict:
+    """The clip in the shard schema (mp4 with AAC, lossless flac, json, ref.png, and its caption as txt)."""
     from lit_avatar.data.media import encode_video
 
     num_frames, height, width = clip.frames.shape[:3]
@@ -91,11 +97,13 @@ def clip_sample(clip: SynthClip) -> dict:
             "sample_rate": SAMPLE_RATE, "width": int(width), "height": int(height), "mouth_box": clip.box,
             "mouth": [round(float(o), 5) for o in clip.opening], "ref_time": round(clip.ref_time, 3)}
     mp4 = encode_video(clip.frames, FPS, clip.audio, SAMPLE_RATE)
-    return encode_sample(clip.key, mp4, meta, audio=clip.audio, ref=clip.ref)
+    return encode_sample(clip.key, mp4, meta, audio=clip.audio, ref=clip.ref,
+                         caption=clip.caption if captions else None)
 
 
 def write_synthtalk(out: str | os.PathLike, clips: int, seconds: float = 1.0, shards: int = 1, size: int = 32,
-                    seed: int = 0, val_identities: int = 0, identities: int | None = None) -> dict:
+                    seed: int = 0, val_identities: int = 0, identities: int | None = None,
+                    captions: bool = True) -> dict:
     """Write a SynthTalk set and return its manifest.
 
     Args:
@@ -107,6 +115,7 @@ def write_synthtalk(out: str | os.PathLike, clips: int, seconds: float = 1.0, sh
         seed: data set seed.
         val_identities: identities held out for validation (their clips go to val-*.tar only).
         identities: number of identities (default: max(2, clips // 4), at least val_identities + 1).
+        captions: store each clip's caption (`txt`); False writes the shards of the code before captions.
     """
     if clips < 1:
         raise UserError(f"--clips {clips}: expected at least 1")
@@ -133,6 +142,8 @@ def write_synthtalk(out: str | os.PathLike, clips: int, seconds: float = 1.0, sh
     started = time.perf_counter()
     manifest = {"name": SOURCE, "schema_version": SCHEMA_VERSION, "fps": FPS, "sample_rate": SAMPLE_RATE,
                 "size": size, "seconds": seconds, "seed": seed, "identities": count, "splits": {}}
+    if captions:
+        manifest["captions"] = "txt"
     for split, indices in splits.items():
         if not indices:
             continue
@@ -143,7 +154,7 @@ def write_synthtalk(out: str | os.PathLike, clips: int, seconds: float = 1.0, sh
             name = f"{split}-{shard:06d}.tar"
             with ShardFile(out / name) as writer:
                 for i in members:
-                    writer.write(clip_sample(make_clip(seed, i, i % count, seconds, size)))
+                    writer.write(clip_sample(make_clip(seed, i, i % count, seconds, size), captions))
             names.append(name)
         manifest["splits"][split] = {
             "shards": names, "clips": len(indices),
@@ -165,6 +176,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--seed", type=int, default=0, help="data set seed (same seed, same data)")
     parser.add_argument("--val-identities", type=int, default=0, help="identities held out into val-*.tar")
     parser.add_argument("--identities", type=int, default=None, help="number of identities (default clips//4)")
+    parser.add_argument("--no-captions", action="store_true",
+                        help="store no captions (txt) and no text encoder; video and audio are the same either way")
     return parser
 
 
@@ -172,7 +185,12 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse(argv)
     output_folder(args.out, "--out")
     manifest = write_synthtalk(args.out, args.clips, args.seconds, args.shards, args.size, args.seed,
-                               args.val_identities, args.identities)
+                               args.val_identities, args.identities, captions=not args.no_captions)
+    if not args.no_captions:
+        encoder = write_synthtalk_text_encoder(Path(args.out) / TEXT_ENCODER)
+        manifest["text_encoder"] = TEXT_ENCODER
+        write_json_atomic(Path(args.out) / "manifest.json", manifest)
+        print(f"captions in txt; their text encoder (tiny umT5 over the caption words): {encoder}")
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['clips']} clips of {len(info['identities'])} identities in {len(info['shards'])} shards")
     print(f"wrote {Path(args.out) / 'manifest.json'} in {manifest['seconds_to_generate']:.1f} s")

@@ -175,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     from data_tools.synth import write_synthtalk
 
     if not (out / "data" / "manifest.json").is_file():
+        # no SynthTalk captions: their colour words are not in the micro umT5's vocabulary (CAPTION_WORDS)
         info = write_synthtalk(out / "data", clips=8, seconds=2.0, shards=4, size=32, seed=args.seed, val_identities=1,
-                               identities=4)
+                               identities=4, captions=False)
         (out / "data" / "manifest.json").write_text(json.dumps(info))
     weights = write_weights(out / "weights", args.seed)
     ckpts = train(out, weights, args)

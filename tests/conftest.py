@@ -47,7 +47,9 @@ def synth_shards(tmp_path_factory) -> Path:
     from data_tools.synth import write_synthtalk
 
     out = tmp_path_factory.mktemp("synthtalk")
-    write_synthtalk(out, clips=10, seconds=1.0, shards=2, size=32, seed=1234, val_identities=1, identities=5)
+    # without captions: tests that caption shards themselves (tests/captioned.py) start from uncaptioned ones
+    write_synthtalk(out, clips=10, seconds=1.0, shards=2, size=32, seed=1234, val_identities=1, identities=5,
+                    captions=False)
     return out
 
 

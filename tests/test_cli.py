@@ -19,7 +19,8 @@ from lit_avatar.errors import run_main
 GROUPS = {"data": DATA_COMMANDS, "bench": BENCHMARKS}
 LEAVES = [[name] for name in COMMANDS if name not in GROUPS] + [
     [group, name] for group, table in GROUPS.items() for name in table]
-MODULES = {"demo": "lit_avatar.demo", "ablations": "lit_avatar.ablations"}  # run as `python -m ...`
+MODULES = {"demo": "lit_avatar.demo", "ablations": "lit_avatar.ablations",  # run as `python -m ...`
+           "caption_study": "lit_avatar.caption_study"}
 WITHOUT_DEFAULT = {"-h", "--help", "-c", "--config", "--options", "--print_config"}  # actions, not settings
 
 
@@ -182,6 +183,11 @@ MISTAKES = [
     (["ablations", "--out", "{out}", "--seedz", "0"], "did you mean --seeds?"),
     (["ablations", "--out", "{out}", "--steps", "many"], "--steps 'many': expected an integer"),
     (["ablations", "--out", "{out}", "--table", "{missing}"], "missing.ckpt"),
+    (["caption_study", "--out", "{out}", "--stepz", "5"], "did you mean --steps?"),
+    (["caption_study", "--out", "{out}", "--steps", "many"], "--steps 'many': expected an integer"),
+    (["caption_study", "--out", "{text}"], "notes.txt: is a file; expected a folder"),
+    (["caption_study", "--out", "{out}", "--eval-clips", "20"], "--eval-clips 20: expected at most --val-identities"),
+    (["caption_study", "--out", "{out}", "--seeds", "0,x"], "--seeds"),
 ]
 
 
@@ -234,7 +240,7 @@ def readme_command_lines(path: Path) -> list[tuple[list[str], set[str]]]:
     """(command words, options shown) of every `lit-avatar ...` / `python -m lit_avatar.X ...` in a markdown
     file, continuation lines included (those that start with spaces and `[` or `--`)."""
     found, current = [], None
-    command = re.compile(r"(?:lit-avatar|python -m lit_avatar\.(demo|ablations))\s+([a-z|]+(?: [a-z]+)?)")
+    command = re.compile(r"(?:lit-avatar|python -m lit_avatar\.(demo|ablations|caption_study))\s+([a-z|]+(?: [a-z]+)?)")
     for line in path.read_text().splitlines():
         for start in command.finditer(line):
             words = [start.group(1)] if start.group(1) else start.group(2).split("|")[0].split()

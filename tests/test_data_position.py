@@ -68,7 +68,8 @@ def test_batches_carry_no_internal_entries_and_done_epoch_resumes_next(six_shard
     glob, owner = six_shards
     loader = _data(glob, 0).train_dataloader()
     epoch0 = list(loader)
-    assert all(set(b) == {"video", "audio", "ref", "mouth_box", "mouth", "meta"} for b in epoch0)
+    # SynthTalk captions travel as `txt` (a list of str; the stage's text encoder, if any, embeds them)
+    assert all(set(b) == {"video", "audio", "ref", "mouth_box", "mouth", "meta", "txt"} for b in epoch0)
     state = loader.state_dict()
     assert state["epoch_done"] and state["epoch"] == 0
     fresh = _data(glob, 0).train_dataloader()
