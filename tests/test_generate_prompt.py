@@ -76,7 +76,10 @@ def test_text_guidance_against_the_prompt_itself_changes_nothing(inputs):
     unguided, _ = _run(inputs, "unguided", *prompt)
     same, _ = _run(inputs, "same", *prompt, "--text-guidance", "3", "--negative-prompt", "red hair smiling")
     other, sidecar = _run(inputs, "other", *prompt, "--text-guidance", "3", "--negative-prompt", "mouth closed")
-    assert np.array_equal(same, unguided) and not np.array_equal(other, unguided)
+    # equal up to float rounding (one-LSB differences of BLAS kernels between allocations can flip a pixel that
+    # x264 then codes differently; in isolation the videos are identical), far from another negative prompt's
+    to_other = np.abs(other.astype(float) - unguided).mean()
+    assert to_other > 1.0 and np.abs(same.astype(float) - unguided).mean() < 0.01 * to_other
     assert (sidecar["prompt"], sidecar["negative_prompt"], sidecar["text_guidance"]) == (
         "red hair smiling", "mouth closed", 3.0)
     assert sidecar["latency"]["blocks"] == 8  # 0.6 s = 15 frames in blocks of 2
