@@ -201,17 +201,11 @@ def write_outputs(out: Path, cfg: dict, per_seed: dict, curves: dict, horizon_s:
 
 def main(argv: list[str] | None = None) -> int:
     from lit_avatar import pipeline
-    from lit_avatar.quiet import route_library_logs
+    from lit_avatar.runs import open_run_folder
 
     args = _parser().parse(argv)
     cfg, protocol = load_plan(args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    route_library_logs(out / "ablations.log")
+    out = open_run_folder(args.out, args.threads, "ablations.log")
     command = "python -m lit_avatar.ablations " + shlex.join(argv if argv is not None else sys.argv[1:])
     data, teacher, ode, defaults, info = _base_stages(args)
     streams = held_out_streams(defaults, info, protocol["clips"], protocol["seconds"])

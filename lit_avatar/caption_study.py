@@ -346,18 +346,12 @@ def evaluate(args: Namespace, out: Path, ckpts: dict[str, Path]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     from lit_avatar.data.atomic import write_json_atomic
     from lit_avatar.errors import output_folder
-    from lit_avatar.quiet import route_library_logs
+    from lit_avatar.runs import open_run_folder
 
     args = _parser().parse(argv)
     output_folder(args.out, "--out")
     _validate(args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    route_library_logs(out / "caption_study.log")
+    out = open_run_folder(args.out, args.threads, "caption_study.log")
     command = "python -m lit_avatar.caption_study " + shlex.join(argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
     ckpts = train_teachers(args, out)

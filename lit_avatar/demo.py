@@ -252,21 +252,15 @@ def _print_summary(summary: dict, args: Namespace, out: Path, logs: Path, log_fi
 
 def main(argv: list[str] | None = None) -> int:
     from lit_avatar import pipeline
-    from lit_avatar.quiet import route_library_logs
+    from lit_avatar.runs import open_run_folder
 
     args = build_parser().parse(argv)
     output_folder(args.out, "--out")
     _validate(args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_run_folder(args.out, args.threads, "demo.log")
     data, logs = out / "data", out / "logs"
     log_file = out / "demo.log"
-    route_library_logs(log_file)
     timings = {}
 
     def lap(name: str, t0: float) -> None:

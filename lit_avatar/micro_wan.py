@@ -162,16 +162,11 @@ def check_run(out: Path, stream: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     from lit_avatar.errors import output_folder
-    from lit_avatar.quiet import route_library_logs
+    from lit_avatar.runs import open_run_folder
 
     args = build_parser().parse(argv)
     output_folder(args.out, "--out")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    route_library_logs(out / "micro_wan.log")
+    out = open_run_folder(args.out, args.threads, "micro_wan.log")
     from data_tools.synth import write_synthtalk
 
     if not (out / "data" / "manifest.json").is_file():

@@ -232,7 +232,7 @@ def test_old_spellings_and_options_files_agree(tmp_path, capsys):
 
 
 ROOT = Path(__file__).resolve().parents[1]
-# README.md is the front door, docs/*.md the pages it links (docs/incoming/ holds drafts not yet folded in)
+# README.md is the front door, docs/*.md the pages it links
 USER_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
