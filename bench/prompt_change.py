@@ -4,10 +4,10 @@ One stream (AvatarStreamer on a random model with a live text path, a random tin
 changes its prompt every `--every` blocks, as the live server does: the new prompt is embedded (PromptEncoder:
 umT5 on a cache miss, the memory or disk cache on a hit), handed to `set_prompt`, and applied at the next
 block (the cached text K/V and the reference sink re-filled: the block's `text_s` stage). Side by side from
-the same stream: the median latency of blocks with a change and without one (first block and URCR reset blocks apart), and the
-change's own cost: embedding (miss, memory hit, disk hit) plus the refill, each as a fraction of the
-median block. Times are this process's CPU seconds (blind to other processes' load; run with --threads 1)
-and wall seconds. JSON on stdout (and --out).
+the same stream: the median latency of blocks with a change and without one (first block and URCR reset
+blocks apart), and the change's own cost: embedding (miss, memory hit, disk hit) plus the refill, each as a
+fraction of the median block. Times are this process's CPU seconds (blind to other processes' load; run with
+--threads 1) and wall seconds. JSON on stdout (and --out).
 
     python -m bench.cli prompt --blocks 60 --every 4 --threads 1
 """
