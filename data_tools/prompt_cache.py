@@ -67,7 +67,11 @@ def precompute_prompts(argv: list[str]) -> dict[str, Any]:
     if args.max_length < 1 or args.batch_size < 1:
         raise UserError(f"--max-length {args.max_length} / --batch-size {args.batch_size}: expected >= 1")
     device = device_option(args.device)
-    encoder = PromptEncoder(args.text_encoder, max_length=args.max_length, dtype=args.dtype, cache_dir=args.cache_dir)
+    try:
+        encoder = PromptEncoder(args.text_encoder, max_length=args.max_length, dtype=args.dtype,
+                                cache_dir=args.cache_dir)
+    except UserError as err:
+        raise UserError(f"--text-encoder {err}") from None
     shards = expand_shards(args.shards, "--shards")
     captions, skipped = [], 0
     for _, caption in shard_captions(shards):
