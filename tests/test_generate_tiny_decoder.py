@@ -119,3 +119,41 @@ def test_decoder_mistakes_are_one_line_and_write_nothing(files, tmp_path):
     with pytest.raises(UserError, match=r"checkpoint's PatchVAE makes latents of 12 channels"):
         main(_args({**files, "ckpt": patch_ckpt}, out, "--decoder", "tiny", "--decoder-path", files["tiny"]))
     assert sorted(os.listdir(tmp_path)) == ["patch.ckpt", "two.pth"]
+
+
+def test_serve_decodes_through_the_tiny_decoder_in_its_engine_and_its_workers(files):
+    """`serve --decoder tiny`: the server's engine and every worker's engine (EngineSpec, rebuilt in the worker
+    process) decode with the tiny decoder; their streams give the frames of a streamer built the generate way."""
+    from lit_avatar.checkpoint import load_generator
+    from lit_avatar.inference.decoder_option import with_decoder
+    from lit_avatar.inference.streamer import AvatarStreamer
+    from lit_avatar.serve.cli import build_parser, build_server
+    from lit_avatar.serve.workers import EngineSpec
+
+    args = build_parser().parse_args(["--ckpt", files["ckpt"], "--ref", files["ref"], "--port", "0", "--workers",
+                                      "0", "--decoder", "tiny", "--decoder-path", files["tiny"]])
+    engine = build_server(args).engine
+    spec = EngineSpec(files["ckpt"], engine.ref_image, decoder="tiny", decoder_path=files["tiny"])
+    worker_engine = spec.build()
+    assert isinstance(engine.vae, TinyDecodedVAE) and isinstance(worker_engine.vae, TinyDecodedVAE)
+    bundle = load_generator(files["ckpt"])
+    reference = AvatarStreamer(bundle.model, with_decoder(bundle.vae, "tiny", files["tiny"]), bundle.audio_encoder,
+                               bundle.rollout_options, engine.ref_image, seed=0)
+    audio = (0.2 * np.sin(np.linspace(0, 400, 16000))).astype(np.float32)
+    expected = np.concatenate([reference.push_audio(audio), reference.flush()])
+    for built in (engine, worker_engine):
+        streamer = built.new_streamer()
+        frames = np.concatenate([streamer.push_audio(audio), streamer.flush()])
+        assert frames.shape == expected.shape == (25, 32, 32, 3) and np.array_equal(frames, expected)
+
+
+def test_serve_decoder_mistakes_are_one_line(files, tmp_path):
+    from lit_avatar.serve.cli import build_parser, build_server
+
+    base = ["--ckpt", files["ckpt"], "--ref", files["ref"], "--port", "0", "--workers", "0"]
+    cases = [(["--decoder", "tiny"], r"--decoder tiny needs --decoder-path PATH"),
+             (["--decoder-path", files["tiny"]], r"only used with --decoder tiny"),
+             (["--decoder", "tiny", "--decoder-path", str(tmp_path / "nope.pth")], r"nope\.pth: not found")]
+    for extra, match in cases:
+        with pytest.raises(UserError, match=match):
+            build_server(build_parser().parse_args(base + extra))

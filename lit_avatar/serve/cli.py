@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from lit_avatar.command import CommandParser, Namespace
 from lit_avatar.errors import UserError, existing_file
+from lit_avatar.inference.decoder_option import add_decoder_arguments, check_decoder_arguments, with_decoder
 
 TOKEN_ENV = "LIT_AVATAR_SERVE_TOKEN"
 
@@ -46,6 +47,7 @@ def build_parser() -> CommandParser:
     p.add_argument("--workers", type=int, default=None, help="worker processes that run the sessions' streamers, "
                    "each loading the weights once (default: the CPU count, or the GPU count with --device cuda, at "
                    "most --max-sessions; 0 runs them in a thread of the server's process)")
+    add_decoder_arguments(p)
     p.add_argument("--prompt-cache", default=None, help="folder of cached prompt embeddings, shared by the workers "
                    "(default: $LIT_AVATAR_PROMPT_CACHE or ~/.cache/lit_avatar/prompts); used when the checkpoint "
                    "was trained with captions (the page's prompt box)")
@@ -76,6 +78,7 @@ def build_server(args: Namespace, observer=None, gpu_count: Callable[[], int] | 
         raise UserError(f"--workers {args.workers}: expected >= 0")
     checkpoint_path(args.ckpt, "a causal (ode_init or student) checkpoint")
     existing_file(args.ref, "a reference image (PNG/JPEG/...)", "--ref")
+    check_decoder_arguments(args.decoder, args.decoder_path)
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     options = ServeOptions(max_sessions=args.max_sessions, token=token, idle_timeout_s=args.idle_timeout,
                            max_message_bytes=int(args.max_message_kib * 1024), max_backlog_s=args.max_backlog,
@@ -87,9 +90,10 @@ def build_server(args: Namespace, observer=None, gpu_count: Callable[[], int] | 
     bundle = build_generator(source, device=device)
     if bundle.text_encoder is not None:
         bundle.text_encoder.use_cache(args.prompt_cache)
+    vae = with_decoder(bundle.vae, args.decoder, args.decoder_path)
     cell = bundle.vae.spatial_factor * bundle.model.config.patch_size[1]
     ref = read_reference(args.ref, size_option(args.size, cell) if args.size else bundle.video_size, cell)
-    engine = AvatarEngine(bundle.model, bundle.vae, bundle.audio_encoder, bundle.rollout_options, ref,
+    engine = AvatarEngine(bundle.model, vae, bundle.audio_encoder, bundle.rollout_options, ref,
                           device=device, seed=args.seed, text_encoder=bundle.text_encoder)
     engine.new_streamer()  # fail now, not at the first peer, if the reference does not fit the model
     gpus = gpu_count() if gpu_count is not None else torch.cuda.device_count()
@@ -97,7 +101,8 @@ def build_server(args: Namespace, observer=None, gpu_count: Callable[[], int] | 
     workers = None
     if devices:
         workers = ProcessWorkers([EngineSpec(str(args.ckpt), ref, where, args.seed, args.threads, options.image_format,
-                                             options.jpeg_quality, args.prompt_cache) for where in devices])
+                                             options.jpeg_quality, args.prompt_cache, args.decoder, args.decoder_path)
+                                  for where in devices])
     return AvatarServer(engine, options, workers=workers, observer=observer)
 
 

@@ -43,6 +43,8 @@ class EngineSpec:
         image_format: "jpeg" or "png".
         jpeg_quality: 1..95.
         prompt_cache: the prompt embedding cache folder every worker shares (None: the default).
+        decoder: "full" (the checkpoint's VAE) or "tiny" (a TAEHV decoder, `decoder_path`), as `serve --decoder`.
+        decoder_path: the tiny decoder's weights.
     """
 
     ckpt: str
@@ -53,19 +55,23 @@ class EngineSpec:
     image_format: str = "jpeg"
     jpeg_quality: int = 90
     prompt_cache: str | None = None
+    decoder: str = "full"
+    decoder_path: str | None = None
 
     def build(self):
         """The AvatarEngine (checkpoint loaded)."""
         import torch
 
         from lit_avatar.checkpoint import load_generator
+        from lit_avatar.inference.decoder_option import with_decoder
         from lit_avatar.serve.engine import AvatarEngine
 
         torch.set_num_threads(self.threads)
         bundle = load_generator(self.ckpt, device=self.device)
         if bundle.text_encoder is not None:
             bundle.text_encoder.use_cache(self.prompt_cache)
-        return AvatarEngine(bundle.model, bundle.vae, bundle.audio_encoder, bundle.rollout_options, self.ref_image,
+        vae = with_decoder(bundle.vae, self.decoder, self.decoder_path)
+        return AvatarEngine(bundle.model, vae, bundle.audio_encoder, bundle.rollout_options, self.ref_image,
                             device=self.device, seed=self.seed, text_encoder=bundle.text_encoder)
 
 
