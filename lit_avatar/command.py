@@ -34,6 +34,12 @@ _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "st
 class _HelpFormatter(DefaultHelpFormatter):
     """Types and defaults after each option; the description keeps its paragraphs and indented blocks."""
 
+    def _get_help_string(self, action) -> str:
+        text = super()._get_help_string(action)
+        if action.default is None and "(default: " in (action.help or ""):  # the help says it better than "null"
+            text = text.replace(" (default: %(default)s)", "").replace(", default: %(default)s)", ")")
+        return text
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         paragraphs = []
         for paragraph in text.strip("\n").split("\n\n"):
