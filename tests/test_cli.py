@@ -274,3 +274,14 @@ def test_every_option_the_readme_shows_is_accepted(capsys):
         # LightningCLI options are nested (--trainer.devices, --model.init_args.x): their top key must exist
         unknown = {o for o in shown if o not in helps[key] and o.split(".")[0] not in helps[key]}
         assert not unknown, f"{path.name} shows `{key}` with options it does not accept: {sorted(unknown)}"
+
+
+def test_help_states_a_default_once():
+    """An option whose help says its own default (e.g. the prompt cache's env variable) does not also print
+    jsonargparse's '(default: null)'; options without one still show their default."""
+    from lit_avatar.inference.generate_cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "(default: $LIT_AVATAR_PROMPT_CACHE or ~/.cache/lit_avatar/prompts)" in text
+    assert "~/.cache/lit_avatar/prompts) (default: null)" not in text
+    assert "(type: float, default: 1.0)" in text  # --text-guidance keeps jsonargparse's default
