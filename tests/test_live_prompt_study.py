@@ -32,7 +32,7 @@ def test_runner_end_to_end_at_toy_size(tmp_path):
     from lit_avatar.checkpoint import read_generator
 
     data = tmp_path / "data"
-    caption_study.make_data(data, SimpleNamespace(clips=6, identities=None, seed=0, val_identities=2))
+    caption_study.make_data(data, SimpleNamespace(clips=10, identities=None, seed=0, val_identities=2))
     stage = caption_study.teacher_stage("teacher", SimpleNamespace(steps=1, batch=2, frames=4),
                                         data / "text_encoder", tmp_path / "cache")
     teacher, _ = pipeline.fit_stage(stage, data, tmp_path / "logs", quiet=True)
