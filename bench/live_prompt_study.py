@@ -45,8 +45,10 @@ def build_parser() -> CommandParser:
     p.add_argument("--val-identities", type=int, default=16, help="held-out identities of the data set")
     p.add_argument("--eval-clips", type=int, default=12, help="held-out clips streamed")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated stream noise seeds")
-    p.add_argument("--blocks", type=int, default=8, help="blocks per stream")
-    p.add_argument("--change-block", type=int, default=4, help="the block from which the other caption holds")
+    p.add_argument("--blocks", type=int, default=10, help="blocks per stream")
+    p.add_argument("--change-block", type=int, default=5,
+                   help="the block from which the other caption holds (5: not a URCR reset block of the demo's "
+                        "rollout, whose resets fall on blocks 4, 7, 10, ...)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data set and of training")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
@@ -117,10 +119,10 @@ def held_out_clips(args: Namespace, frames: int) -> list[dict]:
     return eval_clips(study, count, meanings)
 
 
-def stream(bundle, clip, texts: list, change_block: int, seed: int, with_ref: bool) -> np.ndarray:
-    """uint8 frames [T, H, W, 3] of one live stream: texts[0] from the start, texts[1] (when given) set with
-    set_prompt as soon as `change_block` blocks are out, so it holds from that block on. The audio arrives one
-    frame (640 samples) at a time, as a live client sends it."""
+def stream(bundle, clip, texts: list, change_block: int, seed: int, with_ref: bool) -> tuple[np.ndarray, list]:
+    """uint8 frames [T, H, W, 3] of one live stream and the blocks where URCR reset its cache: texts[0] from
+    the start, texts[1] (when given) set with set_prompt as soon as `change_block` blocks are out, so it holds
+    from that block on. The audio arrives one frame (640 samples) at a time, as a live client sends it."""
     import torch
 
     from lit_avatar.inference.streamer import AvatarStreamer
@@ -138,7 +140,7 @@ def stream(bundle, clip, texts: list, change_block: int, seed: int, with_ref: bo
     changed = [r["block"] for r in streamer.latency if r["prompt_changed"]]
     if len(texts) > 1 and changed != [change_block]:
         raise RuntimeError(f"the prompt changed at blocks {changed}, expected [{change_block}]")
-    return np.concatenate(parts)
+    return np.concatenate(parts), [r["block"] for r in streamer.latency if r["reset"]]
 
 
 def seam_steps(frames: np.ndarray, grid) -> np.ndarray:
@@ -192,11 +194,11 @@ def evaluate(student: Path, args: Namespace, cache: Path) -> list[dict]:
             texts = encoder(item["captions"])  # [true, other skin, other background]
         for seed in int_list(args.seeds, "--seeds", minimum=0):
             for with_ref in (False, True):
-                control = stream(bundle, item["clip"], [texts[:1]], args.change_block, seed, with_ref)
+                control, resets = stream(bundle, item["clip"], [texts[:1]], args.change_block, seed, with_ref)
                 for j, (region, info) in enumerate(item["regions"].items()):
-                    changed = stream(bundle, item["clip"], [texts[:1], texts[j + 1:j + 2]], args.change_block,
+                    changed, _ = stream(bundle, item["clip"], [texts[:1], texts[j + 1:j + 2]], args.change_block,
                                      seed, with_ref)
-                    records.append({"clip": i, "seed": seed, "reference": with_ref, "region": region,
+                    records.append({"clip": i, "seed": seed, "reference": with_ref, "region": region, "resets": resets,
                                     "true_name": info["true_name"], "other_name": info["other_name"],
                                     **score_stream(changed, control, grid, info, args.change_block)})
         print(f"   clip {i + 1}/{len(clips)} streamed", flush=True)
@@ -254,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     student = train_student(args, out)
     trained = time.perf_counter()
     records = evaluate(student, args, out / "prompt_cache")
-    result = {"command": command, "student": str(student), "rows": summarize(records), "records": records,
+    resets = sorted({b for r in records for b in r["resets"]})
+    result = {"command": command, "student": str(student), "change_block": args.change_block,
+              "urcr_reset_blocks": resets, "rows": summarize(records), "records": records,
               "train_seconds": round(trained - started, 1),
               "stream_seconds": round(time.perf_counter() - trained, 1)}
     write_json_atomic(out / "results.json", result)
