@@ -52,11 +52,15 @@ def test_the_cache_key_is_the_encoder_identity_and_the_text(tiny_text_encoder, t
     cache.put(identity, "a woman", torch.ones(12, 16))
     assert torch.equal(cache.get(identity, "a woman"), torch.ones(12, 16))
     assert cache.get(identity, "a man") is None and cache.get(folder_identity(other, 12), "a woman") is None
-    # a file moved under another text's name is a miss, not that text's embedding
+    assert cache.damaged == 0  # a prompt never stored is a plain miss
+    # a file moved under another text's name is a miss, not that text's embedding, and it is said
     cache.path(identity, "a man").write_bytes(cache.path(identity, "a woman").read_bytes())
-    assert cache.get(identity, "a man") is None
+    with pytest.warns(UserWarning, match="not this prompt's embedding"):
+        assert cache.get(identity, "a man") is None
     cache.path(identity, "a man").write_bytes(b"not safetensors")
-    assert cache.get(identity, "a man") is None
+    with pytest.warns(UserWarning, match="damaged or misplaced"):
+        assert cache.get(identity, "a man") is None
+    assert cache.damaged == 2
 
 
 def test_the_record_names_the_text_encoder_and_rebuilds_it(tiny_text_encoder):
@@ -100,3 +104,14 @@ def test_file_hashes_are_remembered_across_processes(tiny_text_encoder, tmp_path
     monkeypatch.setattr(module.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
     assert folder_identity(tiny_text_encoder, 12, memo) == first
     assert len(hashed) == 1  # the identity's own digest; no file read again
+
+
+def test_a_damaged_hash_memo_is_said_and_rewritten(tiny_text_encoder, tmp_path, monkeypatch):
+    from lit_avatar.prompts import encoder as module
+
+    memo = tmp_path / "file_hashes.json"
+    memo.write_text("{not json")
+    monkeypatch.setattr(module, "_FILE_HASHES", {})
+    with pytest.warns(UserWarning, match="unreadable file-hash memo"):
+        identity = folder_identity(tiny_text_encoder, 12, memo)
+    assert identity == folder_identity(tiny_text_encoder, 12) and len(json.loads(memo.read_text())) > 0

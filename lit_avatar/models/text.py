@@ -1,7 +1,7 @@
 """Wan2.1's prompt encoder: umT5 (transformers `UMT5EncoderModel`) and its tokenizer, from one local folder.
 
 Prompts are encoded as Wan encodes them (diffusers `WanPipeline._get_t5_prompt_embeds`, the original
-`T5EncoderModel` + model-side padding): the text is cleaned (ftfy when installed, HTML entities, white
+`T5EncoderModel` + model-side padding): the text is cleaned (ftfy, HTML entities, white
 space), tokenized to `max_length` tokens (512 for Wan) with the end-of-sequence token, encoded with the
 attention mask, and every position after the prompt's own tokens is set to zero. So a prompt is always
 [max_length, d_model], and the DiT cross-attends to all of it, zeros included, as Wan does.
@@ -24,13 +24,10 @@ WAN_TEXT_TOKENS = 512
 
 
 def prompt_clean(text: str) -> str:
-    """Wan's prompt cleaning: ftfy (if installed), HTML entities twice, runs of white space to one space."""
-    try:
-        import ftfy
-    except ImportError:
-        pass
-    else:
-        text = ftfy.fix_text(text)
+    """Wan's prompt cleaning: ftfy, HTML entities twice, runs of white space to one space."""
+    import ftfy  # a dependency: diffusers' WanPipeline cleans with it when installed, so parity needs it
+
+    text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,19 +33,29 @@ class PromptCache:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self.damaged = 0  # files found but not usable (unreadable, or another text's): re-encoded, then replaced
 
     def path(self, identity: str, text: str) -> Path:
         return self.folder / identity[:16] / f"{text_key(text)}.safetensors"
 
     def get(self, identity: str, text: str) -> torch.Tensor | None:
-        """The stored embedding, or None (missing, unreadable, or stored for another text or encoder)."""
+        """The stored embedding, or None when there is none; a file that is there but unreadable or stored for
+        another text or encoder is also None, counted in `damaged` with a warning naming it (the caller encodes
+        the prompt again and `put` replaces the file)."""
+        path = self.path(identity, text)
         try:
-            data = self.path(identity, text).read_bytes()
-            tensors = load(data)
-        except (OSError, SafetensorError):
+            data = path.read_bytes()
+        except FileNotFoundError:
             return None
-        meta = _metadata(data)
+        try:
+            tensors = load(data)
+            meta = _metadata(data)
+        except (SafetensorError, ValueError):
+            tensors, meta = {}, {}
         if meta.get("text") != text or meta.get("encoder") != identity or set(tensors) != {"text"}:
+            self.damaged += 1
+            warnings.warn(f"{path}: not this prompt's embedding (damaged or misplaced); encoding it again",
+                          stacklevel=2)
             return None
         return tensors["text"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,15 +50,16 @@ def _file_sha256(path: Path) -> str:
 
 
 def _remembered_hashes(memo: Path | None) -> None:
-    """Load hashes an earlier process stored (umT5-XXL is 11 GB: hashing it costs seconds each start)."""
-    if memo is None:
+    """Load hashes an earlier process stored (umT5-XXL is 11 GB: hashing it costs seconds each start). A
+    damaged memo only costs the hashing: a warning names it, and this call rewrites it."""
+    if memo is None or not memo.is_file():
         return
     try:
         entries = json.loads(memo.read_text())
         for path, size, mtime, sha in entries:
             _FILE_HASHES.setdefault((str(path), int(size), int(mtime)), str(sha))
     except (OSError, ValueError, TypeError):
-        pass  # a missing or damaged memo only costs the hashing
+        warnings.warn(f"{memo}: unreadable file-hash memo; hashing the text encoder's files again", stacklevel=2)
 
 
 def folder_identity(path: str | Path, max_length: int, memo: Path | None = None) -> str:
