@@ -14,6 +14,7 @@ fraction of the median block. Times are this process's CPU seconds (blind to oth
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             records, changes = stream(args, model, vae, audio_encoder, encoder)
             disk = _disk_hit(encoder, changes[0]["text"])
     result = {"config": {k: v for k, v in vars(args).items() if k not in ("config", "out", "quiet")},
-              "torch": torch.__version__, "load_average": list(__import__("os").getloadavg()),
+              "torch": torch.__version__, "load_average": list(os.getloadavg()),
               **summarize(records, changes, disk)}
     text = json.dumps(result, indent=1)
     if out is not None:
