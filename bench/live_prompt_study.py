@@ -145,8 +145,9 @@ def stream(bundle, clip, texts: list, change_block: int, seed: int, with_ref: bo
 
 def seam_steps(frames: np.ndarray, grid) -> np.ndarray:
     """Mean |frame t - frame t-1| at every block seam t (grid.seams), in seam order."""
-    x = frames.astype(np.float64)
-    return np.array([np.abs(x[t] - x[t - 1]).mean() for t in grid.seams(len(frames))])
+    from eval.stream_scores import frame_steps
+
+    return frame_steps(frames[None])[np.asarray(grid.seams(len(frames)), dtype=int) - 1]
 
 
 def score_stream(changed: np.ndarray, control: np.ndarray, grid, info: dict, change_block: int) -> dict:

@@ -23,6 +23,12 @@ from lit_avatar.causal_grid import CausalGrid
 CURVES = ("synthsync_r", "ssim_outside_mouth", "ref_ssim", "brightness")
 
 
+def frame_steps(frames: np.ndarray) -> np.ndarray:
+    """Mean |frame t - frame t-1| for t = 1..T-1 (over batch, pixels, channels) of frames [B, T, H, W, C]."""
+    x = np.asarray(frames, np.float64)
+    return np.abs(x[:, 1:] - x[:, :-1]).mean(axis=(0, 2, 3, 4))
+
+
 def seam_flicker(frames: np.ndarray, grid: CausalGrid) -> dict[str, float]:
     """Mean |frame t - frame t-1| across block seams vs inside blocks (ratio > 1: visible seams), with the
     seams where the causal grid puts them (Wan, tf 4, fpb 3: frames 9, 21, 33, ...).
@@ -31,10 +37,9 @@ def seam_flicker(frames: np.ndarray, grid: CausalGrid) -> dict[str, float]:
         frames: [B, T, H, W, C] (uint8 or float; the ratio is scale-free).
         grid: the generator's causal grid.
     """
-    x = np.asarray(frames, np.float64)
-    diff = np.abs(x[:, 1:] - x[:, :-1]).mean(axis=(0, 2, 3, 4))  # [T-1]: frame t vs t-1, t = 1..T-1
-    seam = np.zeros(x.shape[1], dtype=bool)
-    seam[grid.seams(x.shape[1])] = True
+    diff = frame_steps(frames)  # [T-1]: frame t vs t-1, t = 1..T-1
+    seam = np.zeros(diff.size + 1, dtype=bool)
+    seam[grid.seams(diff.size + 1)] = True
     seam = seam[1:]
     boundary = float(diff[seam].mean()) if seam.any() else float("nan")
     inside = float(diff[~seam].mean()) if (~seam).any() else float("nan")
